@@ -1,0 +1,213 @@
+"""pzstream entry point: ``python launch.py --role learner|collector|monitor|all|keys [key=value ...]``.
+
+Examples:
+  python launch.py --role all --max-seconds 60             # hub + 2 collectors on the default game
+  python launch.py --role learner --learner tcp://0.0.0.0:5555 security.curve_dir=keys
+  python launch.py --role collector --learner tcp://hub-host:5555 --game zork1 security.curve_dir=keys
+  python launch.py --role monitor --learner tcp://hub-host:5555 --roles collector --level WARNING
+  python launch.py --role keys --out keys
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import anyio
+
+REPO_ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(REPO_ROOT))
+
+from pzstream.config import Config, ConfigError, load_config  # noqa: E402
+from pzstream.transport import CurveKeys, FatalReject, SecurityError, generate_keys  # noqa: E402
+
+ROLES = ("learner", "collector", "monitor", "all", "keys")
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description="pzstream: PriorZero actor-learner over ZeroMQ",
+                                formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
+    p.add_argument("--role", choices=ROLES, required=True)
+    p.add_argument("--config", default=None, help="YAML file or name in config/ (default: config/debug.yaml)")
+    p.add_argument("--learner", default=None, help="hub address, tcp://host:port (bind for learner, connect otherwise)")
+    p.add_argument("--game", default=None, help="'default', a suite name like zork1, or a story file path")
+    p.add_argument("--collectors", type=int, default=None, help="collectors started by --role all")
+    p.add_argument("--max-seconds", type=float, default=None, help="stop after about this many seconds")
+    p.add_argument("--max-steps", type=int, default=None, help="collector: stop after this many env steps")
+    p.add_argument("--roles", default="", help="monitor: comma-separated roles to show (default all)")
+    p.add_argument("--level", default="INFO", help="monitor: lowest level shown")
+    p.add_argument("--out", default="keys", help="keys: directory for the key files")
+    p.add_argument("overrides", nargs="*", help="config overrides such as hub.credit_window=64")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    overrides = list(args.overrides)
+    if args.learner:
+        overrides += [f"hub.address={args.learner}", f"collector.learner={args.learner}"]
+    if args.game:
+        overrides.append(f"collector.game={args.game}")
+    if args.collectors is not None:
+        overrides.append(f"collector.count={args.collectors}")
+    if args.max_seconds is not None:
+        overrides.append(f"run.max_seconds={args.max_seconds}")
+    if args.max_steps is not None:
+        overrides.append(f"collector.max_steps={args.max_steps}")
+    return load_config(args.config, overrides)
+
+
+def curve_keys(cfg: Config) -> CurveKeys | None:
+    return CurveKeys(Path(cfg.security.curve_dir)) if cfg.security.curve_dir else None
+
+
+async def stop_on_signal_or_deadline(stop: anyio.Event, max_seconds: float | None) -> None:
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.move_on_after(max_seconds if max_seconds else float("inf")):
+            async for _ in signals:
+                break
+    stop.set()
+
+
+async def main_learner(cfg: Config) -> dict[str, object]:
+    from pzstream.learner import LearnerHub
+    from pzstream.logstream import setup_logging
+
+    setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg))
+    hub = LearnerHub(cfg, curve_keys(cfg))
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
+        summary = await hub.serve(stop)
+        tg.cancel_scope.cancel()
+    return summary
+
+
+async def main_collector(cfg: Config) -> dict[str, object]:
+    from pzstream.collector import default_collector_id, run_collector
+    from pzstream.logstream import setup_logging
+
+    setup_logging("collector", cfg.collector.id or default_collector_id(), cfg.run.log_level,
+                  cfg.collector.learner, curve_keys(cfg))
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
+        result = await run_collector(cfg, stop, curve_keys(cfg))
+        tg.cancel_scope.cancel()
+    return result
+
+
+async def main_monitor(cfg: Config, roles: str, level: str) -> None:
+    from pzstream.logstream import LEVELS, run_monitor
+
+    level = level.upper()
+    if level not in LEVELS:
+        raise ConfigError(f"--level {level!r}: use one of {', '.join(LEVELS)}")
+    stop = anyio.Event()
+    role_filter = tuple(r.strip() for r in roles.split(",") if r.strip())
+    print(f"following {cfg.collector.learner} (roles: {', '.join(role_filter) or 'all'}, level >= {level}); Ctrl-C to stop",
+          file=sys.stderr)
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
+        await run_monitor(cfg.collector.learner, stop, role_filter, level, curve_keys(cfg))
+        tg.cancel_scope.cancel()
+
+
+async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    """Hub in this process, ``collector.count`` collector processes beside it."""
+    from pzstream.learner import LearnerHub
+    from pzstream.logstream import setup_logging
+
+    setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg))
+    run_dir = REPO_ROOT / cfg.run.out_dir / cfg.run.name
+    run_dir.mkdir(parents=True, exist_ok=True)
+    hub = LearnerHub(cfg, curve_keys(cfg))
+    stop = anyio.Event()
+    procs: list[subprocess.Popen[bytes]] = []
+    base = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "collector", "--learner", cfg.hub.address]
+    if args.config:
+        base += ["--config", args.config]
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
+
+        async def start_collectors() -> None:
+            await hub.ready.wait()
+            for i in range(cfg.collector.count):
+                cmd = base + list(args.overrides) + [f"collector.id=c{i}", f"collector.seed={cfg.collector.seed + i}",
+                                                     f"collector.game={cfg.collector.game}", "run.max_seconds=null"]
+                if cfg.collector.max_steps:
+                    cmd.append(f"collector.max_steps={cfg.collector.max_steps}")
+                log_file = open(run_dir / f"collector-{i}.log", "wb")
+                procs.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT))
+            print(f"started {len(procs)} collectors; their logs: {run_dir}/collector-*.log, "
+                  f"live stream: python launch.py --role monitor --learner {cfg.hub.address}", file=sys.stderr)
+
+        async def stop_collectors_first() -> None:
+            await stop.wait()  # the deadline or a signal: let collectors flush before the hub stops
+            for p in procs:
+                if p.poll() is None:
+                    p.send_signal(signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
+                await anyio.sleep(0.1)
+            for p in procs:
+                if p.poll() is None:
+                    p.kill()
+            hub_stop.set()
+
+        hub_stop = anyio.Event()
+        tg.start_soon(start_collectors)
+        tg.start_soon(stop_collectors_first)
+        summary = await hub.serve(hub_stop)
+        tg.cancel_scope.cancel()
+    summary["collector_exit_codes"] = [p.returncode for p in procs]
+    return summary
+
+
+EXIT_CODES: dict[type[BaseException], int] = {ConfigError: 2, SecurityError: 2, FileNotFoundError: 2, FatalReject: 3}
+
+
+def _leaf(e: BaseException) -> BaseException:
+    while isinstance(e, BaseExceptionGroup) and len(e.exceptions) == 1:
+        e = e.exceptions[0]
+    return e
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    if args.role == "keys":
+        out = generate_keys(args.out)
+        print(f"CURVE keys in {out}: hub.key(_secret) for the hub, client.key(_secret) for collectors and "
+              f"monitors, authorized/ lists accepted clients. Copy the directory to each host (keep *.key_secret private) "
+              f"and pass security.curve_dir={out}", file=sys.stderr)
+        return 0
+    try:
+        cfg = build_config(args)
+        if args.role == "learner":
+            result = anyio.run(main_learner, cfg)
+        elif args.role == "collector":
+            result = anyio.run(main_collector, cfg)
+        elif args.role == "monitor":
+            anyio.run(main_monitor, cfg, args.roles, args.level)
+            return 0
+        else:
+            result = anyio.run(main_all, cfg, args)
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as e:  # task groups wrap errors in exception groups; report the cause plainly
+        cause = _leaf(e)
+        code = EXIT_CODES.get(type(cause)) or next((c for t, c in EXIT_CODES.items() if isinstance(cause, t)), None)
+        if code is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
+        return code
+    print(json.dumps(result, default=str), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,159 @@
+"""Typed configuration: YAML files plus ``key=value`` overrides, validated by pydantic.
+
+Every section forbids unknown keys, so a typo is an error that names the key
+(``hub.credit_windw: extra inputs are not permitted``) instead of a silent default.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONFIG_DIR = REPO_ROOT / "config"
+DEFAULT_CONFIG = CONFIG_DIR / "debug.yaml"
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+class ConfigError(ValueError):
+    """A config file or override that cannot be used; the message names the key."""
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class HubConfig(_Section):
+    """The learner hub. ``address`` is the segment ROUTER; the other sockets sit on the
+    next ports (weights PUB at +1, log intake at +2, monitor feed at +3)."""
+
+    address: str = "tcp://127.0.0.1:5555"
+    credit_window: int = Field(32, ge=1, le=4096, description="segments a collector may have in flight")
+    heartbeat_s: float = Field(1.0, gt=0, le=60)
+    peer_timeout_heartbeats: int = Field(5, ge=2, description="silent heartbeats before a peer is declared lost")
+    replay_capacity_steps: int = Field(200_000, ge=1)
+    report_every_s: float = Field(5.0, gt=0)
+    stall_s: float = Field(0.0, ge=0, description="testing aid: sleep this long per segment (simulates a slow hub)")
+
+
+class CollectorConfig(_Section):
+    """One collector process: plays ``game`` and streams segments to ``learner``."""
+
+    learner: str = "tcp://127.0.0.1:5555"
+    id: str | None = Field(None, description="unique collector id; default host-pid")
+    game: str = "default"
+    segment_steps: int = Field(50, ge=1, le=4096)
+    max_episode_steps: int = Field(100, ge=1)
+    max_steps: int | None = Field(None, ge=1, description="stop after this many env steps")
+    seed: int = 0
+    count: int = Field(2, ge=1, le=64, description="collectors started by --role all")
+
+
+class EnvConfig(_Section):
+    games_dir: str | None = Field(None, description="directory of Jericho story files; default ../shared/games/jericho")
+    cache_dir: str | None = Field(None, description="where generated games live; default ~/.cache/pzstream")
+    valid_action_cache_size: int = Field(100_000, ge=0)
+
+
+class WireConfig(_Section):
+    max_message_bytes: int = Field(16 * 1024 * 1024, ge=1024)
+    max_array_elements: int = Field(1 << 22, ge=1)
+    max_steps: int = Field(4096, ge=1)
+    max_candidates_per_step: int = Field(1024, ge=1)
+
+
+class SecurityConfig(_Section):
+    """ZeroMQ CURVE. ``curve_dir`` holds keys made by ``launch.py --role keys``."""
+
+    curve_dir: str | None = None
+    allow_insecure: bool = Field(False, description="bind a non-loopback address without CURVE")
+
+
+class RunConfig(_Section):
+    name: str = "debug"
+    max_seconds: float | None = Field(None, gt=0)
+    log_level: LogLevel = "INFO"
+    out_dir: str = "runs"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, v: Any) -> Any:
+        return v.upper() if isinstance(v, str) else v
+
+
+class Config(_Section):
+    run: RunConfig = RunConfig()
+    hub: HubConfig = HubConfig()
+    collector: CollectorConfig = CollectorConfig()
+    env: EnvConfig = EnvConfig()
+    wire: WireConfig = WireConfig()
+    security: SecurityConfig = SecurityConfig()
+
+    @model_validator(mode="after")
+    def _segment_fits_wire(self) -> "Config":
+        if self.collector.segment_steps > self.wire.max_steps:
+            raise ValueError(
+                f"collector.segment_steps={self.collector.segment_steps} exceeds wire.max_steps={self.wire.max_steps}")
+        return self
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """``hub.credit_window=64`` -> (["hub", "credit_window"], 64); the value is read as YAML."""
+    if "=" not in text:
+        raise ConfigError(f"override {text!r} is not key=value")
+    key, raw = text.split("=", 1)
+    parts = key.strip().split(".")
+    if not all(parts):
+        raise ConfigError(f"override {text!r} has an empty key part")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from e
+    return parts, value
+
+
+def _set_path(tree: dict[str, Any], parts: list[str], value: Any) -> None:
+    node = tree
+    for p in parts[:-1]:
+        child = node.setdefault(p, {})
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {'.'.join(parts)}: {p} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"invalid config ({source}):"]
+    for e in err.errors():
+        key = ".".join(str(x) for x in e["loc"]) or "<root>"
+        lines.append(f"  {key}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
+    return "\n".join(lines)
+
+
+def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:
+    """Load ``path`` (default config/debug.yaml), apply overrides, validate."""
+    source = Path(path) if path is not None else DEFAULT_CONFIG
+    if not source.exists():
+        candidate = CONFIG_DIR / f"{source}.yaml"
+        if path is not None and candidate.exists():
+            source = candidate
+        else:
+            raise ConfigError(f"config file not found: {source} (configs in {CONFIG_DIR}: "
+                              f"{', '.join(sorted(p.stem for p in CONFIG_DIR.glob('*.yaml')))})")
+    try:
+        tree = yaml.safe_load(source.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{source}: not valid YAML: {e}") from e
+    if not isinstance(tree, dict):
+        raise ConfigError(f"{source}: top level must be a mapping of sections")
+    for item in overrides:
+        parts, value = parse_override(item)
+        _set_path(tree, parts, value)
+    try:
+        return Config.model_validate(tree)
+    except ValidationError as e:
+        raise ConfigError(_format_errors(e, str(source) + (" + overrides" if overrides else ""))) from None

@@ -1,0 +1,290 @@
+"""The learner hub: receives segments, validates, counts, stores, reports.
+
+Inbox: the ROUTER (hello, segment, heartbeat from collectors). Outbox: welcome/credit/
+heartbeat/reject to collectors, weights notices on PUB, log records, a summary at the end.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import anyio
+import zmq
+import zmq.asyncio
+
+from pzstream import wire
+from pzstream.config import Config
+from pzstream.replay import ReplayBuffer
+from pzstream.transport import CurveKeys, HubRouter, LogRelay, NoticePublisher, check_bind_security, endpoints_for
+from pzstream.wire import Credit, Heartbeat, Hello, Reject, Segment, Welcome, WireError, WireLimits
+
+log = logging.getLogger("pzstream.learner")
+
+
+@dataclass
+class Peer:
+    """One collector connection as the hub sees it."""
+
+    identity: bytes
+    hello: Hello
+    last_heard: float
+    last_seq: int = -1
+    accepted: int = 0
+    rejected: int = 0
+    steps: int = 0
+    stats: dict[str, float] = field(default_factory=dict)
+    lost: bool = False
+
+
+@dataclass
+class HubCounters:
+    accepted: int = 0
+    accepted_steps: int = 0
+    accepted_bytes: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    per_game: dict[str, Counter[str]] = field(default_factory=dict)
+    lag_wm: Counter[int] = field(default_factory=Counter)
+    lag_llm: Counter[int] = field(default_factory=Counter)
+    collectors_lost: int = 0
+
+
+def _lag_summary(hist: Counter[int]) -> dict[str, float]:
+    n = sum(hist.values())
+    if not n:
+        return {"n": 0}
+    lags = sorted(hist.elements())
+    return {"n": n, "mean": sum(lags) / n, "p50": lags[n // 2], "p90": lags[min(n - 1, int(n * 0.9))], "max": lags[-1]}
+
+
+class LearnerHub:
+    """Serve collectors until ``stop`` is set; :meth:`summary` reports what happened."""
+
+    def __init__(self, cfg: Config, curve: CurveKeys | None = None):
+        self.cfg = cfg
+        self.curve = curve
+        self.endpoints = endpoints_for(cfg.hub.address)
+        self.limits = WireLimits(max_message_bytes=cfg.wire.max_message_bytes,
+                                 max_array_elements=cfg.wire.max_array_elements,
+                                 max_steps=cfg.wire.max_steps,
+                                 max_candidates_per_step=cfg.wire.max_candidates_per_step)
+        self.hub_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.replay = ReplayBuffer(cfg.hub.replay_capacity_steps)
+        self.counters = HubCounters()
+        self.peers: dict[bytes, Peer] = {}
+        self.by_collector: dict[str, bytes] = {}
+        self.collector_stats: dict[str, dict[str, float]] = {}
+        self.wm_version = 0
+        self.llm_version = 0
+        self._logged_reasons: set[str] = set()
+        self._t0 = time.monotonic()
+        self._t_end: float | None = None
+        self.ready = anyio.Event()
+
+    # ------------------------------------------------------------------ serving
+
+    async def serve(self, stop: anyio.Event) -> dict[str, object]:
+        check_bind_security(self.cfg.hub.address, self.curve, self.cfg.security.allow_insecure)
+        ctx = zmq.asyncio.Context()
+        sync_ctx = zmq.Context.shadow(ctx.underlying)
+        auth = self.curve.start_authenticator(sync_ctx) if self.curve else None
+        router = HubRouter(ctx, self.endpoints.segments, self.curve, self.cfg.wire.max_message_bytes)
+        notices = NoticePublisher(ctx, self.endpoints.weights, self.curve)
+        relay = LogRelay(sync_ctx, self.endpoints.logs_in, self.endpoints.logs_out, self.curve)
+        self._t0 = time.monotonic()
+        log.info("hub %s listening: segments %s, weights %s, logs in %s, monitor %s%s", self.hub_id,
+                 self.endpoints.segments, self.endpoints.weights, self.endpoints.logs_in, self.endpoints.logs_out,
+                 " (CURVE)" if self.curve else "")
+        self.ready.set()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self._ingest, router)
+                tg.start_soon(self._housekeeping, router, notices)
+                tg.start_soon(self._report)
+                tg.start_soon(self._watch_handshakes, router)
+                await stop.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._t_end = time.monotonic()
+            router.close()
+            notices.close()
+            relay.close()
+            if auth is not None:
+                auth.stop()
+            ctx.destroy(linger=0)
+        return self.summary()
+
+    async def _ingest(self, router: HubRouter) -> None:
+        while True:
+            batch = await router.recv_batch()
+            acks: dict[bytes, int] = {}
+            for frames in batch:
+                if len(frames) != 2:
+                    self._count_reject("bad_framing", f"{len(frames)} frames")
+                    continue
+                identity, data = frames
+                await self._handle(router, identity, data, acks)
+            for identity, seq in acks.items():
+                await router.send(identity, wire.encode(Credit(n=self.cfg.hub.credit_window, ack=seq)))
+
+    async def _handle(self, router: HubRouter, identity: bytes, data: bytes, acks: dict[bytes, int]) -> None:
+        peer = self.peers.get(identity)
+        if peer is not None:
+            peer.last_heard = time.monotonic()
+        try:
+            msg = wire.decode(data, self.limits)
+        except WireError as e:
+            await self._reject(router, identity, peer, e.reason, e.detail)
+            return
+        if isinstance(msg, Segment):
+            await self._on_segment(router, identity, peer, msg, acks, len(data))
+        elif isinstance(msg, Heartbeat):
+            if peer is not None and not peer.lost:
+                peer.stats = dict(msg.stats)
+                self.collector_stats[peer.hello.collector_id] = peer.stats
+        elif isinstance(msg, Hello):
+            await self._on_hello(router, identity, peer, msg)
+        else:
+            await self._reject(router, identity, peer, "unexpected_kind", f"collectors do not send {type(msg).__name__}")
+
+    async def _on_hello(self, router: HubRouter, identity: bytes, peer: Peer | None, hello: Hello) -> None:
+        owner = self.by_collector.get(hello.collector_id)
+        if owner is not None and owner != identity and not self.peers[owner].lost:
+            await self._reject(router, identity, None, "collector_id_in_use",
+                               f"collector id {hello.collector_id!r} is live on another connection")
+            return
+        if owner is not None and owner != identity:
+            old = self.peers.pop(owner)
+            last_seq = old.last_seq if old.hello.pid == hello.pid and old.hello.host == hello.host else -1
+        else:
+            last_seq = peer.last_seq if peer is not None else -1
+        fresh = Peer(identity=identity, hello=hello, last_heard=time.monotonic(), last_seq=last_seq)
+        if peer is not None and not peer.lost:
+            fresh.accepted, fresh.rejected, fresh.steps = peer.accepted, peer.rejected, peer.steps
+        self.peers[identity] = fresh
+        self.by_collector[hello.collector_id] = identity
+        log.info("collector %s joined (game %s, host %s, pid %d)", hello.collector_id, hello.game, hello.host, hello.pid)
+        # Credit first: the window is relative to the last seq this hub accepted from that
+        # collector, so a re-hello after a false alarm does not resend what already arrived.
+        await router.send(identity, wire.encode(Credit(n=self.cfg.hub.credit_window, ack=last_seq)))
+        await router.send(identity, wire.encode(Welcome(hub_id=self.hub_id, window=self.cfg.hub.credit_window,
+                                                        wm_version=self.wm_version, llm_version=self.llm_version,
+                                                        heartbeat_s=self.cfg.hub.heartbeat_s)))
+
+    async def _on_segment(self, router: HubRouter, identity: bytes, peer: Peer | None, seg: Segment,
+                          acks: dict[bytes, int], nbytes: int) -> None:
+        h = seg.header
+        if peer is None or peer.lost:
+            await self._reject(router, identity, peer, "hello_required", "segment from a connection that has not said hello")
+            return
+        if h.collector_id != peer.hello.collector_id:
+            await self._reject(router, identity, peer, "collector_id_mismatch",
+                               f"segment says {h.collector_id!r}, connection is {peer.hello.collector_id!r}")
+            acks[identity] = max(acks.get(identity, -1), peer.last_seq)
+            return
+        if h.seq <= peer.last_seq:
+            await self._reject(router, identity, peer, "duplicate_seq", f"seq {h.seq} <= last accepted {peer.last_seq}")
+            acks[identity] = max(acks.get(identity, -1), peer.last_seq)
+            return
+        if self.cfg.hub.stall_s:
+            await anyio.sleep(self.cfg.hub.stall_s)
+        peer.last_seq = h.seq
+        peer.accepted += 1
+        peer.steps += seg.n_steps
+        c = self.counters
+        c.accepted += 1
+        c.accepted_steps += seg.n_steps
+        c.accepted_bytes += nbytes
+        game = c.per_game.setdefault(h.game, Counter())
+        game["segments"] += 1
+        game["steps"] += seg.n_steps
+        game["episodes_ended"] += int(seg.done.sum())
+        c.lag_wm[self.wm_version - h.wm_version] += 1
+        c.lag_llm[self.llm_version - h.llm_version] += 1
+        self.replay.add(seg)
+        acks[identity] = h.seq
+
+    async def _reject(self, router: HubRouter, identity: bytes, peer: Peer | None, reason: str, detail: str) -> None:
+        who = peer.hello.collector_id if peer is not None else identity.hex()[:16]
+        if peer is not None:
+            peer.rejected += 1
+        self._count_reject(reason, f"from {who}: {detail}")
+        await router.send(identity, wire.encode(Reject(reason=reason, detail=detail[:500])))
+
+    def _count_reject(self, reason: str, detail: str) -> None:
+        self.counters.rejected[reason] += 1
+        if reason not in self._logged_reasons:  # once per kind; the counters carry the rest
+            self._logged_reasons.add(reason)
+            log.warning("rejected (%s) %s; further rejections of this kind are only counted", reason, detail)
+
+    async def _watch_handshakes(self, router: HubRouter) -> None:
+        while True:
+            reason = await router.handshake_failures()
+            self._count_reject(reason, "a peer failed the CURVE handshake (no or wrong key)")
+
+    async def _housekeeping(self, router: HubRouter, notices: NoticePublisher) -> None:
+        """Heartbeats to live peers, loss detection, periodic weights notices."""
+        timeout = self.cfg.hub.heartbeat_s * self.cfg.hub.peer_timeout_heartbeats
+        while True:
+            now = time.monotonic()
+            beat = wire.encode(Heartbeat(sender=self.hub_id, time=time.time(), stats={"accepted": float(self.counters.accepted)}))
+            for peer in list(self.peers.values()):
+                if peer.lost:
+                    continue
+                if now - peer.last_heard > timeout:
+                    peer.lost = True
+                    self.counters.collectors_lost += 1
+                    log.warning("collector %s lost (silent %.1fs); its id is free again", peer.hello.collector_id, now - peer.last_heard)
+                    continue
+                await router.send(peer.identity, beat)
+            for model, version in (("wm", self.wm_version), ("llm", self.llm_version)):
+                await notices.publish(wire.Weights(model=model, version=version, uri="", sha256="", nbytes=0))
+            await anyio.sleep(self.cfg.hub.heartbeat_s)
+
+    async def _report(self) -> None:
+        last, last_t = 0, time.monotonic()
+        while True:
+            await anyio.sleep(self.cfg.hub.report_every_s)
+            now = time.monotonic()
+            rate = (self.counters.accepted - last) / max(now - last_t, 1e-9)
+            last, last_t = self.counters.accepted, now
+            live = sum(not p.lost for p in self.peers.values())
+            log.info("segments %d (%.1f/s), steps %d, rejected %s, collectors live %d, cache hit %.1f%%, replay %d steps",
+                     self.counters.accepted, rate, self.counters.accepted_steps, dict(self.counters.rejected) or 0,
+                     live, 100 * self.cache_hit_rate(), self.replay.steps)
+
+    # ------------------------------------------------------------------ results
+
+    def cache_hit_rate(self) -> float:
+        hits = sum(s.get("cache_hits", 0.0) for s in self.collector_stats.values())
+        misses = sum(s.get("cache_misses", 0.0) for s in self.collector_stats.values())
+        return hits / (hits + misses) if hits + misses else 0.0
+
+    def summary(self) -> dict[str, object]:
+        c = self.counters
+        elapsed = (self._t_end or time.monotonic()) - self._t0
+        per_collector = {}
+        for p in self.peers.values():
+            per_collector[p.hello.collector_id] = {"game": p.hello.game, "accepted": p.accepted, "rejected": p.rejected,
+                                                   "steps": p.steps, "lost": p.lost}
+        return {
+            "segments_accepted": c.accepted,
+            "segments_rejected": sum(c.rejected.values()),
+            "rejected_by_reason": dict(c.rejected),
+            "env_steps": c.accepted_steps,
+            "segments_per_s": round(c.accepted / elapsed, 3) if elapsed > 0 else 0.0,
+            "steps_per_s": round(c.accepted_steps / elapsed, 3) if elapsed > 0 else 0.0,
+            "valid_action_cache_hit_rate": round(self.cache_hit_rate(), 4),
+            "elapsed_s": round(elapsed, 2),
+            "collectors_seen": len(per_collector),
+            "collectors_lost": c.collectors_lost,
+            "per_game": {g: dict(v) for g, v in sorted(c.per_game.items())},
+            "per_collector": per_collector,
+            "collector_stats": self.collector_stats,
+            "lag": {"wm": _lag_summary(c.lag_wm), "llm": _lag_summary(c.lag_llm)},
+            "replay": self.replay.summary(),
+            "megabytes": round(c.accepted_bytes / 1e6, 3),
+        }

@@ -1,0 +1,70 @@
+"""The live log stream: every role publishes its records; monitors follow them."""
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from typing import TextIO
+
+import anyio
+import zmq.asyncio
+
+from pzstream.transport import CurveKeys, LogSubscriber, ZmqLogHandler, endpoints_for
+from pzstream.wire import Log
+
+LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
+
+
+def local_address(address: str) -> str:
+    """A bind address such as tcp://0.0.0.0:P or tcp://*:P, as the same host connects to it."""
+    for wildcard in ("tcp://*:", "tcp://0.0.0.0:"):
+        if address.startswith(wildcard):
+            return "tcp://127.0.0.1:" + address[len(wildcard):]
+    return address
+
+
+def setup_logging(role: str, sender: str, level: str, hub_address: str | None,
+                  curve: CurveKeys | None = None, stream: TextIO = sys.stderr) -> ZmqLogHandler | None:
+    """Log to ``stream`` and, when a hub address is known, to the hub's live log stream."""
+    root = logging.getLogger()
+    root.handlers.clear()
+    root.setLevel(LEVELS[level])
+    console = logging.StreamHandler(stream)
+    console.setFormatter(logging.Formatter(f"%(asctime)s %(levelname)-7s {role}/{sender} %(message)s", "%H:%M:%S"))
+    root.addHandler(console)
+    if hub_address is None:
+        return None
+    handler = ZmqLogHandler(local_address(endpoints_for(hub_address).logs_in), role, sender, curve)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    root.addHandler(handler)
+    return handler
+
+
+def format_record(rec: Log) -> str:
+    stamp = time.strftime("%H:%M:%S", time.localtime(rec.time)) + f".{int(rec.time * 1000) % 1000:03d}"
+    return f"{stamp} {logging.getLevelName(rec.level):<7} {rec.role}/{rec.sender} {rec.message}"
+
+
+async def run_monitor(hub_address: str, stop: anyio.Event, roles: tuple[str, ...] = (), level: str = "INFO",
+                      curve: CurveKeys | None = None, out: TextIO = sys.stdout, max_records: int | None = None) -> int:
+    """Print the hub's live log stream, filtered by role (on the wire) and level (here)."""
+    ctx = zmq.asyncio.Context()
+    sub = LogSubscriber(ctx, local_address(endpoints_for(hub_address).logs_out), roles, curve)
+    floor = LEVELS[level]
+    shown = 0
+    try:
+        async with anyio.create_task_group() as tg:
+            async def until_stop() -> None:
+                await stop.wait()
+                tg.cancel_scope.cancel()
+            tg.start_soon(until_stop)
+            while max_records is None or shown < max_records:
+                rec = await sub.recv()
+                if rec.level >= floor:
+                    print(format_record(rec), file=out, flush=True)
+                    shown += 1
+            tg.cancel_scope.cancel()
+    finally:
+        sub.close()
+        ctx.destroy(linger=0)
+    return shown

@@ -1,0 +1,47 @@
+import pytest
+
+from pzstream.config import ConfigError, load_config, parse_override
+
+
+def test_defaults_load_from_debug_yaml():
+    cfg = load_config()
+    assert cfg.hub.address.startswith("tcp://127.0.0.1:")
+    assert cfg.collector.game == "default"
+
+
+def test_overrides_are_typed():
+    cfg = load_config(None, ["hub.credit_window=64", "run.log_level=debug", "collector.max_steps=10"])
+    assert cfg.hub.credit_window == 64 and cfg.run.log_level == "DEBUG" and cfg.collector.max_steps == 10
+
+
+def test_unknown_key_is_named():
+    with pytest.raises(ConfigError, match=r"hub\.credit_windw"):
+        load_config(None, ["hub.credit_windw=3"])
+
+
+def test_bad_value_is_named():
+    with pytest.raises(ConfigError, match=r"hub\.credit_window"):
+        load_config(None, ["hub.credit_window=-1"])
+    with pytest.raises(ConfigError, match=r"collector\.segment_steps"):
+        load_config(None, ["collector.segment_steps=lots"])
+
+
+def test_cross_field_check_names_both_keys():
+    with pytest.raises(ConfigError, match=r"segment_steps.*wire\.max_steps"):
+        load_config(None, ["collector.segment_steps=100", "wire.max_steps=10"])
+
+
+def test_missing_file_and_bad_yaml(tmp_path):
+    with pytest.raises(ConfigError, match="not found"):
+        load_config(tmp_path / "nope.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("hub: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("justakey")
+
+
+def test_named_config_resolves_from_config_dir():
+    cfg = load_config("multihost")
+    assert cfg.security.curve_dir == "keys"
