@@ -43,7 +43,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--level", default="INFO", help="monitor: lowest level shown")
     p.add_argument("--out", default="keys", help="keys: directory for the key files")
     p.add_argument("overrides", nargs="*", help="config overrides such as hub.credit_window=64")
-    return p.parse_args(argv)
+    return p.parse_intermixed_args(argv)
 
 
 def build_config(args: argparse.Namespace) -> Config:

@@ -18,7 +18,7 @@ import zmq.asyncio
 
 from pzstream.config import Config
 from pzstream.env import Game, open_game
-from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, endpoints_for
+from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, SendAbandoned, endpoints_for
 from pzstream.wire import Hello, Segment, SegmentHeader
 
 log = logging.getLogger("pzstream.collector")
@@ -143,8 +143,10 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
     async def watch_stop() -> None:
         await stop.wait()
         halt.set()
+        sender.give_up(after_s=3 * cfg.hub.heartbeat_s + 2)
 
     last_report = time.monotonic()
+    unsent = 0
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(sender.run, conversation_done)
@@ -155,14 +157,22 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
                     break
                 seg = await anyio.to_thread.run_sync(player.play_segment, halt, cc.max_steps)
                 if seg is not None:
-                    await sender.send(seg)
+                    try:
+                        await sender.send(seg)
+                    except SendAbandoned as e:
+                        unsent += 1
+                        log.warning("collector %s stopping: %s (%d steps unsent)", cid, e, seg.n_steps)
+                        break
                 if time.monotonic() - last_report > 10:
                     last_report = time.monotonic()
                     s = stats()
                     log.info("collector %s: %d steps, %d episodes, return %.2f, cache hit %.1f%%, in flight %d",
                              cid, s["env_steps"], s["episodes"], s["return_mean"],
                              100 * s["cache_hits"] / max(1.0, s["cache_hits"] + s["cache_misses"]), sender.inflight)
-            if not await sender.drain(timeout_s=3 * cfg.hub.heartbeat_s + 2):
+            if sender.stats.welcomes == 0:
+                log.error("collector %s was never welcomed by the hub at %s: is the hub running there, and does it "
+                          "need CURVE keys (security.curve_dir)?", cid, cc.learner)
+            elif not await sender.drain(timeout_s=3 * cfg.hub.heartbeat_s + 2):
                 log.warning("collector %s: %d segments unacknowledged at exit", cid, sender.inflight)
             await sender.send_heartbeat()  # final stats
             await anyio.sleep(0.05)
@@ -173,4 +183,5 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
         notices.close()
         ctx.destroy(linger=0)
         game.close()
-    return {"collector_id": cid, **stats(), "segments_sent": sender.stats.sent, "reconnects": sender.stats.reconnects}
+    return {"collector_id": cid, **stats(), "segments_sent": sender.stats.sent, "segments_unsent": unsent + sender.inflight,
+            "reconnects": sender.stats.reconnects}

@@ -46,6 +46,7 @@ class HubCounters:
     accepted_steps: int = 0
     accepted_bytes: int = 0
     rejected: Counter[str] = field(default_factory=Counter)
+    connections_rejected: Counter[str] = field(default_factory=Counter)
     per_game: dict[str, Counter[str]] = field(default_factory=dict)
     lag_wm: Counter[int] = field(default_factory=Counter)
     lag_llm: Counter[int] = field(default_factory=Counter)
@@ -223,7 +224,10 @@ class LearnerHub:
     async def _watch_handshakes(self, router: HubRouter) -> None:
         while True:
             reason = await router.handshake_failures()
-            self._count_reject(reason, "a peer failed the CURVE handshake (no or wrong key)")
+            self.counters.connections_rejected[reason] += 1
+            if reason not in self._logged_reasons:
+                self._logged_reasons.add(reason)
+                log.warning("refused a connection (%s): a peer without the CURVE key; further ones are only counted", reason)
 
     async def _housekeeping(self, router: HubRouter, notices: NoticePublisher) -> None:
         """Heartbeats to live peers, loss detection, periodic weights notices."""
@@ -274,6 +278,7 @@ class LearnerHub:
             "segments_accepted": c.accepted,
             "segments_rejected": sum(c.rejected.values()),
             "rejected_by_reason": dict(c.rejected),
+            "connections_rejected": dict(c.connections_rejected),
             "env_steps": c.accepted_steps,
             "segments_per_s": round(c.accepted / elapsed, 3) if elapsed > 0 else 0.0,
             "steps_per_s": round(c.accepted_steps / elapsed, 3) if elapsed > 0 else 0.0,

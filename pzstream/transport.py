@@ -40,6 +40,10 @@ class SecurityError(RuntimeError):
     """Binding a network-visible address without CURVE, or missing key files."""
 
 
+class SendAbandoned(RuntimeError):
+    """Shutting down while the hub gives no credit: the segment is counted as unsent."""
+
+
 class FatalReject(RuntimeError):
     """The hub refused this collector for a reason reconnecting cannot fix."""
 
@@ -363,6 +367,8 @@ class SenderStats:
     reconnects: int = 0
     rejects: int = 0
     blocked_s: float = 0.0
+    send_again: int = 0
+    welcomes: int = 0
 
 
 class SegmentSender:
@@ -391,6 +397,8 @@ class SegmentSender:
         self._changed = anyio.Event()
         self._sock: zmq.asyncio.Socket | None = None
         self._last_heard = 0.0
+        self._blocked_since: float | None = None
+        self._give_up_at: float | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -400,12 +408,17 @@ class SegmentSender:
 
     async def send(self, segment: Segment) -> int:
         """Send one segment; waits while the window is full or the hub is away. Returns its seq."""
-        t0 = time.monotonic()
-        while not (self.welcome is not None and self.next_seq <= self.ack + self.window):
-            if self.fatal:
-                raise self.fatal
-            await self._wait_changed()
-        self.stats.blocked_s += time.monotonic() - t0
+        self._blocked_since = time.monotonic()
+        try:
+            while not (self.welcome is not None and self.next_seq <= self.ack + self.window):
+                if self.fatal:
+                    raise self.fatal
+                if self._give_up_at is not None and time.monotonic() > self._give_up_at:
+                    raise SendAbandoned(f"no credit from the hub at {self.address}; segment not sent")
+                await self._wait_changed()
+        finally:
+            self.stats.blocked_s += time.monotonic() - self._blocked_since
+            self._blocked_since = None
         seq = self.next_seq
         self.next_seq += 1
         data = wire.encode(replace(segment, header=replace(segment.header, seq=seq)))
@@ -413,6 +426,11 @@ class SegmentSender:
         await self._send(data)
         self.stats.sent += 1
         return seq
+
+    def give_up(self, after_s: float) -> None:
+        """Shutting down: a send still waiting for credit after ``after_s`` raises SendAbandoned."""
+        self._give_up_at = time.monotonic() + after_s
+        self._notify()
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every sent segment is acknowledged (or timeout)."""
@@ -447,7 +465,9 @@ class SegmentSender:
             self._notify()
 
     async def send_heartbeat(self) -> None:
-        stats = {**self.stats_fn(), "inflight": float(self.inflight), "blocked_s": self.stats.blocked_s,
+        blocked_now = time.monotonic() - self._blocked_since if self._blocked_since is not None else 0.0
+        stats = {**self.stats_fn(), "inflight": float(self.inflight), "blocked_s": self.stats.blocked_s + blocked_now,
+                 "blocked": float(self._blocked_since is not None),
                  "sent": float(self.stats.sent), "reconnects": float(self.stats.reconnects)}
         await self._send(wire.encode(Heartbeat(sender=self.hello.collector_id, time=time.time(), stats=stats)))
 
@@ -476,8 +496,13 @@ class SegmentSender:
         sock.send(wire.encode(self.hello))
 
     async def _send(self, data: bytes) -> None:
+        # Never block: a DEALER with no live pipe (hub down, handshake refused) would wait forever.
+        # A segment that could not be queued stays in ``unacked`` and is resent after the next welcome.
         if self._sock is not None:
-            await self._sock.send(data)
+            try:
+                await self._sock.send(data, flags=zmq.NOBLOCK)
+            except zmq.Again:
+                self.stats.send_again += 1
 
     async def _handle(self, data: bytes) -> None:
         try:
@@ -490,6 +515,7 @@ class SegmentSender:
         elif isinstance(msg, Welcome):
             first = self.welcome is None and self.stats.reconnects == 0 and self.next_seq == 0
             self.welcome, self.window = msg, msg.window
+            self.stats.welcomes += 1
             log.info("hub %s welcomed %s (window %d)%s", msg.hub_id, self.hello.collector_id, msg.window,
                      "" if first else f"; resending {len(self.unacked)} unacknowledged segments")
             for seq, seg_bytes in list(self.unacked.items()):
@@ -525,3 +551,21 @@ class SegmentSender:
         ev = self._changed
         with anyio.move_on_after(0.5):
             await ev.wait()
+
+
+def free_base_port(host: str = "127.0.0.1") -> int:
+    """A port P with P..P+3 free on ``host`` (the four hub sockets), for tests and benchmarks."""
+    for _ in range(200):
+        with socket.socket() as s:
+            s.bind((host, 0))
+            p = s.getsockname()[1]
+        if p > 65000:
+            continue
+        try:
+            for k in range(1, 4):
+                with socket.socket() as s:
+                    s.bind((host, p + k))
+            return p
+        except OSError:
+            continue
+    raise RuntimeError(f"no four consecutive free ports on {host}")
