@@ -125,7 +125,7 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg))
     run_dir = REPO_ROOT / cfg.run.out_dir / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    hub = LearnerHub(cfg, curve_keys(cfg))
+    hub = LearnerHub(cfg, curve_keys(cfg), run_dir)
     stop = anyio.Event()
     procs: list[subprocess.Popen[bytes]] = []
     base = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "collector", "--learner", cfg.hub.address]

@@ -10,100 +10,22 @@ import os
 import socket
 import threading
 import time
-from dataclasses import dataclass, field
-
 import anyio
 import numpy as np
 import zmq.asyncio
 
+from pzstream.agent import GamePlayer, MctsPolicy, Policy, RandomPlayer, RandomPolicy  # noqa: F401 (RandomPlayer re-exported)
 from pzstream.config import Config
-from pzstream.env import Game, open_game
+from pzstream.env import open_game
 from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, SendAbandoned, endpoints_for
-from pzstream.wire import Hello, Segment, SegmentHeader
+from pzstream.weights import WeightsError
+from pzstream.wire import Hello, Weights
 
 log = logging.getLogger("pzstream.collector")
 
 
 def default_collector_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
-
-
-@dataclass
-class PlayerStats:
-    env_steps: int = 0
-    episodes: int = 0
-    returns: list[float] = field(default_factory=list)
-    play_s: float = 0.0
-
-
-class RandomPlayer:
-    """Plays ``game`` with a uniform random policy over its valid actions.
-
-    Stands in for the search until the world model exists; its segments are real
-    (the visit distribution is the uniform policy it sampled from).
-    """
-
-    def __init__(self, game: Game, collector_id: str, segment_steps: int, max_episode_steps: int, seed: int):
-        self.game = game
-        self.collector_id = collector_id
-        self.segment_steps = segment_steps
-        self.max_episode_steps = max_episode_steps
-        self.rng = np.random.default_rng(seed)
-        self.seed = seed
-        self.stats = PlayerStats()
-        self.versions = {"wm": 0, "llm": 0}
-        self._obs: str | None = None
-        self._episode = -1
-        self._t = 0  # step index within the episode
-        self._return = 0.0
-
-    def play_segment(self, stop: threading.Event, max_steps: int | None = None) -> Segment | None:
-        """Play up to ``segment_steps`` steps (fewer at an episode end or on ``stop``)."""
-        t_start = time.time()
-        if self._obs is None:
-            self._episode += 1
-            self._obs = self.game.reset(seed=self.seed + self._episode)
-            self._t, self._return = 0, 0.0
-        episode, step0 = self._episode, self._t
-        obs, cands, idx, texts, rewards, scores, dones = [], [], [], [], [], [], []
-        while len(obs) < self.segment_steps and not stop.is_set():
-            if max_steps is not None and self.stats.env_steps >= max_steps:
-                break
-            valid = self.game.valid_actions()
-            a = int(self.rng.integers(len(valid)))
-            res = self.game.step(valid[a])
-            self._t += 1
-            self.stats.env_steps += 1
-            self._return += res.reward
-            ended = res.done or self._t >= self.max_episode_steps
-            obs.append(self._obs)
-            cands.append(valid)
-            idx.append(a)
-            texts.append(valid[a])
-            rewards.append(res.reward)
-            scores.append(res.score)
-            dones.append(ended)
-            self._obs = res.observation
-            if ended:
-                self.stats.episodes += 1
-                self.stats.returns.append(self._return)
-                self._obs = None
-                break
-        self.stats.play_s += time.time() - t_start
-        if not obs:
-            return None
-        sizes = np.array([len(c) for c in cands], dtype=np.int32)
-        offsets = np.zeros(len(cands) + 1, dtype=np.int32)
-        np.cumsum(sizes, out=offsets[1:])
-        uniform = np.repeat(1.0 / sizes, sizes).astype(np.float32)
-        header = SegmentHeader(game=self.game.name, collector_id=self.collector_id, seq=0, episode_id=episode,
-                               step0=step0, wm_version=self.versions["wm"], llm_version=self.versions["llm"],
-                               t_start=t_start, t_end=time.time())
-        return Segment(header=header, observations=obs, cand_offsets=offsets,
-                       candidates=[c for step in cands for c in step], action_index=np.array(idx, dtype=np.int32),
-                       action_text=texts, reward=np.array(rewards, dtype=np.float32),
-                       score=np.array(scores, dtype=np.int32), done=np.array(dones, dtype=bool),
-                       visits=uniform, prior=uniform.copy(), root_value=np.full(len(obs), np.nan, dtype=np.float32))
 
 
 async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None = None) -> dict[str, object]:
@@ -114,7 +36,13 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
     log.info("collector %s opening game %r", cid, cc.game)
     game = await anyio.to_thread.run_sync(lambda: open_game(
         cc.game, games_dir=cfg.env.games_dir, cache_dir=cfg.env.cache_dir, seed=cc.seed))
-    player = RandomPlayer(game, cid, cc.segment_steps, cc.max_episode_steps, cc.seed)
+    policy: Policy
+    if cc.policy == "mcts":
+        policy = await anyio.to_thread.run_sync(lambda: MctsPolicy(cfg.world_model(), cfg.search_config(), cc.seed))
+    else:
+        policy = RandomPolicy(cc.seed)
+    player = GamePlayer(game, policy, cid, cc.segment_steps, cc.max_episode_steps, cc.seed)
+    weights_rejected = 0
 
     def stats() -> dict[str, float]:
         cs = game.cache_stats()
@@ -122,23 +50,44 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
         return {"env_steps": float(s.env_steps), "episodes": float(s.episodes),
                 "cache_hits": float(cs.get("hits", 0)), "cache_misses": float(cs.get("misses", 0)),
                 "valid_action_s": float(cs.get("valid_action_s", 0.0)), "play_s": s.play_s,
+                "env_s": s.env_s, "valid_s": s.valid_s, "policy_s": s.policy_s, "net_s": policy.net_s,
+                "wm_version": float(policy.wm_version), "weights_rejected": float(weights_rejected),
                 "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0}
 
     ctx = zmq.asyncio.Context()
     hello = Hello(collector_id=cid, game=game.name, host=socket.gethostname(), pid=os.getpid(),
-                  capabilities=("random_policy",))
+                  capabilities=(f"policy:{policy.name}",))
     sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats)
     notices = NoticeSubscriber(ctx, ep.weights, curve)
     halt = threading.Event()
     conversation_done = anyio.Event()
     log.info("collector %s playing %s against %s", cid, game.name, cc.learner)
 
+    async def install(note: Weights) -> None:
+        """Fetch, check and load new world-model weights; on any fault keep the old ones."""
+        nonlocal weights_rejected
+        from pzstream.model.world_model import WorldModel, load_weights_bytes
+
+        try:
+            data = await sender.fetch(note)
+            model = WorldModel(cfg.world_model())
+            await anyio.to_thread.run_sync(load_weights_bytes, model, data)
+        except (WeightsError, ValueError, TimeoutError) as e:
+            weights_rejected += 1
+            log.error("rejected %s v%d, keeping v%d: %s", note.model, note.version, policy.wm_version, e)
+            return
+        policy.offer(model, note.version)  # type: ignore[attr-defined]
+        log.info("world model v%d fetched (%d bytes, sha256 ok); swapping in at the next move", note.version, note.nbytes)
+
     async def follow_weights() -> None:
+        tried: set[tuple[str, int]] = set()
         while True:
             note = await notices.recv()
-            if note.model in player.versions and note.version != player.versions[note.model]:
-                log.info("weights notice: %s v%d (was v%d)", note.model, note.version, player.versions[note.model])
-                player.versions[note.model] = note.version
+            if (note.model != "wm" or not isinstance(policy, MctsPolicy) or not note.uri
+                    or note.version <= policy.wm_version or (note.model, note.version) in tried):
+                continue
+            tried.add((note.model, note.version))
+            await install(note)
 
     async def watch_stop() -> None:
         await stop.wait()

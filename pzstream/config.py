@@ -46,6 +46,7 @@ class CollectorConfig(_Section):
     learner: str = "tcp://127.0.0.1:5555"
     id: str | None = Field(None, description="unique collector id; default host-pid")
     game: str = "default"
+    policy: Literal["mcts", "random"] = Field("mcts", description="mcts over the world model, or uniform random")
     segment_steps: int = Field(50, ge=1, le=4096)
     max_episode_steps: int = Field(100, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many env steps")
@@ -73,6 +74,33 @@ class SecurityConfig(_Section):
     allow_insecure: bool = Field(False, description="bind a non-loopback address without CURVE")
 
 
+class TrainerConfig(_Section):
+    """World-model training beside the hub, in its own process (so neither stalls the other)."""
+
+    enabled: bool = True
+    threads: int = Field(1, ge=1, description="torch threads of the trainer process")
+    min_replay_steps: int = Field(200, ge=1, description="steps stored before training starts")
+    replay_capacity_steps: int = Field(50_000, ge=100)
+    publish_every: int = Field(25, ge=1, description="publish new weights every N updates")
+    log_every: int = Field(25, ge=1, description="log losses every N updates")
+    max_updates_per_s: float = Field(0.0, ge=0, description="0 = as fast as the CPU allows")
+    max_wm_lag: int | None = Field(None, ge=0, description="segments played with weights older than this are dropped (counted)")
+    tensorboard: bool = True
+
+
+class SearchSection(_Section):
+    """MCTS at the collectors (see pzstream/search)."""
+
+    num_simulations: int = Field(16, ge=1, le=4096)
+    pb_c_base: float = Field(19652.0, gt=0)
+    pb_c_init: float = Field(1.25, gt=0)
+    discount: float = Field(0.997, gt=0, le=1)
+    dirichlet_alpha: float = Field(0.3, gt=0)
+    root_noise_fraction: float = Field(0.25, ge=0, le=1)
+    temperature: float = Field(1.0, ge=0)
+    backend: Literal["numpy", "lightzero"] = "numpy"
+
+
 class RunConfig(_Section):
     name: str = "debug"
     max_seconds: float | None = Field(None, gt=0)
@@ -92,6 +120,34 @@ class Config(_Section):
     env: EnvConfig = EnvConfig()
     wire: WireConfig = WireConfig()
     security: SecurityConfig = SecurityConfig()
+    trainer: TrainerConfig = TrainerConfig()
+    search: SearchSection = SearchSection()
+    model: dict[str, Any] = Field(default_factory=dict, description="WorldModelConfig fields (pzstream/model/config.py)")
+
+    @field_validator("model")
+    @classmethod
+    def _model_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
+        from pzstream.model.config import WorldModelConfig
+
+        known = set(WorldModelConfig.__dataclass_fields__)
+        for key in v:
+            if key not in known:
+                raise ValueError(f"unknown world-model key {key!r} (known: {', '.join(sorted(known))})")
+        try:
+            WorldModelConfig(**v).validate()
+        except (TypeError, ValueError) as e:
+            raise ValueError(str(e)) from None
+        return v
+
+    def world_model(self):  # -> WorldModelConfig (imported lazily: torch is heavy)
+        from pzstream.model.config import WorldModelConfig
+
+        return WorldModelConfig(**self.model).validate()
+
+    def search_config(self):  # -> pzstream.search.SearchConfig
+        from pzstream.search import SearchConfig
+
+        return SearchConfig(**self.search.model_dump())
 
     @model_validator(mode="after")
     def _segment_fits_wire(self) -> "Config":

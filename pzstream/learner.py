@@ -8,9 +8,11 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import tempfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import anyio
 import zmq
@@ -20,7 +22,8 @@ from pzstream import wire
 from pzstream.config import Config
 from pzstream.replay import ReplayBuffer
 from pzstream.transport import CurveKeys, HubRouter, LogRelay, NoticePublisher, check_bind_security, endpoints_for
-from pzstream.wire import Credit, Heartbeat, Hello, Reject, Segment, Welcome, WireError, WireLimits
+from pzstream.weights import WeightsStore
+from pzstream.wire import Credit, Fetch, Heartbeat, Hello, Reject, Segment, Welcome, WireError, WireLimits
 
 log = logging.getLogger("pzstream.learner")
 
@@ -33,6 +36,7 @@ class Peer:
     hello: Hello
     last_heard: float
     last_seq: int = -1
+    granted: int = -1  # highest seq this peer may send: last ack + window
     accepted: int = 0
     rejected: int = 0
     steps: int = 0
@@ -51,6 +55,7 @@ class HubCounters:
     lag_wm: Counter[int] = field(default_factory=Counter)
     lag_llm: Counter[int] = field(default_factory=Counter)
     collectors_lost: int = 0
+    trainer_dropped: int = 0
 
 
 def _lag_summary(hist: Counter[int]) -> dict[str, float]:
@@ -64,8 +69,9 @@ def _lag_summary(hist: Counter[int]) -> dict[str, float]:
 class LearnerHub:
     """Serve collectors until ``stop`` is set; :meth:`summary` reports what happened."""
 
-    def __init__(self, cfg: Config, curve: CurveKeys | None = None):
+    def __init__(self, cfg: Config, curve: CurveKeys | None = None, run_dir: Path | None = None):
         self.cfg = cfg
+        self.run_dir = run_dir or Path(cfg.run.out_dir) / cfg.run.name
         self.curve = curve
         self.endpoints = endpoints_for(cfg.hub.address)
         self.limits = WireLimits(max_message_bytes=cfg.wire.max_message_bytes,
@@ -78,9 +84,14 @@ class LearnerHub:
         self.peers: dict[bytes, Peer] = {}
         self.by_collector: dict[str, bytes] = {}
         self.collector_stats: dict[str, dict[str, float]] = {}
+        self.weights = WeightsStore(keep=3)
         self.wm_version = 0
         self.llm_version = 0
         self._logged_reasons: set[str] = set()
+        self.trainer_stats: dict[str, float] = {}
+        self._train_push: zmq.Socket | None = None
+        self._episode_sums: dict[tuple[str, int], float] = {}
+        self.episode_returns: dict[str, list[tuple[float, float]]] = {}
         self._t0 = time.monotonic()
         self._t_end: float | None = None
         self.ready = anyio.Event()
@@ -95,6 +106,9 @@ class LearnerHub:
         router = HubRouter(ctx, self.endpoints.segments, self.curve, self.cfg.wire.max_message_bytes)
         notices = NoticePublisher(ctx, self.endpoints.weights, self.curve)
         relay = LogRelay(sync_ctx, self.endpoints.logs_in, self.endpoints.logs_out, self.curve)
+        trainer_proc = None
+        if self.cfg.trainer.enabled:
+            trainer_proc, train_pull, sock_dir = self._start_trainer(ctx)
         self._t0 = time.monotonic()
         log.info("hub %s listening: segments %s, weights %s, logs in %s, monitor %s%s", self.hub_id,
                  self.endpoints.segments, self.endpoints.weights, self.endpoints.logs_in, self.endpoints.logs_out,
@@ -106,10 +120,14 @@ class LearnerHub:
                 tg.start_soon(self._housekeeping, router, notices)
                 tg.start_soon(self._report)
                 tg.start_soon(self._watch_handshakes, router)
+                if trainer_proc is not None:
+                    tg.start_soon(self._trainer_inbox, train_pull, notices)
                 await stop.wait()
                 tg.cancel_scope.cancel()
         finally:
             self._t_end = time.monotonic()
+            if trainer_proc is not None:
+                self._stop_trainer(trainer_proc, train_pull, sock_dir)
             router.close()
             notices.close()
             relay.close()
@@ -117,6 +135,57 @@ class LearnerHub:
                 auth.stop()
             ctx.destroy(linger=0)
         return self.summary()
+
+    def _start_trainer(self, ctx: zmq.asyncio.Context):
+        from pzstream.logstream import local_address
+        from pzstream.trainer import start_trainer
+
+        sock_dir = tempfile.mkdtemp(prefix="pzstream-hub-")
+        inbox, outbox = f"ipc://{sock_dir}/train-in", f"ipc://{sock_dir}/train-out"
+        push = zmq.Context.shadow(ctx.underlying).socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, 2000)
+        push.setsockopt(zmq.LINGER, 0)
+        push.bind(inbox)
+        pull = ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.LINGER, 0)
+        pull.bind(outbox)
+        self._train_push = push
+        logs_in = None if self.curve else local_address(self.endpoints.logs_in)
+        proc = start_trainer(self.cfg, inbox, outbox, self.run_dir, logs_in)
+        log.info("world-model trainer started (pid %d)", proc.pid)
+        return proc, pull, sock_dir
+
+    def _stop_trainer(self, proc, pull: zmq.asyncio.Socket, sock_dir: str) -> None:
+        import shutil
+
+        if self._train_push is not None:
+            try:
+                self._train_push.send(b"STOP", flags=zmq.NOBLOCK)
+            except zmq.Again:
+                pass
+        proc.join(timeout=5)
+        if proc.is_alive():
+            proc.terminate()
+            proc.join(timeout=5)
+        if self._train_push is not None:
+            self._train_push.close(0)
+            self._train_push = None
+        pull.close(0)
+        shutil.rmtree(sock_dir, ignore_errors=True)
+
+    async def _trainer_inbox(self, pull: zmq.asyncio.Socket, notices: NoticePublisher) -> None:
+        """New weights and metrics from the trainer process."""
+        while True:
+            frames = await pull.recv_multipart()
+            msg = wire.decode(frames[0])
+            if isinstance(msg, wire.Weights) and len(frames) == 2:
+                notice = self.weights.put(msg.model, msg.version, frames[1])
+                if msg.model == "wm":
+                    self.wm_version = msg.version
+                await notices.publish(notice)
+                log.info("published %s v%d (%d bytes, sha256 %s)", notice.model, notice.version, notice.nbytes, notice.sha256[:12])
+            elif isinstance(msg, wire.Heartbeat):
+                self.trainer_stats = dict(msg.stats)
 
     async def _ingest(self, router: HubRouter) -> None:
         while True:
@@ -128,8 +197,11 @@ class LearnerHub:
                     continue
                 identity, data = frames
                 await self._handle(router, identity, data, acks)
+            window = self.cfg.hub.credit_window
             for identity, seq in acks.items():
-                await router.send(identity, wire.encode(Credit(n=self.cfg.hub.credit_window, ack=seq)))
+                if (peer := self.peers.get(identity)) is not None:
+                    peer.granted = max(peer.granted, seq + window)
+                await router.send(identity, wire.encode(Credit(n=window, ack=seq)))
 
     async def _handle(self, router: HubRouter, identity: bytes, data: bytes, acks: dict[bytes, int]) -> None:
         peer = self.peers.get(identity)
@@ -141,13 +213,18 @@ class LearnerHub:
             await self._reject(router, identity, peer, e.reason, e.detail)
             return
         if isinstance(msg, Segment):
-            await self._on_segment(router, identity, peer, msg, acks, len(data))
+            await self._on_segment(router, identity, peer, msg, acks, data)
         elif isinstance(msg, Heartbeat):
             if peer is not None and not peer.lost:
                 peer.stats = dict(msg.stats)
                 self.collector_stats[peer.hello.collector_id] = peer.stats
         elif isinstance(msg, Hello):
             await self._on_hello(router, identity, peer, msg)
+        elif isinstance(msg, Fetch):
+            if peer is None or peer.lost:
+                await self._reject(router, identity, peer, "hello_required", "fetch from a connection that has not said hello")
+            else:
+                await router.send(identity, wire.encode(self.weights.chunk(msg)))
         else:
             await self._reject(router, identity, peer, "unexpected_kind", f"collectors do not send {type(msg).__name__}")
 
@@ -162,7 +239,8 @@ class LearnerHub:
             last_seq = old.last_seq if old.hello.pid == hello.pid and old.hello.host == hello.host else -1
         else:
             last_seq = peer.last_seq if peer is not None else -1
-        fresh = Peer(identity=identity, hello=hello, last_heard=time.monotonic(), last_seq=last_seq)
+        fresh = Peer(identity=identity, hello=hello, last_heard=time.monotonic(), last_seq=last_seq,
+                     granted=last_seq + self.cfg.hub.credit_window)
         if peer is not None and not peer.lost:
             fresh.accepted, fresh.rejected, fresh.steps = peer.accepted, peer.rejected, peer.steps
         self.peers[identity] = fresh
@@ -176,7 +254,7 @@ class LearnerHub:
                                                         heartbeat_s=self.cfg.hub.heartbeat_s)))
 
     async def _on_segment(self, router: HubRouter, identity: bytes, peer: Peer | None, seg: Segment,
-                          acks: dict[bytes, int], nbytes: int) -> None:
+                          acks: dict[bytes, int], data: bytes) -> None:
         h = seg.header
         if peer is None or peer.lost:
             await self._reject(router, identity, peer, "hello_required", "segment from a connection that has not said hello")
@@ -190,6 +268,21 @@ class LearnerHub:
             await self._reject(router, identity, peer, "duplicate_seq", f"seq {h.seq} <= last accepted {peer.last_seq}")
             acks[identity] = max(acks.get(identity, -1), peer.last_seq)
             return
+        if peer.last_seq == -1 and peer.accepted == 0:
+            # A hub meeting a collector mid-stream (after a hub restart) learns its base from the
+            # first segment: the collector's window then ends at that seq - 1 + window.
+            peer.granted = max(peer.granted, h.seq - 1 + self.cfg.hub.credit_window)
+        if h.seq > peer.granted:  # a collector that ignores its window cannot flood the hub
+            await self._reject(router, identity, peer, "no_credit", f"seq {h.seq} beyond granted {peer.granted}")
+            return
+        lag = self.wm_version - h.wm_version
+        bound = self.cfg.trainer.max_wm_lag
+        if bound is not None and lag > bound:
+            peer.last_seq = h.seq
+            acks[identity] = h.seq
+            self.counters.lag_wm[lag] += 1
+            await self._reject(router, identity, peer, "stale", f"played with wm v{h.wm_version}, hub has v{self.wm_version} (bound {bound})")
+            return
         if self.cfg.hub.stall_s:
             await anyio.sleep(self.cfg.hub.stall_s)
         peer.last_seq = h.seq
@@ -198,15 +291,30 @@ class LearnerHub:
         c = self.counters
         c.accepted += 1
         c.accepted_steps += seg.n_steps
-        c.accepted_bytes += nbytes
+        c.accepted_bytes += len(data)
         game = c.per_game.setdefault(h.game, Counter())
         game["segments"] += 1
         game["steps"] += seg.n_steps
         game["episodes_ended"] += int(seg.done.sum())
-        c.lag_wm[self.wm_version - h.wm_version] += 1
+        c.lag_wm[lag] += 1
         c.lag_llm[self.llm_version - h.llm_version] += 1
         self.replay.add(seg)
+        self._track_returns(seg)
+        if self._train_push is not None:
+            try:
+                self._train_push.send(data, flags=zmq.NOBLOCK, copy=False)
+            except zmq.Again:  # the trainer is behind: it samples anyway, but say how much it missed
+                c.trainer_dropped += 1
         acks[identity] = h.seq
+
+    def _track_returns(self, seg: Segment) -> None:
+        h = seg.header
+        key = (h.collector_id, h.episode_id)
+        total = self._episode_sums.pop(key, 0.0) + float(seg.reward.sum(dtype="float64"))
+        if bool(seg.done[-1]):
+            self.episode_returns.setdefault(h.collector_id, []).append((round(time.monotonic() - self._t0, 2), total))
+        else:
+            self._episode_sums[key] = total
 
     async def _reject(self, router: HubRouter, identity: bytes, peer: Peer | None, reason: str, detail: str) -> None:
         who = peer.hello.collector_id if peer is not None else identity.hex()[:16]
@@ -292,4 +400,31 @@ class LearnerHub:
             "lag": {"wm": _lag_summary(c.lag_wm), "llm": _lag_summary(c.lag_llm)},
             "replay": self.replay.summary(),
             "megabytes": round(c.accepted_bytes / 1e6, 3),
+            "wm_updates": int(self.trainer_stats.get("updates", 0)),
+            "wm_version_published": self.wm_version,
+            "min_collector_wm_version": self.min_collector_version("wm"),
+            "trainer": self.trainer_stats,
+            "trainer_dropped": c.trainer_dropped,
+            "episode_returns": self.returns_summary(),
         }
+
+    def min_collector_version(self, model: str) -> int | None:
+        """Lowest weights version any collector reported playing with (its last heartbeat)."""
+        versions = [int(s[f"{model}_version"]) for s in self.collector_stats.values() if f"{model}_version" in s]
+        return min(versions) if versions else None
+
+    def returns_summary(self) -> dict[str, dict[str, object]]:
+        out = {}
+        for cid, series in sorted(self.episode_returns.items()):
+            rets = [r for _, r in series]
+            half = len(rets) // 2
+            out[cid] = {"policy": self._policy_of(cid), "episodes": len(rets), "mean": round(sum(rets) / len(rets), 3),
+                        "first_half_mean": round(sum(rets[:half]) / half, 3) if half else None,
+                        "second_half_mean": round(sum(rets[half:]) / (len(rets) - half), 3),
+                        "series": series[-200:]}
+        return out
+
+    def _policy_of(self, cid: str) -> str:
+        ident = self.by_collector.get(cid)
+        caps = self.peers[ident].hello.capabilities if ident in self.peers else ()
+        return next((c.split(":", 1)[1] for c in caps if c.startswith("policy:")), "unknown")

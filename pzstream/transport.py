@@ -28,7 +28,8 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from pzstream import wire
-from pzstream.wire import Credit, Heartbeat, Hello, Log, Reject, Segment, Welcome, WireError
+from pzstream.weights import BlobAssembler
+from pzstream.wire import Blob, Credit, Heartbeat, Hello, Log, Reject, Segment, Welcome, WireError
 
 log = logging.getLogger("pzstream.transport")
 
@@ -399,6 +400,7 @@ class SegmentSender:
         self._last_heard = 0.0
         self._blocked_since: float | None = None
         self._give_up_at: float | None = None
+        self._blob: Blob | None = None
 
     # -- public -------------------------------------------------------------------------
 
@@ -431,6 +433,19 @@ class SegmentSender:
         """Shutting down: a send still waiting for credit after ``after_s`` raises SendAbandoned."""
         self._give_up_at = time.monotonic() + after_s
         self._notify()
+
+    async def fetch(self, notice: wire.Weights, chunk_timeout_s: float = 10.0) -> bytes:
+        """Fetch the bytes a weights notice announces, chunk by chunk; raises WeightsError or TimeoutError."""
+        asm = BlobAssembler(notice)
+        while not asm.done:
+            req = asm.next_request()
+            self._blob = None
+            await self._send(wire.encode(req))
+            with anyio.fail_after(chunk_timeout_s):
+                while self._blob is None or self._blob.offset != req.offset:
+                    await self._wait_changed()
+            asm.add(self._blob)
+        return asm.result()
 
     async def drain(self, timeout_s: float) -> bool:
         """Wait until every sent segment is acknowledged (or timeout)."""
@@ -512,6 +527,8 @@ class SegmentSender:
             return
         if isinstance(msg, Credit):
             self._on_credit(msg)
+        elif isinstance(msg, Blob):
+            self._blob = msg
         elif isinstance(msg, Welcome):
             first = self.welcome is None and self.stats.reconnects == 0 and self.next_seq == 0
             self.welcome, self.window = msg, msg.window

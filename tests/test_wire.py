@@ -48,7 +48,9 @@ def _pack(tree: Any) -> bytes:
 
 
 def _ext(code: int, dims: tuple[int, ...], payload: bytes) -> msgpack.ExtType:
-    head = bytes([code, len(dims)]) + struct.pack(f"<{len(dims)}I", *dims)
+    """Hand-built array ext: dtype, ndim, 2 zero bytes, dims, zero pad to a multiple of 8, payload."""
+    head = bytes([code, len(dims), 0, 0]) + struct.pack(f"<{len(dims)}I", *dims)
+    head += bytes(-len(head) % 8)
     return msgpack.ExtType(wire.ARRAY_EXT_CODE, head + payload)
 
 
@@ -197,7 +199,8 @@ def test_not_a_bytes_object_is_malformed() -> None:
     assert _reason("a str") == "malformed"  # type: ignore[arg-type]
 
 
-@pytest.mark.parametrize("value", [[1, 2], "hello", 3, None, msgpack.ExtType(1, b"\x05\x00\x01\x00\x00\x00")])
+@pytest.mark.parametrize("value", [[1, 2], "hello", 3, None,
+                                   msgpack.ExtType(1, b"\x05\x00\x00\x00\x00\x00\x00\x00\x01\x00\x00\x00")])
 def test_not_a_map(value: Any) -> None:
     assert _reason(_pack(value)) == "not_a_map"
 
@@ -247,7 +250,7 @@ def test_bad_field_simple(change: dict) -> None:
     (SIMPLE_MESSAGES[6], "stats", [1]),
     (SIMPLE_MESSAGES[6], "time", "now"),
     (SIMPLE_MESSAGES[9], "message", b"bytes, not str"),
-    (SIMPLE_MESSAGES[9], "level", msgpack.ExtType(1, b"\x05\x01\x01\x00\x00\x00\x00\x00\x00\x00")),
+    (SIMPLE_MESSAGES[9], "level", msgpack.ExtType(1, b"\x05\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00")),
     (SIMPLE_MESSAGES[9], "level", msgpack.ExtType(7, b"x")),
 ])
 def test_bad_field_types(msg: wire.Message, key: str, value: Any) -> None:
@@ -309,9 +312,20 @@ def test_segment_wrong_typed_header() -> None:
 def test_array_ext_layout() -> None:
     ext = wire._array_ext(np.array([1, -2], dtype=np.int32))
     assert ext.code == 1
-    assert ext.data == bytes.fromhex("05 01 02000000 01000000 feffffff")
+    assert ext.data == bytes.fromhex("05 01 0000 02000000 01000000 feffffff")
     big_endian = wire._array_ext(np.array([1.5], dtype=">f8"))
-    assert big_endian.data == b"\x09\x01\x01\x00\x00\x00" + struct.pack("<d", 1.5)
+    assert big_endian.data == b"\x09\x01\x00\x00\x01\x00\x00\x00" + struct.pack("<d", 1.5)
+    # even ndim: 4 zero bytes after the dims keep the elements 8-byte aligned
+    matrix = wire._array_ext(np.array([[7]], dtype=np.int16))
+    assert matrix.data == bytes.fromhex("04 02 0000 01000000 01000000 00000000 0700")
+    scalar = wire._array_ext(np.array(True))
+    assert scalar.data == bytes.fromhex("01 00 0000 00000000 01")
+
+
+def test_decoded_arrays_are_aligned() -> None:
+    out = wire.decode(wire.encode(_segment()))
+    for name in wire._ARRAY_COLUMNS:
+        assert getattr(out, name).flags.aligned, name
 
 
 @pytest.mark.parametrize("code", [0, 10, 42, 255])
@@ -346,6 +360,13 @@ def test_bad_shape() -> None:
     assert _reason(_with_column("reward", _ext(8, (1, 3), b"\x00" * 12))) == "bad_shape"  # 2-d column
     assert _reason(_with_column("reward", msgpack.ExtType(1, b"\x08"))) == "bad_shape"  # cut header
     assert _reason(_with_column("reward", msgpack.ExtType(1, b"\x08\x02\x03\x00"))) == "bad_shape"
+    assert _reason(_with_column("reward", msgpack.ExtType(1, b"\x08\x01\x00\x00\x03\x00\x00"))) == "bad_shape"
+    # non-zero padding: after ndim, and after the dims of an even-ndim header
+    good = _ext(8, (3,), b"\x00" * 12).data
+    assert _reason(_with_column("reward", msgpack.ExtType(1, good[:2] + b"\x01\x00" + good[4:]))) == "bad_shape"
+    assert _reason(_with_column("reward", msgpack.ExtType(1, good[:3] + b"\x01" + good[4:]))) == "bad_shape"
+    two_d = _ext(8, (1, 3), b"\x00" * 12).data
+    assert _reason(_with_column("reward", msgpack.ExtType(1, two_d[:15] + b"\x01" + two_d[16:]))) == "bad_shape"
 
 
 def test_shape_exceeds_frame() -> None:

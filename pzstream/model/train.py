@@ -1,0 +1,61 @@
+"""One optimisation step of the world model: model + EMA target model + AdamW."""
+from __future__ import annotations
+
+import copy
+
+import torch
+
+from .config import WorldModelConfig
+from .losses import unizero_losses
+from .targets import Batch
+from .world_model import WorldModel
+
+
+class Trainer:
+    """Owns the online model, its EMA target (latent targets) and the optimiser.
+
+    step(batch) -> {"loss/total", "loss/latent", "loss/reward", "loss/value",
+    "loss/policy", "loss/entropy", "grad_norm"} as floats.
+    """
+
+    def __init__(self, model: WorldModel, cfg: WorldModelConfig | None = None, device: str | torch.device = "cpu"):
+        self.cfg = (cfg or model.cfg).validate()
+        self.device = torch.device(device)
+        self.model = model.to(self.device)
+        self.target = copy.deepcopy(model).requires_grad_(False).eval()
+        # nanoGPT convention: no weight decay on biases, norms and embedding tables
+        decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "bag" not in n and "pos" not in n]
+        other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "bag" not in n and "pos" not in n)]
+        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
+                                      {"params": other, "weight_decay": 0.0}], lr=self.cfg.lr, foreach=True)
+        self.steps = 0
+
+    def step(self, batch: Batch) -> dict[str, float]:
+        cfg = self.cfg
+        batch = batch.to(self.device)
+        self.model.train()
+        with torch.no_grad():
+            # UniZero: the latent target is the slowly moving target encoder on the real next obs
+            need = batch.obs_idx[:, cfg.context_steps + 1:]
+            uniq, inverse = torch.unique(need, return_inverse=True)  # encode only the next observations
+            target_latent = self.target.encode_obs([batch.texts[i] for i in uniq.tolist()])[inverse]
+        losses = unizero_losses(self.model(batch), batch, target_latent, cfg)
+        self.opt.zero_grad(set_to_none=True)
+        losses["loss/total"].backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.opt.step()
+        self.update_target()
+        self.steps += 1
+        out = {k: float(v.detach()) for k, v in losses.items()}
+        out["grad_norm"] = float(grad_norm)
+        return out
+
+    @torch.no_grad()
+    def update_target(self) -> None:
+        """target <- (1 - tau) target + tau online, parameters and buffers alike."""
+        tau = self.cfg.target_tau
+        for t, s in zip(self.target.state_dict().values(), self.model.state_dict().values()):
+            if t.dtype.is_floating_point:
+                t.lerp_(s, tau)
+            else:
+                t.copy_(s)

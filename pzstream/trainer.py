@@ -1,0 +1,175 @@
+"""World-model training beside the hub, in a process of its own.
+
+The hub forwards every accepted segment frame to the trainer (PUSH -> PULL, never blocking the
+hub: a full pipe is counted as dropped); the trainer keeps its own bounded replay, trains
+continuously, and sends new weights back (PUSH -> PULL, reliable) every ``publish_every``
+updates together with its metrics. Separate processes keep a slow trainer from stalling
+ingestion through the GIL, and the reverse.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import random
+import time
+from collections import deque
+from pathlib import Path
+
+import zmq
+
+from pzstream import wire
+from pzstream.config import Config
+
+log = logging.getLogger("pzstream.trainer")
+
+STOP = b"STOP"
+
+
+class SegmentReplay:
+    """The trainer's bounded store of segments and the training windows built from them.
+
+    Windows are rebuilt from the stored segments when new data has arrived (stitching episodes
+    across segments); a window is usable once its n-step value target is complete: its
+    episode has ended or enough later steps exist.
+    """
+
+    def __init__(self, capacity_steps: int):
+        self.capacity_steps = capacity_steps
+        self.segments: deque[wire.Segment] = deque()
+        self.steps = 0
+        self.evicted_steps = 0
+        self.windows: list = []
+        self._dirty = False
+
+    def add(self, seg: wire.Segment) -> None:
+        self.segments.append(seg)
+        self.steps += seg.n_steps
+        while self.steps > self.capacity_steps and len(self.segments) > 1:
+            old = self.segments.popleft()
+            self.steps -= old.n_steps
+            self.evicted_steps += old.n_steps
+        self._dirty = True
+
+    def rebuild(self, wm_cfg) -> None:
+        from pzstream.model.targets import build_windows
+
+        if not self._dirty:
+            return
+        horizon = wm_cfg.td_steps + wm_cfg.unroll_steps
+        self.windows = [w for w in build_windows(list(self.segments), wm_cfg)
+                        if bool(w.episode.done[-1]) or w.t0 + horizon < len(w.episode)]
+        self._dirty = False
+
+    def sample(self, n: int, rng: random.Random) -> list:
+        return [self.windows[rng.randrange(len(self.windows))] for _ in range(n)]
+
+
+def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: str | None) -> None:
+    """Process entry point: train until the hub sends STOP or goes away."""
+    import torch
+
+    from pzstream.logstream import setup_logging
+    from pzstream.model.targets import collate
+    from pzstream.model.train import Trainer
+    from pzstream.model.world_model import WorldModel, weights_bytes
+
+    cfg = Config.model_validate_json(cfg_json)
+    setup_logging("trainer", "wm", cfg.run.log_level, None)
+    if logs_in:
+        from pzstream.transport import ZmqLogHandler
+
+        handler = ZmqLogHandler(logs_in, "trainer", "wm")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger().addHandler(handler)
+    tc = cfg.trainer
+    torch.set_num_threads(tc.threads)
+    wm_cfg = cfg.world_model()
+    torch.manual_seed(0)
+    trainer = Trainer(WorldModel(wm_cfg), wm_cfg)
+    writer = None
+    if tc.tensorboard:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(str(Path(run_dir) / "tb" / "trainer"))
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.connect(inbox)
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 2000)
+    push.connect(outbox)
+    replay = SegmentReplay(tc.replay_capacity_steps)
+    rng = random.Random(0)
+    parent = os.getppid()
+    updates, version, received = 0, 0, 0
+    t0 = time.monotonic()
+    last_rebuild = -10**9
+    log.info("trainer up: world model %d parameters, batch %d, publish every %d updates",
+             sum(p.numel() for p in trainer.model.parameters()), wm_cfg.batch_size, tc.publish_every)
+    try:
+        while True:
+            # ingest everything waiting, then one update: data never waits behind training
+            for _ in range(1024):
+                try:
+                    frame = pull.recv(zmq.NOBLOCK)
+                except zmq.Again:
+                    break
+                if frame == STOP:
+                    return
+                try:
+                    msg = wire.decode(frame)
+                except wire.WireError as e:  # the hub validated it; this would be a bug, not input
+                    log.error("trainer got an undecodable frame: %s", e)
+                    continue
+                if isinstance(msg, wire.Segment):
+                    replay.add(msg)
+                    received += 1
+            if os.getppid() != parent:
+                log.warning("hub process is gone; trainer exits")
+                return
+            if replay.steps < tc.min_replay_steps:
+                pull.poll(200)
+                continue
+            if updates - last_rebuild >= 10 or not replay.windows:
+                replay.rebuild(wm_cfg)
+                last_rebuild = updates
+            if not replay.windows:
+                pull.poll(200)
+                continue
+            t_step = time.monotonic()
+            metrics = trainer.step(collate(replay.sample(wm_cfg.batch_size, rng), wm_cfg))
+            updates += 1
+            if tc.max_updates_per_s > 0:
+                time.sleep(max(0.0, 1.0 / tc.max_updates_per_s - (time.monotonic() - t_step)))
+            if updates % tc.publish_every == 0:
+                version += 1
+                data = weights_bytes(trainer.model)
+                notice = wire.Weights(model="wm", version=version, uri="", sha256="", nbytes=len(data))
+                push.send_multipart([wire.encode(notice), data])
+            if updates % tc.log_every == 0:
+                rate = updates / (time.monotonic() - t0)
+                stats = {"updates": float(updates), "updates_per_s": rate, "version": float(version),
+                         "replay_steps": float(replay.steps), "windows": float(len(replay.windows)),
+                         "segments_received": float(received), **{k: float(v) for k, v in metrics.items()}}
+                push.send_multipart([wire.encode(wire.Heartbeat(sender="trainer", time=time.time(), stats=stats))])
+                log.info("wm update %d (%.1f/s) v%d: loss %.3f (reward %.3f, value %.3f, policy %.3f, latent %.3f), replay %d steps",
+                         updates, rate, version, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
+                         metrics["loss/policy"], metrics["loss/latent"], replay.steps)
+                if writer is not None:
+                    for k, v in metrics.items():
+                        writer.add_scalar(f"train/{k}", v, updates)
+                    writer.add_scalar("train/updates_per_s", rate, updates)
+                    writer.add_scalar("train/replay_steps", replay.steps, updates)
+    finally:
+        if writer is not None:
+            writer.close()
+        pull.close(0)
+        push.close()
+        ctx.term()
+
+
+def start_trainer(cfg: Config, inbox: str, outbox: str, run_dir: Path, logs_in: str | None) -> mp.process.BaseProcess:
+    proc = mp.get_context("spawn").Process(target=run_trainer, name="pzstream-trainer", daemon=True,
+                                           args=(cfg.model_dump_json(), inbox, outbox, str(run_dir), logs_in))
+    proc.start()
+    return proc

@@ -1,0 +1,102 @@
+"""Versioned weights: the hub's store, and the collector's checked reassembly of fetched chunks.
+
+Weights never ride PUB/SUB (it drops at its high-water mark). The hub publishes a small
+`weights` notice; a collector asks for the bytes with `fetch` on its own DEALER connection
+(credit-free, one chunk at a time) and accepts them only if the sha256 matches the notice.
+"""
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from pzstream.wire import Blob, Fetch, Weights
+
+CHUNK_BYTES = 512 * 1024  # below the codec's 1 MiB cap on one bin value
+HUB_URI = "hub"  # a notice whose bytes are fetched from the hub over the segment connection
+
+
+class WeightsError(ValueError):
+    """Fetched weights that cannot be used: wrong checksum, wrong size, gone from the store."""
+
+
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+@dataclass(frozen=True)
+class StoredWeights:
+    model: str
+    version: int
+    sha256: str
+    data: bytes
+
+
+class WeightsStore:
+    """The newest ``keep`` versions of each model, in memory, optionally mirrored to ``directory``."""
+
+    def __init__(self, keep: int = 3, directory: Path | None = None):
+        self.keep = keep
+        self.directory = directory
+        self._by_model: dict[str, OrderedDict[int, StoredWeights]] = {}
+
+    def put(self, model: str, version: int, data: bytes) -> Weights:
+        entry = StoredWeights(model, version, sha256_hex(data), data)
+        versions = self._by_model.setdefault(model, OrderedDict())
+        versions[version] = entry
+        while len(versions) > self.keep:
+            versions.popitem(last=False)
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / f"{model}-v{version}.pt").write_bytes(data)
+        return Weights(model=model, version=version, uri=HUB_URI, sha256=entry.sha256, nbytes=len(data))
+
+    def latest(self, model: str) -> StoredWeights | None:
+        versions = self._by_model.get(model)
+        return next(reversed(versions.values())) if versions else None
+
+    def chunk(self, req: Fetch) -> Blob:
+        entry = self._by_model.get(req.model, {}).get(req.version)
+        if entry is None:
+            return Blob(model=req.model, version=req.version, offset=req.offset, total=0, sha256="", data=b"")
+        end = min(len(entry.data), req.offset + min(req.length, CHUNK_BYTES))
+        return Blob(model=req.model, version=req.version, offset=req.offset, total=len(entry.data),
+                    sha256=entry.sha256, data=entry.data[req.offset:end])
+
+
+class BlobAssembler:
+    """Collects the chunks of one notice's weights in order and checks them against it."""
+
+    def __init__(self, notice: Weights):
+        self.notice = notice
+        self._parts: list[bytes] = []
+        self.received = 0
+
+    @property
+    def done(self) -> bool:
+        return self.received >= self.notice.nbytes
+
+    def next_request(self) -> Fetch:
+        return Fetch(model=self.notice.model, version=self.notice.version, offset=self.received, length=CHUNK_BYTES)
+
+    def add(self, blob: Blob) -> None:
+        n = self.notice
+        if blob.total == 0 and n.nbytes > 0:
+            raise WeightsError(f"{n.model} v{n.version} is no longer on the hub")
+        if blob.total != n.nbytes or blob.sha256 != n.sha256:
+            raise WeightsError(f"{n.model} v{n.version}: chunk says {blob.total} bytes/{blob.sha256[:12]}, "
+                               f"notice said {n.nbytes}/{n.sha256[:12]}")
+        if blob.offset != self.received or not blob.data:
+            raise WeightsError(f"{n.model} v{n.version}: chunk at {blob.offset}, expected {self.received}")
+        self._parts.append(blob.data)
+        self.received += len(blob.data)
+
+    def result(self) -> bytes:
+        data = b"".join(self._parts)
+        if len(data) != self.notice.nbytes:
+            raise WeightsError(f"{self.notice.model} v{self.notice.version}: got {len(data)} bytes, expected {self.notice.nbytes}")
+        digest = sha256_hex(data)
+        if digest != self.notice.sha256:
+            raise WeightsError(f"{self.notice.model} v{self.notice.version}: sha256 {digest[:12]} != notice {self.notice.sha256[:12]}")
+        return data

@@ -1,0 +1,109 @@
+import numpy as np
+import pytest
+import torch
+
+from pzstream.model.config import WorldModelConfig
+from pzstream.model.inference import SearchAdapter
+from pzstream.model.support import logits_to_scalar
+from pzstream.model.world_model import NEG, WorldModel, load_weights_bytes, weights_bytes
+
+CANDS = [["go north", "take lamp", "open door"], ["look", "inventory"], ["eat apple"]]
+OBS = ["You are in a kitchen. A lamp is here.", "A dark cellar.", "An orchard with an apple tree."]
+HIST = [[("West of house.", "go east"), ("Behind house.", "open window")], [], [("Garden.", "go north")]]
+
+
+def _model(**kw) -> WorldModel:
+    torch.manual_seed(0)
+    m = WorldModel(WorldModelConfig(**kw))
+    with torch.no_grad():  # give the zero-initialised value/reward heads something to say
+        for head in (m.value_head, m.reward_head):
+            head[-1].weight.normal_(std=0.5)
+    return m.eval()
+
+
+def _full_forward(m: WorldModel, ad: SearchAdapter, handle: int, cands: list[str]):
+    """value, prior logits, reward recomputed from scratch on the handle's token sequence."""
+    tokens, valid = ad.node_tokens(handle)
+    with torch.no_grad():
+        h, _ = m.transformer(tokens[None], torch.arange(len(tokens)), valid[None])
+        keys = m.embed_texts(cands)[2]
+        value = logits_to_scalar(m.value_logits(h[0, -1]), m.cfg.value_support)
+        prior = m.policy_logits(h[0, -1], keys, torch.ones(len(cands), dtype=torch.bool))
+        reward = logits_to_scalar(m.reward_logits(h[0, -2]), m.cfg.reward_support)
+    return float(value), prior.numpy(), float(reward)
+
+
+def test_root_shapes_masking_and_handles():
+    m = _model()
+    ad = SearchAdapter(m)
+    out = ad.root(HIST, OBS, CANDS)
+    prior, value, handle, legal = out  # unpacks like a tuple
+    assert prior.shape == (3, 3) and prior.dtype == np.float32
+    assert value.shape == (3,) and value.dtype == np.float32
+    assert handle.dtype == np.int64 and len(set(handle.tolist())) == 3
+    assert legal.tolist() == [[True] * 3, [True, True, False], [True, False, False]]
+    assert (prior[~legal] <= NEG / 2).all() and np.isfinite(prior[legal]).all()
+    rec = ad.recurrent(handle, np.array([2, 1, 0]))
+    assert rec.reward.shape == (3,) and rec.value.shape == (3,) and rec.prior_logits.shape == (3, 3)
+    assert rec.handle.dtype == np.int64
+    assert len(set(rec.handle.tolist()) | set(handle.tolist())) == 6
+    assert (rec.prior_logits[~legal] <= NEG / 2).all()  # imagined states reuse the root's candidates
+    with pytest.raises(ValueError, match="candidates"):
+        ad.recurrent(handle[1:2], np.array([2]))
+    ad.reset()
+    with pytest.raises(KeyError):
+        ad.recurrent(handle[:1], np.array([0]))
+
+
+@pytest.mark.parametrize("depth", [1, 3, 6])  # 6 steps outgrow max_tokens (C=1, U=2) and rebuild the cache
+def test_cached_recurrent_equals_full_forward(depth):
+    m = _model(context_steps=1, unroll_steps=2)
+    ad = SearchAdapter(m)
+    out = ad.root(HIST, OBS, CANDS)
+    h = out.handle
+    for step in range(depth):
+        rec = ad.recurrent(h, np.array([step % 3, step % 2, 0]))
+        h = rec.handle
+        assert max(len(ad.node_tokens(x)[0]) for x in h) <= m.cfg.max_tokens
+    for b in range(3):
+        value, prior, reward = _full_forward(m, ad, int(h[b]), CANDS[b])
+        assert rec.value[b] == pytest.approx(value, abs=1e-4)
+        assert rec.reward[b] == pytest.approx(reward, abs=1e-4)
+        np.testing.assert_allclose(rec.prior_logits[b, :len(CANDS[b])], prior, atol=1e-4)
+
+
+def test_root_equals_full_forward_and_batching_mixed_depths():
+    m = _model()
+    ad = SearchAdapter(m)
+    out = ad.root(HIST, OBS, CANDS)
+    for b in range(3):
+        tokens, valid = ad.node_tokens(int(out.handle[b]))
+        assert len(tokens) == 2 * m.cfg.context_steps + 1
+        with torch.no_grad():
+            h, _ = m.transformer(tokens[None], torch.arange(len(tokens)), valid[None])
+            v = float(logits_to_scalar(m.value_logits(h[0, -1]), m.cfg.value_support))
+        assert out.value[b] == pytest.approx(v, abs=1e-4)
+    deep = ad.recurrent(out.handle[:1], np.array([0])).handle
+    deep = ad.recurrent(deep, np.array([1])).handle
+    mixed = ad.recurrent(np.array([deep[0], out.handle[1]]), np.array([2, 1]))
+    alone = [ad.recurrent(deep, np.array([2])), ad.recurrent(out.handle[1:2], np.array([1]))]
+    for b in range(2):
+        assert mixed.value[b] == pytest.approx(alone[b].value[0], abs=1e-5)
+        assert mixed.reward[b] == pytest.approx(alone[b].reward[0], abs=1e-5)
+
+
+def test_weights_bytes_round_trip_and_mismatch():
+    m = _model()
+    data = weights_bytes(m)
+    torch.manual_seed(1)
+    other = WorldModel(WorldModelConfig())
+    load_weights_bytes(other, data)
+    for (k, a), b in zip(m.state_dict().items(), other.state_dict().values()):
+        assert torch.equal(a, b), k
+    small = _model(latent_dim=32)
+    before = {k: v.clone() for k, v in small.state_dict().items()}
+    with pytest.raises(ValueError, match="tensor '"):
+        load_weights_bytes(small, data)
+    assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
+    with pytest.raises(ValueError, match="cannot be loaded"):
+        load_weights_bytes(small, b"not a checkpoint")
