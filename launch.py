@@ -139,6 +139,8 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
             for i in range(cfg.collector.count):
                 cmd = base + list(args.overrides) + [f"collector.id=c{i}", f"collector.seed={cfg.collector.seed + i}",
                                                      f"collector.game={cfg.collector.game}", "run.max_seconds=null"]
+                if cfg.collector.policies:
+                    cmd.append(f"collector.policy={cfg.collector.policies[i % len(cfg.collector.policies)]}")
                 if cfg.collector.max_steps:
                     cmd.append(f"collector.max_steps={cfg.collector.max_steps}")
                 log_file = open(run_dir / f"collector-{i}.log", "wb")

@@ -52,6 +52,8 @@ class CollectorConfig(_Section):
     max_steps: int | None = Field(None, ge=1, description="stop after this many env steps")
     seed: int = 0
     count: int = Field(2, ge=1, le=64, description="collectors started by --role all")
+    policies: list[Literal["mcts", "random"]] = Field(
+        default_factory=list, description="--role all: policy of collector i is policies[i % len]; empty = collector.policy")
 
 
 class EnvConfig(_Section):

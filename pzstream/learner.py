@@ -230,7 +230,8 @@ class LearnerHub:
 
     async def _on_hello(self, router: HubRouter, identity: bytes, peer: Peer | None, hello: Hello) -> None:
         owner = self.by_collector.get(hello.collector_id)
-        if owner is not None and owner != identity and not self.peers[owner].lost:
+        same_process = owner is not None and (self.peers[owner].hello.host, self.peers[owner].hello.pid) == (hello.host, hello.pid)
+        if owner is not None and owner != identity and not self.peers[owner].lost and not same_process:
             await self._reject(router, identity, None, "collector_id_in_use",
                                f"collector id {hello.collector_id!r} is live on another connection")
             return
@@ -357,16 +358,43 @@ class LearnerHub:
             await anyio.sleep(self.cfg.hub.heartbeat_s)
 
     async def _report(self) -> None:
-        last, last_t = 0, time.monotonic()
-        while True:
-            await anyio.sleep(self.cfg.hub.report_every_s)
-            now = time.monotonic()
-            rate = (self.counters.accepted - last) / max(now - last_t, 1e-9)
-            last, last_t = self.counters.accepted, now
-            live = sum(not p.lost for p in self.peers.values())
-            log.info("segments %d (%.1f/s), steps %d, rejected %s, collectors live %d, cache hit %.1f%%, replay %d steps",
-                     self.counters.accepted, rate, self.counters.accepted_steps, dict(self.counters.rejected) or 0,
-                     live, 100 * self.cache_hit_rate(), self.replay.steps)
+        writer = None
+        if self.cfg.trainer.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir / "tb" / "hub"))
+        last, last_t, last_steps = 0, time.monotonic(), 0
+        try:
+            while True:
+                await anyio.sleep(self.cfg.hub.report_every_s)
+                now = time.monotonic()
+                c = self.counters
+                rate = (c.accepted - last) / max(now - last_t, 1e-9)
+                step_rate = (c.accepted_steps - last_steps) / max(now - last_t, 1e-9)
+                last, last_t, last_steps = c.accepted, now, c.accepted_steps
+                live = sum(not p.lost for p in self.peers.values())
+                lag = _lag_summary(c.lag_wm)
+                log.info("segments %d (%.1f/s), steps %d, rejected %s, collectors live %d, cache hit %.1f%%, "
+                         "replay %d steps, wm v%d (updates %d, lag mean %.1f)",
+                         c.accepted, rate, c.accepted_steps, dict(c.rejected) or 0, live, 100 * self.cache_hit_rate(),
+                         self.replay.steps, self.wm_version, int(self.trainer_stats.get("updates", 0)), lag.get("mean", 0.0))
+                for cid, series in self.episode_returns.items():
+                    recent = [r for _, r in series[-10:]]
+                    log.info("returns %s (%s): last %d episodes mean %.2f", cid, self._policy_of(cid), len(recent),
+                             sum(recent) / len(recent))
+                if writer is not None:
+                    t = round(now - self._t0)
+                    writer.add_scalar("ingest/segments_per_s", rate, t)
+                    writer.add_scalar("ingest/steps_per_s", step_rate, t)
+                    writer.add_scalar("lag/wm_mean", float(lag.get("mean", 0.0)), t)
+                    writer.add_scalar("weights/wm_version", self.wm_version, t)
+                    for cid, series in self.episode_returns.items():
+                        recent = [r for _, r in series[-10:]]
+                        writer.add_scalar(f"returns/{cid}", sum(recent) / len(recent), t)
+                    writer.flush()
+        finally:
+            if writer is not None:
+                writer.close()
 
     # ------------------------------------------------------------------ results
 

@@ -469,7 +469,7 @@ class SegmentSender:
                 if msg_data is not None:
                     self._last_heard = now
                     await self._handle(msg_data)
-                elif now - self._last_heard > self.timeout_s:
+                elif now - self._last_heard > (self.timeout_s if self.stats.welcomes else max(self.timeout_s, 5.0)):
                     log.warning("hub %s silent for %.1fs; reconnecting", self.address, now - self._last_heard)
                     self.stats.reconnects += 1
                     self._connect()

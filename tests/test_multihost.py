@@ -65,7 +65,7 @@ def test_hub_and_collector_on_different_hosts_with_curve(two_hosts, tmp_path, pr
     keys = generate_keys(tmp_path / "keys")
     address = f"tcp://{hub_ip}:{free_base_port()}"
     py = [sys.executable, str(REPO / "launch.py")]
-    common = ["hub.heartbeat_s=0.2", "hub.peer_timeout_heartbeats=10"]
+    common = ["hub.heartbeat_s=0.2", "hub.peer_timeout_heartbeats=10", "trainer.enabled=false", "collector.policy=random"]
     hub = subprocess.Popen(on_hub + py + ["--role", "learner", "--learner", address, "--max-seconds", "60",
                                           f"security.curve_dir={keys}", *common],
                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)

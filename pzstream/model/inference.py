@@ -10,12 +10,13 @@ cache, batched over parents of different depths by padding the caches.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import numpy as np
 import torch
 
 from .support import logits_to_scalar
+from .targets import Episode
 from .world_model import KV, NEG, WorldModel
 
 
@@ -169,3 +170,21 @@ class SearchAdapter:
                 kv=[(k[i][:, idx], v[i][:, idx]) for k, v in kv], root=p.root)))
         return RecurrentOutput(reward.float().cpu().numpy(), value.float().cpu().numpy(),
                                prior.float().cpu().numpy(), np.asarray(handles, dtype=np.int64))
+
+
+def model_value_fn(model: WorldModel, chunk: int = 64) -> Callable[[Episode], np.ndarray]:
+    """A `build_windows` value_fn: bootstrap values from `model` (e.g. the trainer's target model).
+
+    Each step's value is the model's root value given that step's real history
+    (up to context_steps pairs before it, within the stitched chunk).
+    """
+    def values(ep: Episode) -> np.ndarray:
+        adapter, c, out = SearchAdapter(model), model.cfg.context_steps, []
+        for s in range(0, len(ep), chunk):
+            steps = range(s, min(s + chunk, len(ep)))
+            hist = [[(ep.observations[i], ep.action_text[i]) for i in range(max(0, t - c), t)] for t in steps]
+            out.append(adapter.root(hist, [ep.observations[t] for t in steps], [ep.candidates[t] for t in steps]).value)
+            adapter.reset()
+        return np.concatenate(out).astype(np.float32)
+
+    return values

@@ -20,6 +20,9 @@ from .config import WorldModelConfig
 
 _WORD = re.compile(r"[a-z0-9]+")
 _CACHE_LIMIT = 200_000  # texts repeat a lot in one game; forget everything when this many are cached
+# Frozen sentence encoders by name, shared by every TextEncoder (and by deep copies
+# such as the trainer's target model) instead of being copied with the module.
+_FROZEN: dict[str, object] = {}
 
 
 def words(text: str, max_words: int) -> list[str]:
@@ -51,10 +54,10 @@ class TextEncoder(nn.Module):
             except ImportError as e:
                 raise ImportError("text_encoder='minilm' needs the sentence-transformers package "
                                   "(and the all-MiniLM-L6-v2 weights available offline); use 'hashed'") from e
-            st = SentenceTransformer(cfg.minilm_name, device="cpu")
-            st.eval().requires_grad_(False)
-            self._frozen = [st]  # a list hides it from nn.Module registration, hence from state_dict
-            self.out_dim = st.get_sentence_embedding_dimension()
+            if cfg.minilm_name not in _FROZEN:
+                _FROZEN[cfg.minilm_name] = SentenceTransformer(cfg.minilm_name, device="cpu").eval().requires_grad_(False)
+            self.minilm_name = cfg.minilm_name  # not a submodule: stays out of state_dict
+            self.out_dim = _FROZEN[cfg.minilm_name].get_sentence_embedding_dimension()
         else:
             raise ValueError(f"unknown text_encoder {self.kind!r}")
 
@@ -86,7 +89,7 @@ class TextEncoder(nn.Module):
         local = {t: self._cache[t] for t in dict.fromkeys(texts) if t in self._cache}
         missing = [t for t in dict.fromkeys(texts) if t not in local]
         if missing:
-            embs = self._frozen[0].encode(missing, convert_to_tensor=True, show_progress_bar=False)
+            embs = _FROZEN[self.minilm_name].encode(missing, convert_to_tensor=True, show_progress_bar=False)
             for t, e in zip(missing, embs):
                 local[t] = e.float().cpu()
                 self._remember(t, local[t])

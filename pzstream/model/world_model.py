@@ -182,7 +182,7 @@ class WorldModel(nn.Module):
     def forward(self, batch) -> Predictions:
         """Teacher-forced pass over a `targets.Batch` (whole window in one causal forward)."""
         cfg = self.cfg
-        c, u = cfg.context_steps, batch.reward.shape[1]
+        c = cfg.context_steps
         obs_lat, act_tok, keys = self.embed_texts(list(batch.texts))
         x, key_valid = build_tokens(obs_lat[batch.obs_idx], act_tok[batch.act_idx], batch.step_valid)
         positions = torch.arange(x.shape[1], device=x.device)

@@ -203,13 +203,15 @@ def search_lightzero(
 
         # Value backed into the root child on this path: discounted rewards below it
         # plus the discounted leaf value (same recursion as the tree's backup).
-        for b in rows:
-            node, boot = new, float(values[b])
-            while parent[node, b] != 0:
-                boot = node_reward[node, b] + gamma * boot
-                node = parent[node, b]
-            child_sum[b, slot_of[node, b]] += boot
-            child_n[b, slot_of[node, b]] += 1
+        node = np.full(num_roots, new, dtype=np.int64)
+        boot = values.astype(np.float64)
+        deeper = parent[node, rows] != 0
+        while deeper.any():
+            boot = np.where(deeper, node_reward[node, rows] + gamma * boot, boot)
+            node = np.where(deeper, parent[node, rows], node)
+            deeper = parent[node, rows] != 0
+        np.add.at(child_sum, (rows, slot_of[node, rows]), boot)
+        np.add.at(child_n, (rows, slot_of[node, rows]), 1)
 
     visit_counts = np.zeros((num_roots, num_slots), dtype=np.int32)
     for b, dist in enumerate(roots.get_distributions()):

@@ -63,14 +63,17 @@ def masked_softmax(logits: np.ndarray, legal: np.ndarray) -> np.ndarray:
     return (e / total).astype(_F32)
 
 
-def _normalise(q: np.ndarray, lo: np.ndarray, hi: np.ndarray, delta_floor: np.float32) -> np.ndarray:
-    """Min-max normalise q [R, K] with per-row bounds lo, hi [R] (LightZero's rule)."""
-    delta = (hi - lo)[:, None]
-    scale = np.where(delta < delta_floor, delta_floor, delta)
-    # np.where evaluates both branches; silence the division for rows left as they are.
-    with np.errstate(divide="ignore", invalid="ignore"):
-        normed = (q - lo[:, None]) / scale
-    return np.where(delta > 0, normed, q).astype(_F32)
+def _normaliser(lo: np.ndarray, hi: np.ndarray, delta_floor: np.float32) -> tuple[np.ndarray, np.ndarray]:
+    """Per-row (offset, scale) [R] so that (q - offset) / scale is LightZero's normalisation.
+
+    Bounds with no spread yet (max <= min) leave q unchanged: offset 0, scale 1, which
+    is exact in float32. A spread below delta_floor is replaced by delta_floor.
+    """
+    delta = hi - lo
+    spread = delta > 0
+    offset = np.where(spread, lo, _F32(0.0))
+    scale = np.where(spread, np.maximum(delta, delta_floor), _F32(1.0))
+    return offset[:, None], scale[:, None]
 
 
 def search_numpy(
@@ -97,6 +100,8 @@ def search_numpy(
     c1, c2 = _F32(config.pb_c_init), _F32(config.pb_c_base)
     delta_floor = _F32(config.value_delta_max)
     rows_all = np.arange(num_roots)
+    # Added to pUCT scores: -inf keeps illegal slots out of every argmax.
+    illegal_penalty = np.where(legal, _F32(0.0), _F32(-np.inf))
 
     children = np.full((num_roots, num_nodes, num_slots), sentinel, dtype=np.int32)
     prior = np.zeros((num_roots, num_nodes, num_slots), dtype=_F32)
@@ -133,27 +138,23 @@ def search_numpy(
             r2 = active[:, None]
             n_kid = visits[r2, kids]
             visited = n_kid > 0  # illegal slots are never expanded, so never visited
-            safe_n = np.maximum(n_kid, 1).astype(_F32)
-            kid_value = np.where(visited, value_sum[r2, kids] / safe_n, _F32(0.0))
-            kid_q = (reward[r2, kids] + gamma * kid_value).astype(_F32)
-            q_total = np.cumsum(np.where(visited, kid_q, _F32(0.0)), axis=1, dtype=_F32)[:, -1]
+            # Unvisited children read the sentinel's zero value sum; dividing by
+            # max(n, 1) leaves their value at 0 like LightZero's CNode::value().
+            kid_q = reward[r2, kids] + gamma * (value_sum[r2, kids] / np.maximum(n_kid, 1).astype(_F32))
+            q_total = np.cumsum(np.where(visited, kid_q, _F32(0.0)), axis=1)[:, -1]
             n_visited = visited.sum(axis=1).astype(_F32)
-            below_root = (parent_q[active] + q_total) / (n_visited + _F32(1.0))
-            if depth == 0:
-                with np.errstate(divide="ignore", invalid="ignore"):
-                    at_root = q_total / n_visited
-                mean_q = np.where(n_visited > 0, at_root, below_root).astype(_F32)
-            else:
-                mean_q = below_root.astype(_F32)
+            mean_q = (parent_q[active] + q_total) / (n_visited + _F32(1.0))
+            if depth == 0:  # the root averages its visited children only (if it has any)
+                mean_q = np.where(n_visited > 0, q_total / np.maximum(n_visited, _F32(1.0)), mean_q)
             parent_q[active] = mean_q
 
             n_parent = (visits[active, act_node] - 1).astype(_F32)[:, None]
             pb_c = np.log((n_parent + c2 + _F32(1.0)) / c2) + c1
             pb_c = pb_c * (np.sqrt(n_parent) / (n_kid + 1).astype(_F32))
-            prior_score = pb_c * prior[active, act_node]
-            value_score = np.where(visited, kid_q, mean_q[:, None])
-            value_score = np.clip(_normalise(value_score, q_lo[active], q_hi[active], delta_floor), 0.0, 1.0)
-            score = np.where(legal[active], prior_score + value_score, -np.inf)
+            offset, scale = _normaliser(q_lo[active], q_hi[active], delta_floor)
+            value_score = (np.where(visited, kid_q, mean_q[:, None]) - offset) / scale
+            value_score = np.minimum(np.maximum(value_score, _F32(0.0)), _F32(1.0))  # np.clip is slower
+            score = (pb_c * prior[active, act_node] + value_score) + illegal_penalty[active]
             action = np.argmax(score, axis=1)  # first maximum = lowest slot among ties
 
             nxt = kids[np.arange(active.size), action]

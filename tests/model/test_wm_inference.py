@@ -107,3 +107,18 @@ def test_weights_bytes_round_trip_and_mismatch():
     assert all(torch.equal(before[k], v) for k, v in small.state_dict().items())
     with pytest.raises(ValueError, match="cannot be loaded"):
         load_weights_bytes(small, b"not a checkpoint")
+
+
+def test_model_value_fn_bootstraps_from_the_model():
+    from pzstream.model.inference import model_value_fn
+    from pzstream.model.targets import build_windows
+    from wm_helpers import make_segment
+
+    m = _model(td_steps=2, discount=0.5)
+    seg = make_segment([1.0, 0.0, 0.0, 0.0])
+    fn = model_value_fn(m, chunk=3)
+    windows = build_windows([seg], m.cfg, value_fn=fn)
+    ep = windows[0].episode
+    boot = fn(ep)
+    assert boot.shape == (4,) and np.isfinite(boot).all() and np.ptp(boot) > 0
+    assert ep.value_target[0] == pytest.approx(1.0 + 0.25 * boot[2], abs=1e-5)

@@ -37,7 +37,9 @@ def _predicted_reward(model: WorldModel, windows, cfg) -> torch.Tensor:
 
 def test_reward_and_value_losses_fall_and_rewards_are_predicted(replay):
     torch.manual_seed(0)
-    cfg = WorldModelConfig()
+    # lr above the default 3e-4 so that a 250-step CI run gets past "never rewarded"
+    # (~46 rewarded transitions in the replay) to telling rewarded actions apart
+    cfg = WorldModelConfig(lr=1e-3)
     windows = build_windows(replay, cfg)
     rewarded = [w for w in windows if w.episode.reward[w.t0] != 0]
     unrewarded = [w for w in windows if w.episode.reward[w.t0] == 0][:200]
@@ -58,5 +60,6 @@ def test_reward_and_value_losses_fall_and_rewards_are_predicted(replay):
     pred_rewarded = _predicted_reward(model, rewarded, cfg)
     pred_unrewarded = _predicted_reward(model, unrewarded, cfg)
     mae_after = float((pred_rewarded - target).abs().mean())
-    assert mae_after < mae_before, f"reward MAE on rewarded transitions {mae_before:.3f} -> {mae_after:.3f}"
-    assert float(pred_rewarded.mean()) > float(pred_unrewarded.mean()) + 0.05
+    assert mae_after < 0.6 * mae_before, f"reward MAE on rewarded transitions {mae_before:.3f} -> {mae_after:.3f}"
+    gap = float(pred_rewarded.mean()) - float(pred_unrewarded.mean())
+    assert gap > 0.3, f"predicted reward: rewarded - unrewarded = {gap:.3f}"
