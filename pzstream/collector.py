@@ -51,7 +51,8 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
                 "cache_hits": float(cs.get("hits", 0)), "cache_misses": float(cs.get("misses", 0)),
                 "valid_action_s": float(cs.get("valid_action_s", 0.0)), "play_s": s.play_s,
                 "env_s": s.env_s, "valid_s": s.valid_s, "policy_s": s.policy_s, "net_s": policy.net_s,
-                "wm_version": float(policy.wm_version), "weights_rejected": float(weights_rejected),
+                **({"wm_version": float(policy.wm_version)} if policy.name == "mcts" else {}),
+                "weights_rejected": float(weights_rejected),
                 "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0}
 
     ctx = zmq.asyncio.Context()

@@ -22,7 +22,7 @@ from pzstream import wire
 from pzstream.config import Config
 from pzstream.replay import ReplayBuffer
 from pzstream.transport import CurveKeys, HubRouter, LogRelay, NoticePublisher, check_bind_security, endpoints_for
-from pzstream.weights import WeightsStore
+from pzstream.weights import HUB_URI, WeightsStore
 from pzstream.wire import Credit, Fetch, Heartbeat, Hello, Reject, Segment, Welcome, WireError, WireLimits
 
 log = logging.getLogger("pzstream.learner")
@@ -353,8 +353,14 @@ class LearnerHub:
                     log.warning("collector %s lost (silent %.1fs); its id is free again", peer.hello.collector_id, now - peer.last_heard)
                     continue
                 await router.send(peer.identity, beat)
+            # repeated so late joiners learn the newest versions; bytes are fetched, never published
             for model, version in (("wm", self.wm_version), ("llm", self.llm_version)):
-                await notices.publish(wire.Weights(model=model, version=version, uri="", sha256="", nbytes=0))
+                stored = self.weights.latest(model)
+                if stored is not None:
+                    await notices.publish(wire.Weights(model=model, version=stored.version, uri=HUB_URI,
+                                                       sha256=stored.sha256, nbytes=len(stored.data)))
+                else:
+                    await notices.publish(wire.Weights(model=model, version=version, uri="", sha256="", nbytes=0))
             await anyio.sleep(self.cfg.hub.heartbeat_s)
 
     async def _report(self) -> None:

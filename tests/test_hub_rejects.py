@@ -182,3 +182,26 @@ def test_curve_admits_key_holders_and_counts_peers_without_the_key(address, keys
     finally:
         summary = hub.stop()
     assert summary["per_collector"].keys() == {"member"}
+
+
+def test_segments_played_with_too_old_weights_are_dropped_and_counted(address):
+    from dataclasses import replace
+
+    hub = HubThread(hub_config(address, "trainer.max_wm_lag=2")).start()
+    try:
+        hub.hub.wm_version = 5
+        s = dealer(address)
+        say_hello(s, "old")
+        seg = segment("old", 0)
+        s.send(wire.encode(replace(seg, header=replace(seg.header, wm_version=1))))  # lag 4 > 2
+        assert recv_kind(s, wire.Reject).reason == "stale"
+        assert recv_kind(s, wire.Credit).ack == 0  # dropped, but acknowledged: the collector moves on
+        seg = segment("old", 1)
+        s.send(wire.encode(replace(seg, header=replace(seg.header, wm_version=3))))  # lag 2: fine
+        assert recv_kind(s, wire.Credit).ack == 1
+        s.close(0)
+    finally:
+        summary = hub.stop()
+    assert summary["rejected_by_reason"] == {"stale": 1}
+    assert summary["segments_accepted"] == 1
+    assert summary["lag"]["wm"]["max"] == 4
