@@ -45,3 +45,14 @@ def test_missing_file_and_bad_yaml(tmp_path):
 def test_named_config_resolves_from_config_dir():
     cfg = load_config("multihost")
     assert cfg.security.curve_dir == "keys"
+
+
+def test_impossible_model_and_search_sizes_fail_at_start_naming_the_key():
+    with pytest.raises(ConfigError, match=r"model.*latent_dim \(30\) must be divisible by n_heads"):
+        load_config(None, ["model.latent_dim=30"])
+    with pytest.raises(ConfigError, match=r"model.*unknown world-model key 'latent_dimm'"):
+        load_config(None, ["model.latent_dimm=64"])
+    with pytest.raises(ConfigError, match=r"search\.num_simulations"):
+        load_config(None, ["search.num_simulations=0"])
+    with pytest.raises(ConfigError, match=r"trainer\.publish_every"):
+        load_config(None, ["trainer.publish_every=0"])

@@ -11,7 +11,7 @@ import zmq
 
 from pzstream import wire
 from pzstream.env import open_game
-from support import HubThread, free_base_port, hub_config, launch
+from support import REPO, HubThread, free_base_port, hub_config, launch
 
 
 def collector(address: str, cid: str, *extra: str):
@@ -178,6 +178,8 @@ def test_role_all_contract_summary():
     # issue 3: collectors plan with MCTS, the hub trains and publishes, collectors swap weights in
     assert summary["wm_updates"] > 0 and summary["wm_version_published"] >= 1
     assert summary["min_collector_wm_version"] is not None
+    tb = REPO / "runs" / "test-all" / "tb"
+    assert list((tb / "trainer").glob("events.out.tfevents.*")) and list((tb / "hub").glob("events.out.tfevents.*"))
 
 
 def test_monitor_follows_live_stream_filtered_by_role(address, procs):
