@@ -5,6 +5,8 @@ Examples:
   python launch.py --role learner --learner tcp://0.0.0.0:5555 security.curve_dir=keys
   python launch.py --role collector --learner tcp://hub-host:5555 --game zork1 security.curve_dir=keys
   python launch.py --role monitor --learner tcp://hub-host:5555 --roles collector --level WARNING
+  python launch.py --role prior --prior tcp://0.0.0.0:5600 --learner tcp://hub-host:5555
+  python launch.py --role eval --episodes 5 [--game default,zork1]
   python launch.py --role keys --out keys
 """
 from __future__ import annotations
@@ -26,7 +28,7 @@ sys.path.insert(0, str(REPO_ROOT))
 from pzstream.config import Config, ConfigError, load_config  # noqa: E402
 from pzstream.transport import CurveKeys, FatalReject, SecurityError, generate_keys  # noqa: E402
 
-ROLES = ("learner", "collector", "monitor", "all", "keys")
+ROLES = ("learner", "collector", "monitor", "all", "prior", "eval", "keys")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -42,6 +44,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--roles", default="", help="monitor: comma-separated roles to show (default all)")
     p.add_argument("--level", default="INFO", help="monitor: lowest level shown")
     p.add_argument("--out", default="keys", help="keys: directory for the key files")
+    p.add_argument("--prior", default=None, help="prior server address (bind for --role prior, connect for collectors)")
+    p.add_argument("--episodes", type=int, default=5, help="eval: episodes per game and mode")
+    p.add_argument("--weights", default=None, help="eval: weights directory (default runs/<run.name>/weights)")
     p.add_argument("overrides", nargs="*", help="config overrides such as hub.credit_window=64")
     return p.parse_intermixed_args(argv)
 
@@ -58,6 +63,8 @@ def build_config(args: argparse.Namespace) -> Config:
         overrides.append(f"run.max_seconds={args.max_seconds}")
     if args.max_steps is not None:
         overrides.append(f"collector.max_steps={args.max_steps}")
+    if args.prior:
+        overrides.append(f"llm.prior_server={args.prior}")
     return load_config(args.config, overrides)
 
 
@@ -117,6 +124,34 @@ async def main_monitor(cfg: Config, roles: str, level: str) -> None:
         tg.cancel_scope.cancel()
 
 
+async def main_prior(cfg: Config, learner_given: bool) -> dict[str, object]:
+    from pzstream.logstream import setup_logging
+    from pzstream.prior_server import run_prior_server
+
+    if not cfg.llm.prior_server:
+        raise ConfigError("--role prior needs an address: --prior tcp://HOST:PORT (or llm.prior_server=...)")
+    hub = cfg.collector.learner if learner_given else None
+    setup_logging("prior", "server", cfg.run.log_level, hub, curve_keys(cfg))
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
+        stats = await run_prior_server(cfg, cfg.llm.prior_server, stop, curve_keys(cfg), hub)
+        tg.cancel_scope.cancel()
+    return dict(stats)
+
+
+def main_eval(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
+    from pzstream.evaluate import evaluate, print_table
+    from pzstream.logstream import setup_logging
+
+    setup_logging("eval", "eval", cfg.run.log_level, None)
+    weights = Path(args.weights) if args.weights else REPO_ROOT / cfg.run.out_dir / cfg.run.name / "weights"
+    games = [g for g in cfg.collector.game.split(",") if g]
+    result = evaluate(cfg, games, args.episodes, weights)
+    print_table(result)
+    return result
+
+
 async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     """Hub in this process, ``collector.count`` collector processes beside it."""
     from pzstream.learner import LearnerHub
@@ -139,12 +174,19 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
             for i in range(cfg.collector.count):
                 cmd = base + list(args.overrides) + [f"collector.id=c{i}", f"collector.seed={cfg.collector.seed + i}",
                                                      f"collector.game={cfg.collector.game}", "run.max_seconds=null"]
+                if cfg.llm.prior_server:
+                    cmd.append(f"llm.prior_server={cfg.llm.prior_server}")
                 if cfg.collector.policies:
                     cmd.append(f"collector.policy={cfg.collector.policies[i % len(cfg.collector.policies)]}")
                 if cfg.collector.max_steps:
                     cmd.append(f"collector.max_steps={cfg.collector.max_steps}")
                 log_file = open(run_dir / f"collector-{i}.log", "wb")
                 procs.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT))
+            if cfg.llm.prior_server and cfg.llm.enabled:
+                prior_cmd = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "prior", "--prior", cfg.llm.prior_server,
+                             "--learner", cfg.hub.address] + (["--config", args.config] if args.config else []) + list(args.overrides)
+                procs.append(subprocess.Popen(prior_cmd, stdout=open(run_dir / "prior.log", "wb"), stderr=subprocess.STDOUT,
+                                              cwd=REPO_ROOT))
             print(f"started {len(procs)} collectors; their logs: {run_dir}/collector-*.log, "
                   f"live stream: python launch.py --role monitor --learner {cfg.hub.address}", file=sys.stderr)
 
@@ -193,6 +235,10 @@ def main(argv: list[str] | None = None) -> int:
             result = anyio.run(main_learner, cfg)
         elif args.role == "collector":
             result = anyio.run(main_collector, cfg)
+        elif args.role == "prior":
+            result = anyio.run(main_prior, cfg, bool(args.learner))
+        elif args.role == "eval":
+            result = main_eval(cfg, args)
         elif args.role == "monitor":
             anyio.run(main_monitor, cfg, args.roles, args.level)
             return 0

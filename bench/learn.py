@@ -31,7 +31,9 @@ def run_game(game: str, seconds: float, extra: list[str]) -> dict:
     address = f"tcp://127.0.0.1:{free_base_port()}"
     cmd = [sys.executable, str(ROOT / "launch.py"), "--role", "all", "--learner", address, "--game", game,
            "--max-seconds", str(seconds), "--collectors", "2", "collector.policies=[mcts, random]",
-           f"run.name=learn-{game}", "run.log_level=WARNING", *extra]
+           f"run.name=learn-{game}", "run.log_level=WARNING",
+           # the world model against random; the LLM prior is measured by bench/llm.py and eval
+           "llm.enabled=false", *extra]
     print(f"[{game}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)

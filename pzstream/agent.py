@@ -19,18 +19,73 @@ from pzstream.wire import Segment, SegmentHeader
 
 @dataclass(frozen=True)
 class Move:
-    """One decision: index into the valid actions, the policy it came from [K], the root value (NaN: none)."""
+    """One decision: index into the valid actions, the policy it came from [K], the root value (NaN: none),
+    and the LLM prior over the valid actions [K] (None: no LLM was asked)."""
 
     index: int
     policy: np.ndarray
     root_value: float
+    prior: np.ndarray | None = None
+
+
+History = list[tuple[str, str, float]]  # (observation, action text, reward) of earlier steps of the episode
+
+
+class PriorSource(Protocol):
+    """An LLM that scores candidate actions: probabilities per root, or None when it cannot answer."""
+
+    version: int
+    net_s: float
+
+    def prior(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> list[np.ndarray] | None: ...
+
+
+def prompt_config(llm_cfg):
+    """pzstream.llm.prompts.PromptConfig from the config's llm section."""
+    from pzstream.llm.prompts import PromptConfig
+
+    kw = dict(history_len=llm_cfg.history_len, max_prompt_tokens=llm_cfg.max_prompt_tokens)
+    return PromptConfig.orz(**kw) if llm_cfg.prompt_format == "orz" else PromptConfig(**kw)
+
+
+class LocalPrior:
+    """The LLM in this process (transformers backend)."""
+
+    def __init__(self, llm_cfg):
+        from pzstream.llm.backend import TransformersBackend
+
+        self.cfg = llm_cfg
+        self.prompt_cfg = prompt_config(llm_cfg)
+        self.backend = TransformersBackend(model=llm_cfg.model, device=llm_cfg.device, temperature=llm_cfg.temperature,
+                                           prompt_config=self.prompt_cfg)
+        self.version = 0
+        self.net_s = 0.0
+        self._lock = threading.Lock()
+
+    def load(self, data: bytes, version: int) -> None:
+        """In-place weight update (raises ValueError and keeps the old weights on a mismatch)."""
+        with self._lock:
+            self.backend.load_state_dict_bytes(data)
+            self.version = version
+
+    def prior(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
+        from pzstream.llm.prompts import fit_prompt
+
+        t = time.perf_counter()
+        with self._lock:
+            prompts = [fit_prompt(self.backend.tokenizer, self.prompt_cfg, h, o) for h, o in zip(histories, observations)]
+            logps = self.backend.score(prompts, candidates)
+        self.net_s += time.perf_counter() - t
+        return [np.exp(lp).astype(np.float32) for lp in logps]
 
 
 class Policy(Protocol):
     name: str
     wm_version: int
+    llm_version: int
+    net_s: float
 
-    def act(self, history: list[tuple[str, str]], observation: str, valid: list[str]) -> Move: ...
+    def act(self, history: History, observation: str, valid: list[str]) -> Move: ...
 
 
 class RandomPolicy:
@@ -43,7 +98,9 @@ class RandomPolicy:
         self.rng = np.random.default_rng(seed)
         self.net_s = 0.0
 
-    def act(self, history: list[tuple[str, str]], observation: str, valid: list[str]) -> Move:
+    llm_version = 0
+
+    def act(self, history: History, observation: str, valid: list[str]) -> Move:
         k = len(valid)
         return Move(int(self.rng.integers(k)), np.full(k, 1.0 / k, np.float32), float("nan"))
 
@@ -57,7 +114,8 @@ class MctsPolicy:
 
     name = "mcts"
 
-    def __init__(self, wm_cfg, search_cfg, seed: int, threads: int = 1):
+    def __init__(self, wm_cfg, search_cfg, seed: int, threads: int = 1, prior: PriorSource | None = None,
+                 mix: str = "fixed", fixed_weight: float = 0.5, adaptive_range: tuple[float, float] = (0.3, 0.7)):
         import torch
 
         from pzstream.model.inference import SearchAdapter
@@ -72,6 +130,12 @@ class MctsPolicy:
         self.net_s = 0.0
         self._pending: tuple[object, int] | None = None
         self._lock = threading.Lock()
+        self.prior_source = prior
+        self.mix, self.fixed_weight, self.adaptive_range = mix, fixed_weight, adaptive_range
+
+    @property
+    def llm_version(self) -> int:
+        return self.prior_source.version if self.prior_source is not None else 0
 
     def offer(self, model, version: int) -> None:
         with self._lock:
@@ -86,7 +150,25 @@ class MctsPolicy:
             self.adapter = SearchAdapter(pending[0].eval())
             self.wm_version = pending[1]
 
-    def act(self, history: list[tuple[str, str]], observation: str, valid: list[str]) -> Move:
+    def root_prior(self, root_logits: np.ndarray, legal: np.ndarray, history: History, observation: str,
+                   valid: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
+        """(mixed root prior [1, K] or None, LLM probs over the valid actions or None)."""
+        from pzstream.search import adaptive_llm_weight, mix_root_prior, softmax_masked
+
+        if self.prior_source is None:
+            return None, None
+        got = self.prior_source.prior([history], [observation], [valid])
+        if got is None:
+            return None, None
+        llm = np.zeros_like(root_logits, dtype=np.float32)
+        k = min(len(valid), llm.shape[1])
+        llm[0, :k] = got[0][:k]
+        wm = softmax_masked(root_logits, legal)
+        weight = (adaptive_llm_weight(wm, legal, *self.adaptive_range) if self.mix == "adaptive"
+                  else np.float32(self.fixed_weight))
+        return mix_root_prior(wm, llm, weight, legal), got[0]
+
+    def act(self, history: History, observation: str, valid: list[str]) -> Move:
         import torch
 
         from pzstream.search import RecurrentFnOutput, RootFnOutput, run_search
@@ -105,10 +187,11 @@ class MctsPolicy:
 
         try:
             with torch.inference_mode():
-                root = self.adapter.root([history], [observation], [valid])
+                root = self.adapter.root([[(o, a) for o, a, _ in history]], [observation], [valid])
             net += time.perf_counter() - t0
+            mixed, llm_probs = self.root_prior(root.prior_logits, root.legal, history, observation, valid)
             result = run_search(RootFnOutput(prior_logits=root.prior_logits, value=root.value, handle=root.handle),
-                                recurrent, root.legal, self.search_cfg, self.rng)
+                                recurrent, root.legal, self.search_cfg, self.rng, root_prior=mixed)
         finally:
             self.adapter.reset()
             self.net_s += net
@@ -117,7 +200,27 @@ class MctsPolicy:
         kk = min(k, result.visit_probs.shape[1])  # candidates past the model's cap get no visits
         probs[:kk] = result.visit_probs[0, :kk]
         probs /= probs.sum()
-        return Move(int(result.action[0]), probs, float(result.root_value[0]))
+        return Move(int(result.action[0]), probs, float(result.root_value[0]), llm_probs)
+
+
+class LlmPolicy:
+    """The LLM alone: the candidate with the highest prior (evaluation mode 'llm')."""
+
+    name = "llm"
+    wm_version = 0
+
+    def __init__(self, prior: PriorSource):
+        self.prior_source = prior
+        self.net_s = 0.0
+
+    @property
+    def llm_version(self) -> int:
+        return self.prior_source.version
+
+    def act(self, history: History, observation: str, valid: list[str]) -> Move:
+        got = self.prior_source.prior([history], [observation], [valid])
+        probs = got[0] if got is not None else np.full(len(valid), 1.0 / len(valid), np.float32)
+        return Move(int(np.argmax(probs)), probs.astype(np.float32), float("nan"), probs)
 
 
 @dataclass
@@ -125,6 +228,7 @@ class PlayerStats:
     env_steps: int = 0
     episodes: int = 0
     returns: list[float] = field(default_factory=list)
+    scores: list[int] = field(default_factory=list)
     play_s: float = 0.0
     env_s: float = 0.0
     valid_s: float = 0.0
@@ -143,9 +247,8 @@ class GamePlayer:
         self.max_episode_steps = max_episode_steps
         self.seed = seed
         self.stats = PlayerStats()
-        self.llm_version = 0
         self._obs: str | None = None
-        self._history: list[tuple[str, str]] = []
+        self._history: History = []
         self._episode = -1
         self._t = 0
         self._return = 0.0
@@ -158,8 +261,8 @@ class GamePlayer:
             self._obs = self.game.reset(seed=self.seed + self._episode)
             self._t, self._return, self._history = 0, 0.0, []
         episode, step0 = self._episode, self._t
-        wm_version = self.policy.wm_version
-        obs, cands, idx, texts, rewards, scores, dones, visits, values = [], [], [], [], [], [], [], [], []
+        wm_version, llm_version = self.policy.wm_version, self.policy.llm_version
+        obs, cands, idx, texts, rewards, scores, dones, visits, values, priors = [], [], [], [], [], [], [], [], [], []
         s = self.stats
         while len(obs) < self.segment_steps and not stop.is_set():
             if max_steps is not None and s.env_steps >= max_steps:
@@ -169,6 +272,7 @@ class GamePlayer:
             t1 = time.perf_counter()
             move = self.policy.act(self._history, self._obs, valid)
             wm_version = min(wm_version, self.policy.wm_version)
+            llm_version = min(llm_version, self.policy.llm_version)
             t2 = time.perf_counter()
             res = self.game.step(valid[move.index])
             t3 = time.perf_counter()
@@ -188,11 +292,14 @@ class GamePlayer:
             dones.append(ended)
             visits.append(move.policy)
             values.append(move.root_value)
-            self._history.append((self._obs, valid[move.index]))
+            priors.append(move.prior if move.prior is not None and len(move.prior) == len(valid)
+                          else np.full(len(valid), 1.0 / len(valid), np.float32))
+            self._history.append((self._obs, valid[move.index], float(res.reward)))
             self._obs = res.observation
             if ended:
                 s.episodes += 1
                 s.returns.append(self._return)
+                s.scores.append(int(res.score))
                 self._obs = None
                 break
         s.play_s += time.time() - t_start
@@ -202,14 +309,15 @@ class GamePlayer:
         offsets = np.zeros(len(cands) + 1, dtype=np.int32)
         np.cumsum(sizes, out=offsets[1:])
         header = SegmentHeader(game=self.game.name, collector_id=self.collector_id, seq=0, episode_id=episode,
-                               step0=step0, wm_version=wm_version, llm_version=self.llm_version,
+                               step0=step0, wm_version=wm_version, llm_version=llm_version,
                                t_start=t_start, t_end=time.time())
-        uniform = np.repeat(1.0 / sizes, sizes).astype(np.float32)
+        prior = np.concatenate(priors).astype(np.float32)
+        prior /= np.repeat(np.add.reduceat(prior, offsets[:-1]), sizes)  # exact per-step sums for the codec
         return Segment(header=header, observations=obs, cand_offsets=offsets,
                        candidates=[c for step in cands for c in step], action_index=np.array(idx, dtype=np.int32),
                        action_text=texts, reward=np.array(rewards, dtype=np.float32),
                        score=np.array(scores, dtype=np.int32), done=np.array(dones, dtype=bool),
-                       visits=np.concatenate(visits).astype(np.float32), prior=uniform,
+                       visits=np.concatenate(visits).astype(np.float32), prior=prior,
                        root_value=np.array(values, dtype=np.float32))
 
 

@@ -14,7 +14,7 @@ import anyio
 import numpy as np
 import zmq.asyncio
 
-from pzstream.agent import GamePlayer, MctsPolicy, Policy, RandomPlayer, RandomPolicy  # noqa: F401 (RandomPlayer re-exported)
+from pzstream.agent import GamePlayer, LocalPrior, MctsPolicy, Policy, PriorSource, RandomPlayer, RandomPolicy  # noqa: F401
 from pzstream.config import Config
 from pzstream.env import open_game
 from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, SendAbandoned, endpoints_for
@@ -28,6 +28,17 @@ def default_collector_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}"
 
 
+def make_prior_source(cfg: Config, curve: CurveKeys | None = None) -> PriorSource:
+    """The LLM prior: in this process, or a --role prior server when llm.prior_server is set."""
+    lc = cfg.llm
+    if lc.prior_server:
+        from pzstream.agent import prompt_config
+        from pzstream.prior_server import RemotePrior
+
+        return RemotePrior(lc.prior_server, lc.prior_timeout_s, prompt_config(lc), curve)
+    return LocalPrior(lc)
+
+
 async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None = None) -> dict[str, object]:
     """Play and stream until ``stop`` is set or ``collector.max_steps`` is reached."""
     cc = cfg.collector
@@ -37,8 +48,13 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
     game = await anyio.to_thread.run_sync(lambda: open_game(
         cc.game, games_dir=cfg.env.games_dir, cache_dir=cfg.env.cache_dir, seed=cc.seed))
     policy: Policy
+    prior = None
     if cc.policy == "mcts":
-        policy = await anyio.to_thread.run_sync(lambda: MctsPolicy(cfg.world_model(), cfg.search_config(), cc.seed))
+        if cfg.llm.enabled:
+            prior = await anyio.to_thread.run_sync(make_prior_source, cfg, curve)
+        policy = await anyio.to_thread.run_sync(lambda: MctsPolicy(
+            cfg.world_model(), cfg.search_config(), cc.seed, prior=prior, mix=cfg.llm.mix,
+            fixed_weight=cfg.llm.fixed_weight, adaptive_range=(cfg.llm.adaptive_low, cfg.llm.adaptive_high)))
     else:
         policy = RandomPolicy(cc.seed)
     player = GamePlayer(game, policy, cid, cc.segment_steps, cc.max_episode_steps, cc.seed)
@@ -52,40 +68,57 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
                 "valid_action_s": float(cs.get("valid_action_s", 0.0)), "play_s": s.play_s,
                 "env_s": s.env_s, "valid_s": s.valid_s, "policy_s": s.policy_s, "net_s": policy.net_s,
                 **({"wm_version": float(policy.wm_version)} if policy.name == "mcts" else {}),
+                **({"llm_version": float(prior.version), "prior_failures": float(getattr(prior, "failures", 0))}
+                   if prior is not None else {}),
                 "weights_rejected": float(weights_rejected),
                 "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0}
 
     ctx = zmq.asyncio.Context()
     hello = Hello(collector_id=cid, game=game.name, host=socket.gethostname(), pid=os.getpid(),
                   capabilities=(f"policy:{policy.name}",))
-    sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats)
+    sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats,
+                           timeout_heartbeats=cfg.hub.peer_timeout_heartbeats)
     notices = NoticeSubscriber(ctx, ep.weights, curve)
     halt = threading.Event()
     conversation_done = anyio.Event()
     log.info("collector %s playing %s against %s", cid, game.name, cc.learner)
 
     async def install(note: Weights) -> None:
-        """Fetch, check and load new world-model weights; on any fault keep the old ones."""
+        """Fetch, check and load new weights; on any fault keep the old ones."""
         nonlocal weights_rejected
         from pzstream.model.world_model import WorldModel, load_weights_bytes
 
+        current = policy.wm_version if note.model == "wm" else prior.version  # type: ignore[union-attr]
         try:
             data = await sender.fetch(note)
-            model = WorldModel(cfg.world_model())
-            await anyio.to_thread.run_sync(load_weights_bytes, model, data)
+            if note.model == "wm":
+                model = WorldModel(cfg.world_model())
+                await anyio.to_thread.run_sync(load_weights_bytes, model, data)
+            else:
+                await anyio.to_thread.run_sync(prior.load, data, note.version)  # type: ignore[union-attr]
         except (WeightsError, ValueError, TimeoutError) as e:
             weights_rejected += 1
-            log.error("rejected %s v%d, keeping v%d: %s", note.model, note.version, policy.wm_version, e)
+            log.error("rejected %s v%d, keeping v%d: %s", note.model, note.version, current, e)
             return
-        policy.offer(model, note.version)  # type: ignore[attr-defined]
-        log.info("world model v%d fetched (%d bytes, sha256 ok); swapping in at the next move", note.version, note.nbytes)
+        if note.model == "wm":
+            policy.offer(model, note.version)  # type: ignore[attr-defined]
+            log.info("world model v%d fetched (%d bytes, sha256 ok); swapping in at the next move", note.version, note.nbytes)
+        else:
+            log.info("llm v%d fetched (%d bytes, sha256 ok) and loaded in place", note.version, note.nbytes)
+
+    def wanted(note: Weights) -> bool:
+        if not note.uri or not isinstance(policy, MctsPolicy):
+            return False
+        if note.model == "wm":
+            return note.version > policy.wm_version
+        # a prior server updates its own weights; only an in-process LLM loads them here
+        return note.model == "llm" and isinstance(prior, LocalPrior) and note.version > prior.version
 
     async def follow_weights() -> None:
         tried: set[tuple[str, int]] = set()
         while True:
             note = await notices.recv()
-            if (note.model != "wm" or not isinstance(policy, MctsPolicy) or not note.uri
-                    or note.version <= policy.wm_version or (note.model, note.version) in tried):
+            if not wanted(note) or (note.model, note.version) in tried:
                 continue
             tried.add((note.model, note.version))
             await install(note)
@@ -124,7 +157,7 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
                           "need CURVE keys (security.curve_dir)?", cid, cc.learner)
             elif not await sender.drain(timeout_s=3 * cfg.hub.heartbeat_s + 2):
                 log.warning("collector %s: %d segments unacknowledged at exit", cid, sender.inflight)
-            await sender.send_heartbeat()  # final stats
+            await sender.send_heartbeat(closing=True)  # final stats, and goodbye
             await anyio.sleep(0.05)
             conversation_done.set()
             tg.cancel_scope.cancel()

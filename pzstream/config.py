@@ -103,6 +103,36 @@ class SearchSection(_Section):
     backend: Literal["numpy", "lightzero"] = "numpy"
 
 
+class LLMSection(_Section):
+    """The LLM prior at the MCTS root and its built-in training (PriorZero)."""
+
+    enabled: bool = Field(True, description="score candidates with the LLM and mix its prior into the root")
+    model: str = Field("tiny", description="'tiny' (built locally), a local directory, or a Hugging Face name")
+    device: str = "cpu"
+    temperature: float = Field(2.0, gt=0, description="prior = log_softmax(mean token log-prob / temperature)")
+    prompt_format: Literal["priorzero", "orz"] = "priorzero"
+    history_len: int = Field(3, ge=0)
+    max_prompt_tokens: int = Field(512, ge=16)
+    mix: Literal["fixed", "adaptive"] = "fixed"
+    fixed_weight: float = Field(0.5, ge=0, le=1)
+    adaptive_low: float = Field(0.3, ge=0, le=1)
+    adaptive_high: float = Field(0.7, ge=0, le=1)
+    prior_server: str | None = Field(None, description="tcp://host:port of a --role prior server; None = in process")
+    prior_timeout_s: float = Field(2.0, gt=0)
+    train: bool = Field(True, description="train the LLM on the learner (SFT/RFT) and publish its weights")
+    train_mode: Literal["sft", "sft_visits", "rft"] = "sft"
+    train_every: int = Field(4, ge=1, description="one LLM update per this many world-model updates")
+    batch_size: int = Field(8, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    publish_every: int = Field(20, ge=1, description="publish LLM weights every N LLM updates")
+
+    @model_validator(mode="after")
+    def _range(self) -> "LLMSection":
+        if self.adaptive_low > self.adaptive_high:
+            raise ValueError(f"llm.adaptive_low ({self.adaptive_low}) > llm.adaptive_high ({self.adaptive_high})")
+        return self
+
+
 class RunConfig(_Section):
     name: str = "debug"
     max_seconds: float | None = Field(None, gt=0)
@@ -124,6 +154,7 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
     trainer: TrainerConfig = TrainerConfig()
     search: SearchSection = SearchSection()
+    llm: LLMSection = LLMSection()
     model: dict[str, Any] = Field(default_factory=dict, description="WorldModelConfig fields (pzstream/model/config.py)")
 
     @field_validator("model")

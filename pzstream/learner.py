@@ -42,6 +42,7 @@ class Peer:
     steps: int = 0
     stats: dict[str, float] = field(default_factory=dict)
     lost: bool = False
+    closed: bool = False  # said goodbye: what it still sends while shutting down is ignored
 
 
 @dataclass
@@ -84,7 +85,7 @@ class LearnerHub:
         self.peers: dict[bytes, Peer] = {}
         self.by_collector: dict[str, bytes] = {}
         self.collector_stats: dict[str, dict[str, float]] = {}
-        self.weights = WeightsStore(keep=3)
+        self.weights = WeightsStore(keep=3, directory=self.run_dir / "weights")
         self.wm_version = 0
         self.llm_version = 0
         self._logged_reasons: set[str] = set()
@@ -182,6 +183,8 @@ class LearnerHub:
                 notice = self.weights.put(msg.model, msg.version, frames[1])
                 if msg.model == "wm":
                     self.wm_version = msg.version
+                elif msg.model == "llm":
+                    self.llm_version = msg.version
                 await notices.publish(notice)
                 log.info("published %s v%d (%d bytes, sha256 %s)", notice.model, notice.version, notice.nbytes, notice.sha256[:12])
             elif isinstance(msg, wire.Heartbeat):
@@ -212,12 +215,17 @@ class LearnerHub:
         except WireError as e:
             await self._reject(router, identity, peer, e.reason, e.detail)
             return
+        if peer is not None and peer.closed and not isinstance(msg, Hello):
+            return
         if isinstance(msg, Segment):
             await self._on_segment(router, identity, peer, msg, acks, data)
         elif isinstance(msg, Heartbeat):
             if peer is not None and not peer.lost:
                 peer.stats = dict(msg.stats)
                 self.collector_stats[peer.hello.collector_id] = peer.stats
+                if msg.stats.get("closing"):  # a clean goodbye: free the id now, it is not a loss
+                    peer.lost = peer.closed = True
+                    log.info("collector %s left after %d segments", peer.hello.collector_id, peer.accepted)
         elif isinstance(msg, Hello):
             await self._on_hello(router, identity, peer, msg)
         elif isinstance(msg, Fetch):
@@ -437,6 +445,8 @@ class LearnerHub:
             "wm_updates": int(self.trainer_stats.get("updates", 0)),
             "wm_version_published": self.wm_version,
             "min_collector_wm_version": self.min_collector_version("wm"),
+            "llm_version_published": self.llm_version,
+            "min_collector_llm_version": self.min_collector_version("llm"),
             "trainer": self.trainer_stats,
             "trainer_dropped": c.trainer_dropped,
             "episode_returns": self.returns_summary(),

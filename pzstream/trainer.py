@@ -16,6 +16,7 @@ import time
 from collections import deque
 from pathlib import Path
 
+import numpy as np
 import zmq
 
 from pzstream import wire
@@ -65,6 +66,42 @@ class SegmentReplay:
         return [self.windows[rng.randrange(len(self.windows))] for _ in range(n)]
 
 
+class LLMTraining:
+    """PriorZero's built-in LLM training beside the world model: SFT on what the search chose, or RFT."""
+
+    def __init__(self, cfg: Config):
+        from pzstream.agent import prompt_config
+        from pzstream.llm.backend import TransformersBackend
+        from pzstream.llm.train import LLMTrainer
+
+        lc = cfg.llm
+        self.prompt_cfg = prompt_config(lc)
+        self.backend = TransformersBackend(model=lc.model, device=lc.device, temperature=lc.temperature,
+                                           prompt_config=self.prompt_cfg)
+        self.trainer = LLMTrainer(self.backend.model, self.backend.tokenizer, lr=lc.lr, mode=lc.train_mode,
+                                  device=lc.device, max_prompt_tokens=lc.max_prompt_tokens)
+        self.batch_size = lc.batch_size
+        self.updates = 0
+        self.version = 0
+        self.last: dict[str, float] = {}
+
+    def step(self, segments: list, rng: random.Random) -> dict[str, float]:
+        from pzstream.llm.train import samples_from_segments
+
+        # only what a search chose teaches the LLM something; random play's picks do not
+        searched = [s for s in segments[-400:] if not np.isnan(s.root_value).all()]
+        if not searched:
+            return {}
+        picked = [searched[rng.randrange(len(searched))] for _ in range(4)]
+        samples = samples_from_segments(picked, self.prompt_cfg)
+        if not samples:
+            return {}
+        batch = [samples[rng.randrange(len(samples))] for _ in range(self.batch_size)]
+        self.last = self.trainer.step(batch)
+        self.updates += 1
+        return self.last
+
+
 def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: str | None) -> None:
     """Process entry point: train until the hub sends STOP or goes away."""
     import torch
@@ -87,6 +124,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     wm_cfg = cfg.world_model()
     torch.manual_seed(0)
     trainer = Trainer(WorldModel(wm_cfg), wm_cfg)
+    llm = LLMTraining(cfg) if cfg.llm.enabled and cfg.llm.train else None
     writer = None
     if tc.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
@@ -146,8 +184,21 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 data = weights_bytes(trainer.model)
                 notice = wire.Weights(model="wm", version=version, uri="", sha256="", nbytes=len(data))
                 push.send_multipart([wire.encode(notice), data])
+            if llm is not None and updates % cfg.llm.train_every == 0:
+                llm_metrics = llm.step(list(replay.segments), rng)
+                if llm_metrics and llm.updates % cfg.llm.publish_every == 0:
+                    llm.version += 1
+                    data = llm.backend.state_dict_bytes()
+                    push.send_multipart([wire.encode(wire.Weights(model="llm", version=llm.version, uri="", sha256="",
+                                                                  nbytes=len(data))), data])
+                if llm_metrics:
+                    metrics.update(llm_metrics)
             if updates % tc.log_every == 0:
                 rate = updates / (time.monotonic() - t0)
+                if llm is not None:
+                    metrics.update(llm.last)
+                    metrics["llm_updates"] = float(llm.updates)
+                    metrics["llm_version"] = float(llm.version)
                 stats = {"updates": float(updates), "updates_per_s": rate, "version": float(version),
                          "replay_steps": float(replay.steps), "windows": float(len(replay.windows)),
                          "segments_received": float(received), **{k: float(v) for k, v in metrics.items()}}
@@ -157,7 +208,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                          metrics["loss/policy"], metrics["loss/latent"], replay.steps)
                 if writer is not None:
                     for k, v in metrics.items():
-                        writer.add_scalar(f"train/{k}", v, updates)
+                        writer.add_scalar(k if k.startswith("train/") else f"train/{k}", v, updates)
                     writer.add_scalar("train/updates_per_s", rate, updates)
                     writer.add_scalar("train/replay_steps", replay.steps, updates)
     finally:

@@ -479,11 +479,12 @@ class SegmentSender:
         finally:
             self._notify()
 
-    async def send_heartbeat(self) -> None:
+    async def send_heartbeat(self, closing: bool = False) -> None:
         blocked_now = time.monotonic() - self._blocked_since if self._blocked_since is not None else 0.0
         stats = {**self.stats_fn(), "inflight": float(self.inflight), "blocked_s": self.stats.blocked_s + blocked_now,
                  "blocked": float(self._blocked_since is not None),
-                 "sent": float(self.stats.sent), "reconnects": float(self.stats.reconnects)}
+                 "sent": float(self.stats.sent), "reconnects": float(self.stats.reconnects),
+                 **({"closing": 1.0} if closing else {})}
         await self._send(wire.encode(Heartbeat(sender=self.hello.collector_id, time=time.time(), stats=stats)))
 
     def close(self, linger_ms: int = 0) -> None:

@@ -17,6 +17,16 @@ CHUNK_BYTES = 512 * 1024  # below the codec's 1 MiB cap on one bin value
 HUB_URI = "hub"  # a notice whose bytes are fetched from the hub over the segment connection
 
 
+def latest_on_disk(directory: Path, model: str) -> tuple[int, Path] | None:
+    """The newest ``{model}-v{N}.pt`` in a store's mirror directory."""
+    found = []
+    for p in directory.glob(f"{model}-v*.pt"):
+        tail = p.stem[len(model) + 2:]
+        if tail.isdigit():
+            found.append((int(tail), p))
+    return max(found) if found else None
+
+
 class WeightsError(ValueError):
     """Fetched weights that cannot be used: wrong checksum, wrong size, gone from the store."""
 
@@ -46,10 +56,14 @@ class WeightsStore:
         versions = self._by_model.setdefault(model, OrderedDict())
         versions[version] = entry
         while len(versions) > self.keep:
-            versions.popitem(last=False)
-        if self.directory is not None:
+            old, _ = versions.popitem(last=False)
+            if self.directory is not None:
+                (self.directory / f"{model}-v{old}.pt").unlink(missing_ok=True)
+        if self.directory is not None:  # a mirror that --role eval (or a restarted hub) can read
             self.directory.mkdir(parents=True, exist_ok=True)
-            (self.directory / f"{model}-v{version}.pt").write_bytes(data)
+            tmp = self.directory / f".{model}-v{version}.pt.tmp"
+            tmp.write_bytes(data)
+            tmp.replace(self.directory / f"{model}-v{version}.pt")
         return Weights(model=model, version=version, uri=HUB_URI, sha256=entry.sha256, nbytes=len(data))
 
     def latest(self, model: str) -> StoredWeights | None:

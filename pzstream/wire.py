@@ -165,6 +165,28 @@ class Blob:
 
 
 @dataclass(frozen=True)
+class ScoreRequest:
+    """kind "score", collector -> prior server: score the candidates of B roots.
+
+    prompts [B]; candidates: the B candidate lists flattened; counts [B]: each root's number of candidates.
+    """
+
+    request_id: int
+    prompts: tuple[str, ...]
+    candidates: tuple[str, ...]
+    counts: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class ScoreReply:
+    """kind "prior", prior server -> collector: log-prior of every candidate, flattened like the request."""
+
+    request_id: int
+    llm_version: int
+    logprior: tuple[float, ...]
+
+
+@dataclass(frozen=True)
 class Log:
     """kind "log", any role -> log stream; level: Python logging level; time: unix seconds."""
 
@@ -254,7 +276,7 @@ class Segment:
         return True
 
 
-Message = Union[Hello, Welcome, Reject, Credit, Heartbeat, Segment, Weights, Fetch, Blob, Log]
+Message = Union[Hello, Welcome, Reject, Credit, Heartbeat, Segment, Weights, Fetch, Blob, ScoreRequest, ScoreReply, Log]
 
 _STR_COLUMNS = ("observations", "candidates", "action_text")
 # Declared dtype of every numeric column (little-endian on the wire).
@@ -393,6 +415,7 @@ def _packer() -> msgpack.Packer:
 _KIND_OF: dict[type, str] = {
     Hello: "hello", Welcome: "welcome", Reject: "reject", Credit: "credit",
     Heartbeat: "heartbeat", Weights: "weights", Fetch: "fetch", Blob: "blob", Log: "log", Segment: "segment",
+    ScoreRequest: "score", ScoreReply: "prior",
 }
 _FIELDS_OF: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KIND_OF}
 
@@ -462,6 +485,18 @@ def _str_tuple(x: Any) -> tuple[str, ...]:
     return tuple(x)
 
 
+def _int_tuple(x: Any) -> tuple[int, ...]:
+    if type(x) is not list or not all(type(i) is int for i in x):
+        raise TypeError("array of int")
+    return tuple(x)
+
+
+def _float_tuple(x: Any) -> tuple[float, ...]:
+    if type(x) is not list or not all(type(f) is float or type(f) is int for f in x):
+        raise TypeError("array of float")
+    return tuple(float(f) for f in x)
+
+
 def _bytes(x: Any) -> bytes:
     if type(x) is not bytes:
         raise TypeError("bin")
@@ -480,7 +515,7 @@ def _stats(x: Any) -> dict[str, float]:
 # Field converters by annotation (annotations are strings under __future__).
 _CONVERTERS: dict[str, Callable[[Any], Any]] = {
     "str": _str, "int": _int, "float": _float, "tuple[str, ...]": _str_tuple, "dict[str, float]": _stats,
-    "bytes": _bytes,
+    "bytes": _bytes, "tuple[int, ...]": _int_tuple, "tuple[float, ...]": _float_tuple,
 }
 _Spec = tuple[tuple[str, Callable[[Any], Any]], ...]
 

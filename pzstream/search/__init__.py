@@ -16,6 +16,7 @@ ROOT's candidate set (``legal`` [B, K]) for its children, and recurrent_fn's log
 are masked with it at every depth.
 """
 from .lightzero_tree import lightzero_available
+from .mixing import adaptive_llm_weight, softmax_masked
 from .search import mix_root_prior, run_search
 from .types import RecurrentFn, RecurrentFnOutput, RootFnOutput, SearchConfig, SearchOutput
 
@@ -25,6 +26,8 @@ __all__ = [
     "RootFnOutput",
     "SearchConfig",
     "SearchOutput",
+    "adaptive_llm_weight",
+    "softmax_masked",
     "lightzero_available",
     "mix_root_prior",
     "run_search",

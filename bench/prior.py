@@ -1,0 +1,168 @@
+"""LLM prior scoring throughput: shared-prompt KV cache against naive full sequences.
+
+    python bench/prior.py [--quick] [--device cpu|cuda] [--shape tiny|qwen2.5-0.5b]
+                          [--peak-tflops 989] [--threads N]
+
+For B in {1, 8, 32} roots, each root has a distinct prompt (~200 tokens on the tiny model,
+~512 on the Qwen2.5-0.5B shape) and K = 20 candidate actions of ~6 tokens. Both methods of
+``pzstream.llm.prior`` score the same inputs in the same process; ``max_abs_diff`` is the
+largest difference of mean candidate log-probs between them. Rates are roots per second.
+
+``--shape tiny`` uses the locally built tiny model (fp32). ``--shape qwen2.5-0.5b`` builds a
+Qwen2Config of Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 KV heads,
+intermediate 4864, vocab 151936, tied embeddings) with RANDOM weights (nothing is
+downloaded), in bf16 on cuda (fp32 on cpu), with the tiny tokenizer (its ids are a subset
+of the vocabulary). For it the FLOP floor is reported: 2 x parameters x tokens processed
+by the shared method (B x (prompt + K x candidate tokens)) / (--peak-tflops x 1e12), and the
+ratio measured / floor. The last stdout line is one JSON object.
+
+Imports only torch, transformers, numpy and pzstream.llm.*.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import transformers  # noqa: E402
+
+from pzstream.llm.prior import candidate_logprobs_naive, candidate_logprobs_shared  # noqa: E402
+from pzstream.llm.prompts import PromptConfig, build_prompt  # noqa: E402
+from pzstream.llm.tiny import build_tiny  # noqa: E402
+
+K = 20
+CAND_TOKENS = 6
+BATCHES = (1, 8, 32)
+_WORDS = ("lamp lantern sword mailbox leaflet door window trapdoor rug table sack bottle water "
+          "garlic rope egg nest tree book candles bell skull painting chest box key coin").split()
+_VERBS = ("take", "drop", "open", "close", "examine", "read", "push", "pull", "go", "climb", "light")
+
+
+def make_model(shape: str, device: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
+
+    path = build_tiny()
+    tok = AutoTokenizer.from_pretrained(path)
+    if shape == "tiny":
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        dtype = torch.float32
+    else:
+        cfg = Qwen2Config(vocab_size=151936, hidden_size=896, num_hidden_layers=24, num_attention_heads=14,
+                          num_key_value_heads=2, intermediate_size=4864, tie_word_embeddings=True,
+                          max_position_embeddings=32768, rope_theta=1000000.0, rms_norm_eps=1e-6,
+                          bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                          pad_token_id=tok.eos_token_id)
+        dtype = torch.bfloat16 if device.startswith("cuda") else torch.float32
+        torch.manual_seed(0)
+        with torch.device(device):
+            model = Qwen2ForCausalLM(cfg).to(dtype)
+    return model.to(device).eval(), tok, dtype
+
+
+def make_inputs(tok, n_roots: int, prompt_tokens: int, rng: np.random.Generator):
+    cfg = PromptConfig(max_prompt_tokens=prompt_tokens)
+    prompts, cands = [], []
+    for r in range(n_roots):
+        words = [str(w) for w in rng.choice(_WORDS + list(_VERBS), 4 * prompt_tokens)]
+        hist = [(f"You see a {w}.", f"take {w}", 0) for w in words[:3]]
+        obs = f"Room {r}. " + " ".join(words)
+        p = build_prompt(cfg, hist, obs)
+        ids = tok(p, add_special_tokens=False)["input_ids"]
+        # keep the end (the instruction) and exactly `prompt_tokens` tokens
+        prompts.append(tok.decode(ids[-prompt_tokens:]))
+        cs = []
+        while len(cs) < K:
+            c = f"{rng.choice(_VERBS)} {' '.join(str(w) for w in rng.choice(_WORDS, 3))}"
+            n = len(tok(" " + c, add_special_tokens=False)["input_ids"])
+            if abs(n - CAND_TOKENS) <= 1:
+                cs.append(c)
+        cands.append(cs)
+    return prompts, cands
+
+
+def timed(fn, repeats: int, device: str) -> tuple[float, list[np.ndarray]]:
+    out = fn()  # warm-up
+    best = float("inf")
+    for _ in range(repeats):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        out = fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t0)
+    return best, out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--device", default="cpu", choices=("cpu", "cuda"))
+    ap.add_argument("--shape", default="tiny", choices=("tiny", "qwen2.5-0.5b"))
+    ap.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 TFLOP/s of the card")
+    ap.add_argument("--prompt-tokens", type=int, default=0, help="0: 200 (tiny) or 512 (qwen shape)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
+    ap.add_argument("--repeats", type=int, default=0, help="timed repeats per case (0: 1 quick, 3 full)")
+    args = ap.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("--device cuda: no CUDA device available")
+    repeats = args.repeats or (1 if args.quick else 3)
+    prompt_tokens = args.prompt_tokens or (200 if args.shape == "tiny" else 512)
+
+    model, tok, dtype = make_model(args.shape, args.device)
+    n_params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
+    rng = np.random.default_rng(0)
+    all_prompts, all_cands = make_inputs(tok, max(BATCHES), prompt_tokens, rng)
+    cand_tok = float(np.mean([len(tok(" " + c, add_special_tokens=False)["input_ids"])
+                              for cs in all_cands for c in cs]))
+
+    rows, max_diff = [], 0.0
+    print(f"{'B':>3} {'shared ms':>10} {'naive ms':>10} {'shared roots/s':>15} {'naive roots/s':>14} "
+          f"{'speedup':>8} {'max|diff|':>10}" + (f" {'floor ms':>9} {'x floor':>8}" if args.shape != "tiny" else ""))
+    for b in BATCHES:
+        prompts, cands = all_prompts[:b], all_cands[:b]
+        ts, shared = timed(lambda: candidate_logprobs_shared(model, tok, prompts, cands, args.device,
+                                                             max_rows=b * K), repeats, args.device)
+        tn, naive = timed(lambda: candidate_logprobs_naive(model, tok, prompts, cands, args.device,
+                                                           max_rows=b * K), repeats, args.device)
+        diff = max(float(np.abs(x - y).max()) for x, y in zip(shared, naive))
+        max_diff = max(max_diff, diff)
+        row = dict(B=b, shared_ms=ts * 1e3, naive_ms=tn * 1e3, shared_roots_per_s=b / ts,
+                   naive_roots_per_s=b / tn, speedup=tn / ts, max_abs_diff=diff)
+        line = (f"{b:>3} {ts * 1e3:>10.1f} {tn * 1e3:>10.1f} {b / ts:>15.1f} {b / tn:>14.1f} "
+                f"{tn / ts:>8.2f} {diff:>10.2e}")
+        if args.shape != "tiny":
+            tokens = b * (prompt_tokens + K * cand_tok)
+            floor = 2.0 * n_params * tokens / (args.peak_tflops * 1e12)
+            row.update(tokens_processed=tokens, floor_ms=floor * 1e3, shared_over_floor=ts / floor)
+            line += f" {floor * 1e3:>9.2f} {ts / floor:>8.1f}"
+        rows.append(row)
+        print(line, flush=True)
+
+    at8 = next(r for r in rows if r["B"] == 8)
+    result = dict(
+        bench="prior", shape=args.shape, quick=args.quick, device=args.device,
+        device_name=(torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()),
+        dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads(), params=n_params,
+        prompt_tokens=prompt_tokens, K=K, mean_candidate_tokens=cand_tok, repeats=repeats,
+        max_abs_diff=max_diff, shared_roots_per_s=at8["shared_roots_per_s"],
+        naive_roots_per_s=at8["naive_roots_per_s"], speedup=at8["speedup"],
+        peak_tflops=args.peak_tflops if args.shape != "tiny" else None,
+        per_b=rows, versions=dict(python=platform.python_version(), torch=torch.__version__,
+                                  transformers=transformers.__version__, numpy=np.__version__),
+    )
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""LLM package: tiny model, prompts, prior scoring, backends. Keep imports light."""

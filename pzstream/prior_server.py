@@ -1,0 +1,207 @@
+"""Central LLM inference (as SEED RL does): one process scores the candidates of many collectors.
+
+Server: a ROUTER at ``llm.prior_server``; it drains every request waiting, scores all their roots
+in one batch, answers each collector, and applies new LLM weights in one place (it follows the
+hub's weights notices and fetches the bytes like a collector). Client: ``RemotePrior``, a
+blocking DEALER used from a collector's play thread; when the server does not answer in
+``llm.prior_timeout_s`` the collector plays with the world model's prior alone and says so.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+
+import anyio
+import numpy as np
+import zmq
+import zmq.asyncio
+
+from pzstream import wire
+from pzstream.agent import History
+from pzstream.config import Config
+from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, endpoints_for
+
+log = logging.getLogger("pzstream.prior")
+
+
+class RemotePrior:
+    """Asks a prior server; returns None (and logs once per outage) when it does not answer."""
+
+    def __init__(self, address: str, timeout_s: float, prompt_cfg, curve: CurveKeys | None = None):
+        self.address, self.timeout_s, self.prompt_cfg, self.curve = address, timeout_s, prompt_cfg, curve
+        self.version = 0
+        self.net_s = 0.0
+        self.failures = 0
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket | None = None
+        self._next_id = 0
+        self._down = False
+        self._connect()
+
+    def _connect(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+        self._sock = self._ctx.socket(zmq.DEALER)
+        self._sock.setsockopt(zmq.LINGER, 0)
+        if self.curve is not None:
+            self.curve.make_client(self._sock)
+        self._sock.connect(self.address)
+
+    def prior(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> list[np.ndarray] | None:
+        from pzstream.llm.prompts import build_prompt
+
+        t = time.perf_counter()
+        self._next_id += 1
+        req = wire.ScoreRequest(request_id=self._next_id,
+                                prompts=tuple(build_prompt(self.prompt_cfg, h, o) for h, o in zip(histories, observations)),
+                                candidates=tuple(c for cs in candidates for c in cs),
+                                counts=tuple(len(cs) for cs in candidates))
+        reply = None
+        try:
+            self._sock.send(wire.encode(req), flags=zmq.NOBLOCK)  # type: ignore[union-attr]
+            deadline = time.monotonic() + self.timeout_s
+            while reply is None and (left := deadline - time.monotonic()) > 0:
+                if self._sock.poll(int(left * 1000) + 1):  # type: ignore[union-attr]
+                    msg = wire.decode(self._sock.recv())  # type: ignore[union-attr]
+                    if isinstance(msg, wire.ScoreReply) and msg.request_id == req.request_id:
+                        reply = msg
+        except (zmq.ZMQError, wire.WireError) as e:
+            log.debug("prior request failed: %s", e)
+        self.net_s += time.perf_counter() - t
+        if reply is None:
+            self.failures += 1
+            if not self._down:
+                log.warning("prior server %s did not answer in %.1fs; playing with the world model's prior until it does",
+                            self.address, self.timeout_s)
+                self._down = True
+            self._connect()  # drop what is queued for a dead peer
+            return None
+        if self._down:
+            log.info("prior server %s answers again", self.address)
+            self._down = False
+        self.version = reply.llm_version
+        flat = np.exp(np.array(reply.logprior, dtype=np.float32))
+        out, at = [], 0
+        for n in req.counts:
+            out.append(flat[at:at + n])
+            at += n
+        return out
+
+
+def _fit_tokens(tokenizer, prompt: str, max_tokens: int) -> str:
+    """Keep the end of a prompt that is too long (its instruction and current observation)."""
+    ids = tokenizer(prompt, add_special_tokens=False).input_ids
+    return prompt if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:])
+
+
+async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: CurveKeys | None = None,
+                           hub_address: str | None = None) -> dict[str, float]:
+    from pzstream.agent import prompt_config
+    from pzstream.llm.backend import TransformersBackend
+
+    lc = cfg.llm
+    backend = await anyio.to_thread.run_sync(lambda: TransformersBackend(
+        model=lc.model, device=lc.device, temperature=lc.temperature, prompt_config=prompt_config(lc)))
+    ctx = zmq.asyncio.Context()
+    router = ctx.socket(zmq.ROUTER)
+    router.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.make_server(router)
+    router.bind(address)
+    drain = zmq.Socket.shadow(router.underlying)
+    stats = {"requests": 0.0, "roots": 0.0, "batches": 0.0, "bad_requests": 0.0, "llm_version": 0.0}
+    log.info("prior server on %s with model %s%s", address, lc.model, f", following hub {hub_address}" if hub_address else "")
+
+    async def serve() -> None:
+        while True:
+            batch = [await router.recv_multipart()]
+            while len(batch) < 256:
+                try:
+                    batch.append(drain.recv_multipart(flags=zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+            reqs: list[tuple[bytes, wire.ScoreRequest]] = []
+            for frames in batch:
+                try:
+                    msg = wire.decode(frames[-1])
+                except wire.WireError as e:
+                    stats["bad_requests"] += 1
+                    await router.send_multipart([frames[0], wire.encode(wire.Reject(reason=e.reason, detail=e.detail))])
+                    continue
+                if isinstance(msg, wire.ScoreRequest) and sum(msg.counts) == len(msg.candidates) and min(msg.counts, default=0) > 0:
+                    reqs.append((frames[0], msg))
+                else:
+                    stats["bad_requests"] += 1
+                    await router.send_multipart([frames[0], wire.encode(wire.Reject(
+                        reason="bad_value", detail="expected a score request with counts matching its candidates"))])
+            if not reqs:
+                continue
+            prompts, cands = [], []
+            for _, r in reqs:
+                at = 0
+                for p, n in zip(r.prompts, r.counts):
+                    prompts.append(_fit_tokens(backend.tokenizer, p, lc.max_prompt_tokens))
+                    cands.append(list(r.candidates[at:at + n]))
+                    at += n
+            logps = await anyio.to_thread.run_sync(backend.score, prompts, cands)
+            i = 0
+            for ident, r in reqs:
+                flat = [float(x) for lp in logps[i:i + len(r.counts)] for x in lp]
+                i += len(r.counts)
+                await router.send_multipart([ident, wire.encode(wire.ScoreReply(
+                    request_id=r.request_id, llm_version=int(stats["llm_version"]), logprior=tuple(flat)))])
+            stats["requests"] += len(reqs)
+            stats["roots"] += len(prompts)
+            stats["batches"] += 1
+
+    async def follow_weights(sender: SegmentSender, notices: NoticeSubscriber) -> None:
+        while True:
+            note = await notices.recv()
+            if note.model != "llm" or not note.uri or note.version <= stats["llm_version"]:
+                continue
+            try:
+                data = await sender.fetch(note)
+                await anyio.to_thread.run_sync(backend.load_state_dict_bytes, data)
+            except (ValueError, TimeoutError) as e:
+                log.error("rejected llm v%d, keeping v%d: %s", note.version, int(stats["llm_version"]), e)
+                continue
+            stats["llm_version"] = float(note.version)
+            log.info("llm v%d loaded in place", note.version)
+
+    async def report() -> None:
+        last, t_last = 0.0, time.monotonic()
+        while True:
+            await anyio.sleep(10)
+            now = time.monotonic()
+            log.info("prior server: %.1f roots/s, %d requests, mean batch %.1f roots, llm v%d",
+                     (stats["roots"] - last) / (now - t_last), stats["requests"],
+                     stats["roots"] / max(1.0, stats["batches"]), stats["llm_version"])
+            last, t_last = stats["roots"], now
+
+    sender = notices = None
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(serve)
+            tg.start_soon(report)
+            if hub_address:
+                ep = endpoints_for(hub_address)
+                hello = wire.Hello(collector_id=f"prior-{socket.gethostname()}-{os.getpid()}", game="",
+                                   host=socket.gethostname(), pid=os.getpid(), capabilities=("role:prior",))
+                sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve,
+                                       stats_fn=lambda: dict(stats))
+                notices = NoticeSubscriber(ctx, ep.weights, curve)
+                done = anyio.Event()
+                tg.start_soon(sender.run, done)
+                tg.start_soon(follow_weights, sender, notices)
+            await stop.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        if sender is not None:
+            sender.close()
+        if notices is not None:
+            notices.close()
+        router.close(0)
+        ctx.destroy(linger=0)
+    return stats

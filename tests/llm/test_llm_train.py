@@ -1,0 +1,167 @@
+"""PriorZero LLM training: loss math, SFT on real segments raises held-out agreement, an RFT step."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pzstream.llm.train import (LLMSample, LLMTrainer, agreement, chance, k3_kl, ppo_clip_loss, rft_loss,
+                                samples_from_segments, sft_ce_loss, sft_visit_loss, tiny_model)
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ------------------------------------------------------------------ loss math
+
+
+def test_ppo_clip_positive_advantage():
+    old = torch.zeros(3)
+    new = torch.log(torch.tensor([0.5, 1.1, 1.5]))  # ratios 0.5 (inside for A>0), 1.1 (inside), 1.5 (clipped)
+    a = torch.tensor(2.0)
+    got = ppo_clip_loss(new, old, a, eps=0.2)
+    # per element -min(r A, clip(r) A): -min(1.0, 1.6)=-1.0, -min(2.2, 2.2)=-2.2, -min(3.0, 2.4)=-2.4
+    assert math.isclose(got.item(), (-1.0 - 2.2 - 2.4) / 3, rel_tol=1e-6)
+
+
+def test_ppo_clip_negative_advantage():
+    old = torch.zeros(3)
+    new = torch.log(torch.tensor([0.5, 1.1, 1.5]))
+    a = torch.tensor(-1.0)
+    got = ppo_clip_loss(new, old, a, eps=0.2)
+    # -min(-r, -clip(r)) = max(r, clip(r)): 0.8 (clipped from below), 1.1, 1.5
+    assert math.isclose(got.item(), (0.8 + 1.1 + 1.5) / 3, rel_tol=1e-6)
+
+
+def test_ppo_clip_gradient_zero_in_clipped_region():
+    new = torch.log(torch.tensor([1.5, 0.5])).requires_grad_(True)
+    loss = ppo_clip_loss(new, torch.zeros(2), torch.tensor([1.0, -1.0]), eps=0.2)
+    loss.backward()
+    assert torch.all(new.grad == 0)  # A>0 above 1+eps and A<0 below 1-eps: no push further
+    new2 = torch.zeros(2, requires_grad=True)
+    ppo_clip_loss(new2, torch.zeros(2), torch.tensor([1.0, -1.0])).backward()
+    assert torch.allclose(new2.grad, torch.tensor([-0.5, 0.5]))  # ratio 1: -A/n
+
+
+def test_ppo_clip_mask():
+    new, old = torch.log(torch.tensor([[1.0, 9.0]])), torch.zeros(1, 2)
+    got = ppo_clip_loss(new, old, torch.tensor([[1.0]]), mask=torch.tensor([[True, False]]))
+    assert math.isclose(got.item(), -1.0, rel_tol=1e-6)
+
+
+def test_k3_kl():
+    x = torch.tensor([-1.0, -2.5, -0.1])
+    assert torch.allclose(k3_kl(x, x), torch.zeros(3))
+    ref = torch.tensor([-1.5, -1.0, -3.0])
+    d = ref - x
+    assert torch.allclose(k3_kl(x, ref), torch.exp(d) - d - 1)
+    assert torch.all(k3_kl(x, ref) > 0)
+    assert math.isclose(k3_kl(torch.tensor(0.0), torch.tensor(math.log(2.0))).item(), 2 - math.log(2) - 1, rel_tol=1e-6)
+
+
+def test_rft_loss_is_ppo_plus_kl():
+    lp = torch.tensor([[-1.0, -2.0]])
+    ref = torch.tensor([[-1.2, -1.7]])
+    a = torch.tensor([[0.7]])
+    total, ppo, kl = rft_loss(lp, lp, ref, a, kl_coef=0.1)
+    assert math.isclose(ppo.item(), -0.7, rel_tol=1e-6)
+    assert math.isclose(kl.item(), k3_kl(lp, ref).mean().item(), rel_tol=1e-6)
+    assert math.isclose(total.item(), ppo.item() + 0.1 * kl.item(), rel_tol=1e-6)
+
+
+def test_sft_visit_loss_manual():
+    scores = torch.tensor([-1.0, -2.0, -0.5])
+    visits = torch.tensor([0.2, 0.3, 0.5])
+    p = np.exp([-1.0, -2.0, -0.5])
+    p /= p.sum()
+    manual = -(0.2 * np.log(p[0]) + 0.3 * np.log(p[1]) + 0.5 * np.log(p[2]))
+    assert math.isclose(sft_visit_loss(scores, visits).item(), manual, rel_tol=1e-6)
+    # padded batch: the pad column changes nothing
+    sc = torch.tensor([[-1.0, -2.0, -0.5, 0.0]])
+    vis = torch.tensor([[0.2, 0.3, 0.5, 0.0]])
+    mask = torch.tensor([[True, True, True, False]])
+    assert math.isclose(sft_visit_loss(sc, vis, mask).item(), manual, rel_tol=1e-6)
+
+
+def test_sft_ce_loss_manual():
+    lp = torch.tensor([[-1.0, -3.0], [-2.0, 0.0]])
+    mask = torch.tensor([[True, True], [True, False]])
+    assert math.isclose(sft_ce_loss(lp, mask).item(), 2.0, rel_tol=1e-6)
+
+
+# ------------------------------------------------------------------ real segments
+
+
+@pytest.fixture(scope="module")
+def data():
+    from pzstream.llm.agreement import collect_quest_segments, split_by_episode
+    from pzstream.llm.prompts import PromptConfig
+
+    torch.set_num_threads(1)
+    segs = collect_quest_segments(240, seed=0, explore=0.5, max_episode_steps=40)
+    train, held = split_by_episode(segs, held_out_every=4)
+    model, tok = tiny_model()
+    cfg = PromptConfig(history_len=1, max_prompt_tokens=128)
+    st = samples_from_segments(train, cfg, chosen="visits", tokenizer=tok)
+    sh = samples_from_segments(held, cfg, chosen="visits", tokenizer=tok)
+    return model, tok, st, sh
+
+
+def test_samples_from_segments_fields(data):
+    _, _, st, _ = data
+    assert len(st) > 100
+    for s in st:
+        assert 0 <= s.chosen < len(s.candidates) == len(s.visits)
+        assert int(np.argmax(s.visits)) == s.chosen  # teacher's action is the most visited
+        assert math.isfinite(s.advantage) and s.prompt.endswith("Action:")
+    adv = np.array([s.advantage for s in st])  # random-play rows: reward-to-go, normalised
+    assert abs(adv.mean()) < 0.5 and adv.std() > 0.1
+
+
+def test_sft_raises_held_out_agreement(data):
+    model, tok, st, sh = data
+    before = agreement(model, tok, sh)
+    trainer = LLMTrainer(model, tok, lr=3e-3, mode="sft")
+    rng = np.random.default_rng(0)
+    losses = []
+    for _ in range(40):
+        m = trainer.step([st[j] for j in rng.choice(len(st), 16, replace=False)])
+        losses.append(m["train/llm_sft_loss"])
+        assert math.isfinite(m["train/llm_kl"])
+    after = agreement(model, tok, sh)
+    base = chance(sh)
+    assert np.mean(losses[-5:]) < np.mean(losses[:5])
+    assert after > base + 0.15, (before, after, base)
+    assert after > before + 0.15, (before, after, base)
+
+
+def test_rft_step_changes_weights(data):
+    model, tok, st, _ = data
+    import copy
+
+    m2 = copy.deepcopy(model)
+    trainer = LLMTrainer(m2, tok, lr=1e-3, mode="rft", kl_coef=0.05)
+    before = [p.detach().clone() for p in m2.parameters()]
+    out = trainer.step(st[:8])
+    assert math.isfinite(out["train/llm_rft_loss"]) and math.isfinite(out["train/llm_kl"])
+    assert any(not torch.equal(a, b) for a, b in zip(before, m2.parameters()))
+    # a second step: the reference is frozen, so the KL to it is now positive
+    samples = [LLMSample(s.prompt, s.candidates, s.chosen, s.visits, s.advantage, old_logprob=-2.0) for s in st[:8]]
+    out2 = trainer.step(samples)  # behaviour log-probs given: sequence-level ratio
+    assert math.isfinite(out2["train/llm_rft_loss"]) and out2["train/llm_kl"] > 0
+
+
+def test_sft_visits_step(data):
+    model, tok, st, _ = data
+    import copy
+
+    trainer = LLMTrainer(copy.deepcopy(model), tok, lr=1e-3, mode="sft_visits")
+    out = trainer.step(st[:4])
+    assert math.isfinite(out["train/llm_sft_loss"]) and out["train/llm_sft_loss"] > 0

@@ -1,0 +1,76 @@
+"""The LLM prior in the running system: built-in training reaches collectors, a prior server serves
+several collectors and collectors fall back when it dies, evaluation reports three modes."""
+from __future__ import annotations
+
+import json
+import signal
+
+import numpy as np
+
+from support import HubThread, free_base_port, hub_config, launch
+
+FAST = ["collector.segment_steps=5", "search.num_simulations=2", "llm.max_prompt_tokens=128"]
+
+
+def last_json(out: bytes) -> dict:
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+def test_role_all_trains_the_llm_and_collectors_use_new_versions():
+    addr = f"tcp://127.0.0.1:{free_base_port()}"
+    p = launch("--role", "all", "--max-seconds", "60", "--learner", addr, "run.name=test-llm", *FAST,
+               "trainer.min_replay_steps=20", "trainer.publish_every=5", "llm.train_every=1", "llm.publish_every=2",
+               "llm.batch_size=2")
+    out, err = p.communicate(timeout=240)
+    assert p.returncode == 0, err.decode()[-3000:]
+    s = last_json(out)
+    assert s["llm_version_published"] >= 1, s["trainer"]
+    assert s["min_collector_llm_version"] is not None and s["min_collector_llm_version"] >= 1
+    assert "train/llm_sft_loss" in s["trainer"] and np.isfinite(s["trainer"]["train/llm_sft_loss"])
+    assert s["wm_version_published"] >= 1
+    # a collector starved of CPU may reconnect and resend; the hub drops those duplicates (counted)
+    assert set(s["rejected_by_reason"]) <= {"duplicate_seq"}, s["rejected_by_reason"]
+
+
+def test_prior_server_serves_collectors_and_they_fall_back_when_it_dies(address, procs):
+    prior_addr = f"tcp://127.0.0.1:{free_base_port()}"
+    hub = HubThread(hub_config(address)).start()
+    server = launch("--role", "prior", "--prior", prior_addr, "--learner", address, *FAST)
+    procs.append(server)
+    for i in range(2):
+        procs.append(launch("--role", "collector", "--learner", address, f"collector.id=p{i}", "hub.heartbeat_s=0.2",
+                            "--prior", prior_addr, "llm.prior_timeout_s=1.0", *FAST))
+
+    def llm_scored(seg) -> bool:  # a uniform prior column means nobody asked the LLM
+        return any(not np.allclose(seg.prior[a:b], 1.0 / (b - a)) for a, b in zip(seg.cand_offsets[:-1], seg.cand_offsets[1:]))
+
+    try:
+        hub.wait_for(lambda h: {s.header.collector_id for s in h.replay.segments() if llm_scored(s)} == {"p0", "p1"},
+                     timeout=150, what="both collectors playing with the served prior")
+        server.send_signal(signal.SIGKILL)
+        server.wait(10)
+        before = len(hub.hub.replay.segments())
+        hub.wait_for(lambda h: all(h.collector_stats.get(f"p{i}", {}).get("prior_failures", 0) >= 1 for i in range(2)),
+                     timeout=60, what="collectors noticing the prior server is gone")
+        hub.wait_for(lambda h: len(h.replay.segments()) >= before + 4, timeout=60, what="play goes on without it")
+        for p in procs[1:]:
+            p.send_signal(signal.SIGTERM)
+        logs = []
+        for p in procs[1:]:
+            _, err = p.communicate(timeout=60)
+            assert p.returncode == 0, err.decode()[-2000:]
+            logs.append(err.decode())
+    finally:
+        hub.stop()
+    assert all("playing with the world model's prior" in log for log in logs)
+
+
+def test_eval_reports_three_modes(tmp_path):
+    p = launch("--role", "eval", "--episodes", "1", "--weights", str(tmp_path), "collector.max_episode_steps=8", *FAST)
+    out, err = p.communicate(timeout=240)
+    assert p.returncode == 0, err.decode()[-3000:]
+    result = last_json(out)
+    assert set(result["scores"]) == {"wm", "wm_llm", "llm"}
+    assert all("tw-default" in result["scores"][m] for m in result["scores"])
+    assert result["weights"] == {"wm": 0, "llm": 0, "from": str(tmp_path)}
+    assert "wm_llm mean" in out.decode()  # the table
