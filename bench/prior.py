@@ -79,11 +79,11 @@ def make_inputs(tok, n_roots: int, prompt_tokens: int, rng: np.random.Generator)
         # keep the end (the instruction) and exactly `prompt_tokens` tokens
         prompts.append(tok.decode(ids[-prompt_tokens:]))
         cs = []
-        while len(cs) < K:
-            c = f"{rng.choice(_VERBS)} {' '.join(str(w) for w in rng.choice(_WORDS, 3))}"
-            n = len(tok(" " + c, add_special_tokens=False)["input_ids"])
-            if abs(n - CAND_TOKENS) <= 1:
-                cs.append(c)
+        for _ in range(K):  # verb + words until ~CAND_TOKENS tokens (one more at most)
+            c = str(rng.choice(_VERBS))
+            while len(tok(" " + c, add_special_tokens=False)["input_ids"]) < CAND_TOKENS - int(rng.integers(0, 2)):
+                c += " " + str(rng.choice(_WORDS))
+            cs.append(c)
         cands.append(cs)
     return prompts, cands
 

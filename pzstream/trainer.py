@@ -79,7 +79,8 @@ class LLMTraining:
         self.backend = TransformersBackend(model=lc.model, device=lc.device, temperature=lc.temperature,
                                            prompt_config=self.prompt_cfg)
         self.trainer = LLMTrainer(self.backend.model, self.backend.tokenizer, lr=lc.lr, mode=lc.train_mode,
-                                  device=lc.device, max_prompt_tokens=lc.max_prompt_tokens)
+                                  device=lc.device, max_prompt_tokens=lc.max_prompt_tokens,
+                                  continuation=self.prompt_cfg.continuation_template)
         self.batch_size = lc.batch_size
         self.updates = 0
         self.version = 0
@@ -93,7 +94,7 @@ class LLMTraining:
         if not searched:
             return {}
         picked = [searched[rng.randrange(len(searched))] for _ in range(4)]
-        samples = samples_from_segments(picked, self.prompt_cfg)
+        samples = samples_from_segments(picked, self.prompt_cfg, tokenizer=self.backend.tokenizer)
         if not samples:
             return {}
         batch = [samples[rng.randrange(len(samples))] for _ in range(self.batch_size)]

@@ -7,8 +7,11 @@ in two ways, both from what the collectors' search found:
   the text of the chosen action after the prompt; ``sft_visits`` scores every candidate (mean
   log-prob of its tokens after the prompt) and fits that candidate distribution to the search's
   visit distribution (cross-entropy, i.e. KL up to the visits' entropy).
-- **RFT**: PPO with clipping on the executed action's tokens, advantage = n-step value target
+- **RFT**: PPO with clipping on the chosen action's tokens, advantage = n-step value target
   minus the search's root value, plus a k3 KL estimate against a frozen reference copy.
+
+Token conventions are those of ``prior.py`` (prompt and ``" {action}"`` tokenised apart, mean
+over the action's tokens), so SFT moves exactly the scores the collectors' prior is made of.
 
 Everything a loss needs is computed first (teacher-forced token log-probs from one batched,
 right-padded forward); the losses themselves are small pure functions on tensors, read top to
@@ -28,11 +31,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..model.targets import n_step_values, stitch
 from ..wire import Segment
-
 from .prior import DEFAULT_CONTINUATION, candidate_logprobs_shared
 from .prompts import PromptConfig, build_prompt, fit_prompt
 

@@ -165,3 +165,25 @@ def test_sft_visits_step(data):
     trainer = LLMTrainer(copy.deepcopy(model), tok, lr=1e-3, mode="sft_visits")
     out = trainer.step(st[:4])
     assert math.isfinite(out["train/llm_sft_loss"]) and out["train/llm_sft_loss"] > 0
+
+
+def test_advantage_from_value_targets():
+    """With search root values: advantage = value target - root value (given or n-step)."""
+    import dataclasses
+
+    from pzstream.llm.agreement import collect_quest_segments
+    from pzstream.llm.prompts import PromptConfig
+    from pzstream.model.targets import n_step_values
+
+    seg = collect_quest_segments(6, seed=1, segment_steps=6)[0]
+    rv = np.linspace(0.1, 0.6, seg.n_steps).astype(np.float32)
+    seg = dataclasses.replace(seg, root_value=rv)
+    cfg = PromptConfig(history_len=1)
+    z = np.arange(seg.n_steps, dtype=np.float32)
+    got = [s.advantage for s in samples_from_segments([seg], cfg, [z])]
+    assert np.allclose(got, z - rv, atol=1e-6)
+    nstep = n_step_values(seg.reward, seg.done, rv, 5, 0.99)
+    got = [s.advantage for s in samples_from_segments([seg], cfg, td_steps=5, discount=0.99)]
+    assert np.allclose(got, nstep - rv, atol=1e-6)
+    chosen = [s.chosen for s in samples_from_segments([seg], cfg)]
+    assert chosen == [int(i) for i in seg.action_index]  # default: the executed action
