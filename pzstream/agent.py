@@ -6,6 +6,7 @@ blocking (Jericho, the network) and runs in a worker thread of the collector.
 """
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,8 @@ import numpy as np
 
 from pzstream.env import Game
 from pzstream.wire import Segment, SegmentHeader
+
+log = logging.getLogger("pzstream.agent")
 
 
 @dataclass(frozen=True)
@@ -131,6 +134,7 @@ class MctsPolicy:
         self._pending: tuple[object, int] | None = None
         self._lock = threading.Lock()
         self.prior_source = prior
+        self.prior_errors = 0
         self.mix, self.fixed_weight, self.adaptive_range = mix, fixed_weight, adaptive_range
 
     @property
@@ -157,7 +161,13 @@ class MctsPolicy:
 
         if self.prior_source is None:
             return None, None
-        got = self.prior_source.prior([history], [observation], [valid])
+        try:
+            got = self.prior_source.prior([history], [observation], [valid])
+        except Exception as e:  # an LLM fault costs this move its prior, never the collector
+            self.prior_errors += 1
+            if self.prior_errors == 1:
+                log.exception("LLM prior failed (%s); playing with the world model's prior for such moves", e)
+            return None, None
         if got is None:
             return None, None
         llm = np.zeros_like(root_logits, dtype=np.float32)
