@@ -1,20 +1,25 @@
-"""LLM prior scoring throughput: shared-prompt KV cache against naive full sequences.
+"""LLM prior scoring throughput: packed tree and shared-prompt KV cache against naive sequences.
 
     python bench/prior.py [--quick] [--device cpu|cuda] [--shape tiny|qwen2.5-0.5b]
                           [--peak-tflops 989] [--threads N]
 
 For B in {1, 8, 32} roots, each root has a distinct prompt (~200 tokens on the tiny model,
-~512 on the Qwen2.5-0.5B shape) and K = 20 candidate actions of ~6 tokens. Both methods of
-``pzstream.llm.prior`` score the same inputs in the same process; ``max_abs_diff`` is the
-largest difference of mean candidate log-probs between them. Rates are roots per second.
+~512 on the Qwen2.5-0.5B shape) and K = 20 candidate actions of ~6 tokens. Three methods of
+``pzstream.llm.prior`` score the same inputs in the same process: ``tree`` (packed rows with a
+4-D mask, the method ``TransformersBackend`` uses), ``kvcopy`` (``candidate_logprobs_shared``:
+prompt KV cache copied per candidate) and ``naive`` (full sequences, the reference).
+``max_abs_diff`` is the largest difference of mean candidate log-probs between the backend's
+(tree) method and naive; ``kvcopy_max_abs_diff`` the same for kvcopy. Rates are roots per
+second. In the JSON, ``shared_*`` and ``speedup`` (naive / shared time) refer to the backend's
+method (tree), ``kvcopy_*`` to the KV-copy method.
 
 ``--shape tiny`` uses the locally built tiny model (fp32). ``--shape qwen2.5-0.5b`` builds a
 Qwen2Config of Qwen2.5-0.5B's shape (hidden 896, 24 layers, 14 heads, 2 KV heads,
 intermediate 4864, vocab 151936, tied embeddings) with RANDOM weights (nothing is
 downloaded), in bf16 on cuda (fp32 on cpu), with the tiny tokenizer (its ids are a subset
 of the vocabulary). For it the FLOP floor is reported: 2 x parameters x tokens processed
-by the shared method (B x (prompt + K x candidate tokens)) / (--peak-tflops x 1e12), and the
-ratio measured / floor. The last stdout line is one JSON object.
+by the shared-prompt methods (B x (prompt + K x candidate tokens)) / (--peak-tflops x 1e12),
+and the ratio measured / floor for tree and kvcopy. The last stdout line is one JSON object.
 
 Imports only torch, transformers, numpy and pzstream.llm.*.
 """
@@ -34,7 +39,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import transformers  # noqa: E402
 
-from pzstream.llm.prior import candidate_logprobs_naive, candidate_logprobs_shared  # noqa: E402
+from pzstream.llm.prior import (candidate_logprobs_naive, candidate_logprobs_shared,  # noqa: E402
+                                candidate_logprobs_tree)
 from pzstream.llm.prompts import PromptConfig, build_prompt  # noqa: E402
 from pzstream.llm.tiny import build_tiny  # noqa: E402
 
@@ -126,26 +132,34 @@ def main() -> None:
     cand_tok = float(np.mean([len(tok(" " + c, add_special_tokens=False)["input_ids"])
                               for cs in all_cands for c in cs]))
 
-    rows, max_diff = [], 0.0
-    print(f"{'B':>3} {'shared ms':>10} {'naive ms':>10} {'shared roots/s':>15} {'naive roots/s':>14} "
-          f"{'speedup':>8} {'max|diff|':>10}" + (f" {'floor ms':>9} {'x floor':>8}" if args.shape != "tiny" else ""))
+    rows, max_diff, kv_max_diff = [], 0.0, 0.0
+    floor_cols = args.shape != "tiny"
+    print(f"{'B':>3} {'tree ms':>9} {'kvcopy ms':>10} {'naive ms':>9} {'tree r/s':>9} {'kvcopy r/s':>11} "
+          f"{'naive r/s':>10} {'speedup':>8} {'tree|diff|':>10} {'kv|diff|':>9}"
+          + (f" {'floor ms':>9} {'tree xfl':>9} {'kv xfl':>7}" if floor_cols else ""))
     for b in BATCHES:
         prompts, cands = all_prompts[:b], all_cands[:b]
+        tt, tree = timed(lambda: candidate_logprobs_tree(model, tok, prompts, cands, args.device,
+                                                         max_rows=b * K), repeats, args.device)
         ts, shared = timed(lambda: candidate_logprobs_shared(model, tok, prompts, cands, args.device,
                                                              max_rows=b * K), repeats, args.device)
         tn, naive = timed(lambda: candidate_logprobs_naive(model, tok, prompts, cands, args.device,
                                                            max_rows=b * K), repeats, args.device)
-        diff = max(float(np.abs(x - y).max()) for x, y in zip(shared, naive))
-        max_diff = max(max_diff, diff)
-        row = dict(B=b, shared_ms=ts * 1e3, naive_ms=tn * 1e3, shared_roots_per_s=b / ts,
-                   naive_roots_per_s=b / tn, speedup=tn / ts, max_abs_diff=diff)
-        line = (f"{b:>3} {ts * 1e3:>10.1f} {tn * 1e3:>10.1f} {b / ts:>15.1f} {b / tn:>14.1f} "
-                f"{tn / ts:>8.2f} {diff:>10.2e}")
-        if args.shape != "tiny":
+        diff = max(float(np.abs(x - y).max()) for x, y in zip(tree, naive))
+        kv_diff = max(float(np.abs(x - y).max()) for x, y in zip(shared, naive))
+        max_diff, kv_max_diff = max(max_diff, diff), max(kv_max_diff, kv_diff)
+        row = dict(B=b, tree_ms=tt * 1e3, kvcopy_ms=ts * 1e3, naive_ms=tn * 1e3,
+                   tree_roots_per_s=b / tt, kvcopy_roots_per_s=b / ts, naive_roots_per_s=b / tn,
+                   shared_ms=tt * 1e3, shared_roots_per_s=b / tt, speedup=tn / tt,
+                   speedup_over_kvcopy=ts / tt, max_abs_diff=diff, kvcopy_max_abs_diff=kv_diff)
+        line = (f"{b:>3} {tt * 1e3:>9.1f} {ts * 1e3:>10.1f} {tn * 1e3:>9.1f} {b / tt:>9.1f} {b / ts:>11.1f} "
+                f"{b / tn:>10.1f} {tn / tt:>8.2f} {diff:>10.2e} {kv_diff:>9.2e}")
+        if floor_cols:
             tokens = b * (prompt_tokens + K * cand_tok)
             floor = 2.0 * n_params * tokens / (args.peak_tflops * 1e12)
-            row.update(tokens_processed=tokens, floor_ms=floor * 1e3, shared_over_floor=ts / floor)
-            line += f" {floor * 1e3:>9.2f} {ts / floor:>8.1f}"
+            row.update(tokens_processed=tokens, floor_ms=floor * 1e3, tree_over_floor=tt / floor,
+                       kvcopy_over_floor=ts / floor, shared_over_floor=tt / floor)
+            line += f" {floor * 1e3:>9.2f} {tt / floor:>9.1f} {ts / floor:>7.1f}"
         rows.append(row)
         print(line, flush=True)
 
@@ -155,8 +169,10 @@ def main() -> None:
         device_name=(torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()),
         dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads(), params=n_params,
         prompt_tokens=prompt_tokens, K=K, mean_candidate_tokens=cand_tok, repeats=repeats,
-        max_abs_diff=max_diff, shared_roots_per_s=at8["shared_roots_per_s"],
+        method="tree", max_abs_diff=max_diff, shared_roots_per_s=at8["shared_roots_per_s"],
         naive_roots_per_s=at8["naive_roots_per_s"], speedup=at8["speedup"],
+        kvcopy_roots_per_s=at8["kvcopy_roots_per_s"], kvcopy_max_abs_diff=kv_max_diff,
+        speedup_over_kvcopy=at8["speedup_over_kvcopy"],
         peak_tflops=args.peak_tflops if args.shape != "tiny" else None,
         per_b=rows, versions=dict(python=platform.python_version(), torch=torch.__version__,
                                   transformers=transformers.__version__, numpy=np.__version__),

@@ -19,7 +19,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
-from .prior import candidate_logprobs_shared, prior_from_logprobs
+from .prior import candidate_logprobs_shared, candidate_logprobs_tree, prior_from_logprobs  # noqa: F401
 from .prompts import PromptConfig, fit_prompt
 from .tiny import resolve_model
 
@@ -100,8 +100,9 @@ class TransformersBackend:
 
     # ---------------------------------------------------------------- scoring
     def mean_logprobs(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """Mean candidate log-probs before the prior temperature/softmax."""
-        return candidate_logprobs_shared(
+        """Mean candidate log-probs before the prior temperature/softmax (packed-tree method;
+        ``candidate_logprobs_shared`` computes the same numbers with per-candidate KV copies)."""
+        return candidate_logprobs_tree(
             self.model, self.tokenizer, list(prompts), [list(c) for c in candidates], self.device,
             continuation=self.prompt_config.continuation_template,
             max_candidate_tokens=self.max_candidate_tokens, max_rows=self.max_rows, max_roots=self.max_roots)

@@ -4,7 +4,7 @@ Quantity. For a root with prompt ``p`` and candidate ``c`` the score is
 ``mean_j log P(t_j | p, t_<j)`` over the candidate's tokens ``t``. ``prior_from_logprobs``
 turns a root's scores into prior log-probabilities ``log_softmax(score / T)``.
 
-Tokenisation (the same in both methods, so they compute the same thing). The prompt and
+Tokenisation (the same in all methods, so they compute the same thing). The prompt and
 the candidate continuation are tokenised SEPARATELY and concatenated:
 ``ids(prompt) + ids(continuation.format(action=c))``, where the default continuation is
 ``" {action}"`` (leading space). Tokenising ``prompt + " " + c`` jointly could let BPE merge
@@ -32,6 +32,18 @@ Methods.
   (attention mask = prompt mask of its root + ones, positions continue from the root's
   prompt length). Right padding of candidates needs no masking: causal attention keeps
   real tokens from seeing later pads, and pad outputs are ignored.
+* ``candidate_logprobs_tree`` (used by ``TransformersBackend``): no cache copies. Each root
+  is ONE packed row ``[prompt, cand_1, cand_2, ...]`` run with a custom 4-D additive
+  attention mask (shape ``[rows, 1, L, L]``, 0 = attend, dtype min = masked; transformers
+  passes a 4-D ``attention_mask`` through unchanged to the sdpa/eager attention): prompt
+  tokens attend causally within the prompt, a candidate token attends to the whole prompt
+  and causally to its own candidate. Candidate token ``j`` gets position
+  ``len(prompt) + j``, so every candidate sees exactly what it sees in the naive sequence.
+  Several roots go in one forward (right-padded, pads masked); only the positions that
+  score a candidate token reach the LM head. A root whose prompt + all candidates exceed
+  the model's ``max_position_embeddings`` is split into several packed rows, each with its
+  own copy of the prompt. Attention implementations other than sdpa/eager (e.g. flash
+  attention, which cannot take such a mask) fall back to the shared method.
 * ``candidate_logprobs_naive``: every (prompt, candidate) pair is one full left-padded
   sequence; the reference.
 """
@@ -71,6 +83,13 @@ def _encode(tokenizer: Any, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def _encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """``[_encode(tokenizer, t) for t in texts]`` in one batched call."""
+    if not texts:
+        return []
+    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
+
+
 def _eos_id(tokenizer: Any) -> int:
     for attr in ("eos_token_id", "pad_token_id", "bos_token_id"):
         v = getattr(tokenizer, attr, None)
@@ -99,19 +118,22 @@ def _prepare(model: Any, tokenizer: Any, prompts: Sequence[str], candidates: Seq
         raise ValueError(f"max_candidate_tokens must be >= 1, got {max_candidate_tokens}")
     eos = _eos_id(tokenizer)
     ctx = _max_positions(model)
-    p_ids: list[list[int]] = []
-    c_ids: list[list[list[int]]] = []
-    for i, (p, cands) in enumerate(zip(prompts, candidates)):
+    for i, cands in enumerate(candidates):
         if isinstance(cands, str):
             raise TypeError(f"root {i}: candidates must be a list of strings, not a string")
         if len(cands) == 0:
             raise ValueError(f"root {i}: empty candidate list; every root needs at least one candidate action")
-        cs = []
-        for c in cands:
-            ids = _encode(tokenizer, continuation.format(action=str(c)))[:max_candidate_tokens]
-            cs.append(ids or [eos])
+    # one batched tokenizer call for all texts (each text is still tokenised on its own)
+    texts = [str(p) for p in prompts] + [continuation.format(action=str(c)) for cands in candidates for c in cands]
+    enc = _encode_many(tokenizer, texts)
+    n = len(prompts)
+    p_ids: list[list[int]] = []
+    c_ids: list[list[list[int]]] = []
+    for i, cands in enumerate(candidates):
+        cs = [enc[n + j][:max_candidate_tokens] or [eos] for j in range(len(cands))]
+        n += len(cands)
         longest = max(len(x) for x in cs)
-        pi = _encode(tokenizer, str(p)) or [eos]
+        pi = enc[i] or [eos]
         keep = max(1, ctx - longest)
         if len(pi) > keep:
             pi = pi[-keep:]
@@ -286,4 +308,166 @@ def candidate_logprobs_naive(model: Any, tokenizer: Any, prompts: Sequence[str],
         mean = ((lp * valid).sum(1) / clens.to(dev)).double().cpu().numpy()
         for r, (i, k) in enumerate(chunk):
             results[i][k] = mean[r]
+    return results
+
+
+# ---------------------------------------------------------------- packed-tree method
+
+_MASK_BUDGET = 1 << 27   # max rows x L x L elements of the 4-D mask per forward
+_LOGIT_BUDGET = 1 << 28  # max gathered positions x vocab elements per LM-head call
+
+
+def _tree_parts(model: Any) -> tuple[Any, Any] | None:
+    """(decoder, lm_head) when the model can take a custom 4-D additive mask, else None."""
+    cfg = getattr(model, "config", None)
+    impl = getattr(cfg, "_attn_implementation", None) or "eager"
+    if impl not in ("sdpa", "eager"):
+        return None
+    prefix = getattr(model, "base_model_prefix", "model")
+    decoder = getattr(model, prefix, None)
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is None or head is None or decoder is model:
+        return None
+    return decoder, head
+
+
+def _model_dtype(model: Any) -> torch.dtype:
+    try:
+        return next(model.parameters()).dtype
+    except (StopIteration, AttributeError):
+        return torch.float32
+
+
+@torch.no_grad()
+def candidate_logprobs_tree(model: Any, tokenizer: Any, prompts: Sequence[str],
+                            candidates: Sequence[Sequence[str]], device: Any = None, *,
+                            continuation: str = DEFAULT_CONTINUATION, max_candidate_tokens: int = 32,
+                            max_rows: int = 1024, max_roots: int = 32,
+                            max_packed_tokens: int | None = None) -> list[np.ndarray]:
+    """The same quantity as ``candidate_logprobs_shared``, one forward per chunk of roots.
+
+    Each root becomes one packed row ``[prompt, cand_1, cand_2, ...]`` (several rows sharing
+    the prompt when the packed length would exceed ``max_packed_tokens``, default the
+    model's ``max_position_embeddings``). A 4-D additive mask lets prompt tokens attend
+    causally within the prompt and each candidate token attend to the whole prompt and
+    causally to its own candidate only; candidate token ``j`` sits at position
+    ``len(prompt) + j``, exactly where it sits in the naive sequence. Rows are right-padded
+    (pads masked as keys), sorted by length and chunked (at most ``max_roots`` rows and
+    ``max_rows`` candidates per forward). Only the hidden states that score a candidate
+    token (the last prompt position and every candidate token but its last) go through the
+    LM head. Models whose attention cannot take a 4-D mask use the shared method.
+    """
+    parts = _tree_parts(model)
+    if parts is None:
+        return candidate_logprobs_shared(model, tokenizer, prompts, candidates, device,
+                                         continuation=continuation, max_candidate_tokens=max_candidate_tokens,
+                                         max_rows=max_rows, max_roots=max_roots)
+    decoder, head = parts
+    p_ids, c_ids = _prepare(model, tokenizer, prompts, candidates, continuation, max_candidate_tokens)
+    dev = _device_of(model, device)
+    pad = _pad_id(tokenizer)
+    dtype = _model_dtype(model)
+    limit = int(max_packed_tokens) if max_packed_tokens else _max_positions(model)
+    results = [np.empty(len(cs), dtype=np.float64) for cs in c_ids]
+
+    # packed rows: (root, [candidate indices]); a group always takes at least one candidate
+    packed: list[tuple[int, list[int], int]] = []
+    for i, cs in enumerate(c_ids):
+        P = len(p_ids[i])
+        cur: list[int] = []
+        n = P
+        for k, c in enumerate(cs):
+            if cur and n + len(c) > limit:
+                packed.append((i, cur, n))
+                cur, n = [], P
+            cur.append(k)
+            n += len(c)
+        packed.append((i, cur, n))
+    packed.sort(key=lambda r: -r[2])
+
+    chunks: list[list[tuple[int, list[int], int]]] = []
+    cur_chunk: list[tuple[int, list[int], int]] = []
+    n_cands = 0
+    for row in packed:
+        L0 = cur_chunk[0][2] if cur_chunk else row[2]
+        if cur_chunk and (len(cur_chunk) >= max_roots or n_cands + len(row[1]) > max_rows
+                          or (len(cur_chunk) + 1) * L0 * L0 > _MASK_BUDGET):
+            chunks.append(cur_chunk)
+            cur_chunk, n_cands = [], 0
+        cur_chunk.append(row)
+        n_cands += len(row[1])
+    if cur_chunk:
+        chunks.append(cur_chunk)
+
+    neg = torch.finfo(dtype).min
+    for chunk in chunks:
+        R = len(chunk)
+        L = max(r[2] for r in chunk)
+        ids = np.full((R, L), pad, dtype=np.int64)
+        seg = np.full((R, L), -1, dtype=np.int64)  # -1 pad, 0 prompt, s >= 1 the s-th candidate
+        pos = np.zeros((R, L), dtype=np.int64)
+        gather: list[int] = []     # flat (row * L + t) positions whose logits are needed
+        tgt_u: list[int] = []      # per scored token: index into `gather`
+        tgt_tok: list[int] = []    # per scored token: its id
+        tgt_cand: list[int] = []   # per scored token: index into `owners`
+        owners: list[tuple[int, int]] = []  # (root, candidate) of each candidate in the chunk
+        for r, (i, ks, _) in enumerate(chunk):
+            p = p_ids[i]
+            P = len(p)
+            ids[r, :P] = p
+            seg[r, :P] = 0
+            pos[r, :P] = np.arange(P)
+            base = r * L
+            u_last = len(gather)
+            gather.append(base + P - 1)
+            off = P
+            for s, k in enumerate(ks, start=1):
+                c = c_ids[i][k]
+                n = len(c)
+                ids[r, off:off + n] = c
+                seg[r, off:off + n] = s
+                pos[r, off:off + n] = np.arange(P, P + n)
+                u0 = len(gather)
+                gather.extend(range(base + off, base + off + n - 1))
+                tgt_u.append(u_last)
+                tgt_u.extend(range(u0, u0 + n - 1))
+                tgt_tok.extend(c)
+                tgt_cand.extend([len(owners)] * n)
+                owners.append((i, k))
+                off += n
+
+        seg_d = torch.from_numpy(seg).to(dev)
+        ar = torch.arange(L, device=dev)
+        causal = (ar.view(1, L, 1) >= ar.view(1, 1, L))  # [q, k]: key not after query
+        allowed = causal & ((seg_d.unsqueeze(2) == seg_d.unsqueeze(1)) | (seg_d == 0).unsqueeze(1))
+        mask = torch.zeros((R, 1, L, L), dtype=dtype, device=dev)
+        mask.masked_fill_(~allowed.unsqueeze(1), neg)
+        del allowed, causal
+        hidden = decoder(input_ids=torch.from_numpy(ids).to(dev), attention_mask=mask,
+                         position_ids=torch.from_numpy(pos).to(dev), use_cache=False).last_hidden_state
+        del mask
+        hidden = hidden.reshape(R * L, -1).index_select(0, torch.tensor(gather, dtype=torch.long, device=dev))
+
+        vocab = int(head.weight.shape[0]) if hasattr(head, "weight") else 1
+        step = max(1, _LOGIT_BUDGET // max(1, vocab))
+        tu = torch.tensor(tgt_u, dtype=torch.long, device=dev)
+        tt = torch.tensor(tgt_tok, dtype=torch.long, device=dev)
+        lp_tok = torch.empty(len(tgt_u), dtype=torch.float32, device=dev)
+        if len(gather) <= step:
+            logits = head(hidden).float()
+            lp_tok = logits[tu, tt] - torch.logsumexp(logits, dim=-1)[tu]
+            del logits
+        for s in range(0, len(gather) if len(gather) > step else 0, step):
+            logits = head(hidden[s:s + step]).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            sel = ((tu >= s) & (tu < s + step)).nonzero().squeeze(1)
+            rows = tu[sel] - s
+            lp_tok[sel] = logits[rows, tt[sel]] - lse[rows]
+            del logits, lse
+        sums = torch.zeros(len(owners), dtype=torch.float64, device=dev)
+        sums.index_add_(0, torch.tensor(tgt_cand, dtype=torch.long, device=dev), lp_tok.double())
+        lens = torch.tensor([len(c_ids[i][k]) for i, k in owners], dtype=torch.float64, device=dev)
+        means = (sums / lens).cpu().numpy()
+        for m, (i, k) in zip(means, owners):
+            results[i][k] = m
     return results
