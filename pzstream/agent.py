@@ -51,16 +51,26 @@ def prompt_config(llm_cfg):
     return PromptConfig.orz(**kw) if llm_cfg.prompt_format == "orz" else PromptConfig(**kw)
 
 
+def make_backend(llm_cfg, prompt_cfg):
+    """The scoring engine named by ``llm.backend``: transformers, or vLLM (in-place weight updates)."""
+    if llm_cfg.backend == "vllm":
+        from pzstream.llm.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model=llm_cfg.model, device=llm_cfg.device, temperature=llm_cfg.temperature,
+                           prompt_config=prompt_cfg)
+    from pzstream.llm.backend import TransformersBackend
+
+    return TransformersBackend(model=llm_cfg.model, device=llm_cfg.device, temperature=llm_cfg.temperature,
+                               prompt_config=prompt_cfg)
+
+
 class LocalPrior:
     """The LLM in this process (transformers backend)."""
 
     def __init__(self, llm_cfg):
-        from pzstream.llm.backend import TransformersBackend
-
         self.cfg = llm_cfg
         self.prompt_cfg = prompt_config(llm_cfg)
-        self.backend = TransformersBackend(model=llm_cfg.model, device=llm_cfg.device, temperature=llm_cfg.temperature,
-                                           prompt_config=self.prompt_cfg)
+        self.backend = make_backend(llm_cfg, self.prompt_cfg)
         self.version = 0
         self.net_s = 0.0
         self._lock = threading.Lock()

@@ -108,6 +108,7 @@ class LLMSection(_Section):
 
     enabled: bool = Field(True, description="score candidates with the LLM and mix its prior into the root")
     model: str = Field("tiny", description="'tiny' (built locally), a local directory, or a Hugging Face name")
+    backend: Literal["transformers", "vllm"] = Field("transformers", description="scoring engine of collectors and prior servers")
     device: str = "cpu"
     temperature: float = Field(2.0, gt=0, description="prior = log_softmax(mean token log-prob / temperature)")
     prompt_format: Literal["priorzero", "orz"] = "priorzero"

@@ -98,12 +98,10 @@ def _fit_tokens(tokenizer, prompt: str, max_tokens: int) -> str:
 
 async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: CurveKeys | None = None,
                            hub_address: str | None = None) -> dict[str, float]:
-    from pzstream.agent import prompt_config
-    from pzstream.llm.backend import TransformersBackend
+    from pzstream.agent import make_backend, prompt_config
 
     lc = cfg.llm
-    backend = await anyio.to_thread.run_sync(lambda: TransformersBackend(
-        model=lc.model, device=lc.device, temperature=lc.temperature, prompt_config=prompt_config(lc)))
+    backend = await anyio.to_thread.run_sync(make_backend, lc, prompt_config(lc))
     ctx = zmq.asyncio.Context()
     router = ctx.socket(zmq.ROUTER)
     router.setsockopt(zmq.LINGER, 0)

