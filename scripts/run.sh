@@ -4,5 +4,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-if [[ $# -eq 0 ]]; then set -- --max-seconds 60; fi
+if [[ $# -eq 0 ]]; then set -- --max-seconds 120; fi
 exec .venv/bin/python launch.py --role all "$@"
