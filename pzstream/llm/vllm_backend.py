@@ -145,5 +145,11 @@ class VLLMBackend:
         self.llm.reset_prefix_cache()  # cached prompt states belong to the old weights
         self.version += 1
 
+    def close(self) -> None:
+        """Stop the engine's worker processes now (otherwise an exit-time finalizer does it)."""
+        core = getattr(getattr(self.llm, "llm_engine", None), "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+
     def state_dict_bytes(self) -> bytes:
         raise NotImplementedError("the vLLM backend serves weights; the learner's transformers model owns them")

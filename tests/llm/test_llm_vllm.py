@@ -27,7 +27,7 @@ def backends():
     hf = TransformersBackend("tiny")
     vl = VLLMBackend("tiny")
     yield hf, vl
-    del vl
+    vl.close()
 
 
 def test_vllm_scores_equal_transformers(backends):
