@@ -223,6 +223,13 @@ class MctsPolicy:
         return Move(int(result.action[0]), probs, float(result.root_value[0]), llm_probs)
 
 
+def mcts_policy(cfg, seed: int, prior: PriorSource | None = None, search_cfg=None) -> MctsPolicy:
+    """An MctsPolicy with the config's world model, search and LLM mixing (``search_cfg`` overrides the search)."""
+    lc = cfg.llm
+    return MctsPolicy(cfg.world_model(), search_cfg or cfg.search_config(), seed, prior=prior, mix=lc.mix,
+                      fixed_weight=lc.fixed_weight, adaptive_range=(lc.adaptive_low, lc.adaptive_high))
+
+
 class LlmPolicy:
     """The LLM alone: the candidate with the highest prior (evaluation mode 'llm')."""
 

@@ -14,7 +14,8 @@ import anyio
 import numpy as np
 import zmq.asyncio
 
-from pzstream.agent import GamePlayer, LocalPrior, MctsPolicy, Policy, PriorSource, RandomPlayer, RandomPolicy  # noqa: F401
+from pzstream.agent import (GamePlayer, LocalPrior, MctsPolicy, Policy, PriorSource, RandomPlayer,  # noqa: F401
+                            RandomPolicy, mcts_policy)
 from pzstream.config import Config
 from pzstream.env import open_game
 from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, SendAbandoned, endpoints_for
@@ -52,9 +53,7 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
     if cc.policy == "mcts":
         if cfg.llm.enabled:
             prior = await anyio.to_thread.run_sync(make_prior_source, cfg, curve)
-        policy = await anyio.to_thread.run_sync(lambda: MctsPolicy(
-            cfg.world_model(), cfg.search_config(), cc.seed, prior=prior, mix=cfg.llm.mix,
-            fixed_weight=cfg.llm.fixed_weight, adaptive_range=(cfg.llm.adaptive_low, cfg.llm.adaptive_high)))
+        policy = await anyio.to_thread.run_sync(mcts_policy, cfg, cc.seed, prior)
     else:
         policy = RandomPolicy(cc.seed)
     player = GamePlayer(game, policy, cid, cc.segment_steps, cc.max_episode_steps, cc.seed)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pzstream.agent import GamePlayer, LlmPolicy, LocalPrior, MctsPolicy
+from pzstream.agent import GamePlayer, LlmPolicy, LocalPrior, mcts_policy
 from pzstream.config import Config
 from pzstream.env import open_game
 from pzstream.weights import latest_on_disk
@@ -58,9 +58,7 @@ def evaluate(cfg: Config, games: list[str], episodes: int, weights_dir: Path, se
             if mode == "llm":
                 policy = LlmPolicy(prior)
             else:
-                policy = MctsPolicy(cfg.world_model(), search, seed, prior=prior if mode == "wm_llm" else None,
-                                    mix=cfg.llm.mix, fixed_weight=cfg.llm.fixed_weight,
-                                    adaptive_range=(cfg.llm.adaptive_low, cfg.llm.adaptive_high))
+                policy = mcts_policy(cfg, seed, prior if mode == "wm_llm" else None, search)
                 policy.offer(wm, wm_version)
             game = open_game(game_name, games_dir=cfg.env.games_dir, cache_dir=cfg.env.cache_dir)
             player = GamePlayer(game, policy, "eval", cfg.collector.segment_steps, cfg.collector.max_episode_steps, seed)

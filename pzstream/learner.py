@@ -159,9 +159,11 @@ class LearnerHub:
     def _stop_trainer(self, proc, pull: zmq.asyncio.Socket, sock_dir: str) -> None:
         import shutil
 
+        from pzstream.trainer import STOP
+
         if self._train_push is not None:
             try:
-                self._train_push.send(b"STOP", flags=zmq.NOBLOCK)
+                self._train_push.send(STOP, flags=zmq.NOBLOCK)
             except zmq.Again:
                 pass
         proc.join(timeout=5)
@@ -332,8 +334,9 @@ class LearnerHub:
         self._count_reject(reason, f"from {who}: {detail}")
         await router.send(identity, wire.encode(Reject(reason=reason, detail=detail[:500])))
 
-    def _count_reject(self, reason: str, detail: str) -> None:
-        self.counters.rejected[reason] += 1
+    def _count_reject(self, reason: str, detail: str, counter: Counter[str] | None = None) -> None:
+        """Count a rejection (a message by default, or a connection) and log its kind once."""
+        (self.counters.rejected if counter is None else counter)[reason] += 1
         if reason not in self._logged_reasons:  # once per kind; the counters carry the rest
             self._logged_reasons.add(reason)
             log.warning("rejected (%s) %s; further rejections of this kind are only counted", reason, detail)
@@ -341,10 +344,7 @@ class LearnerHub:
     async def _watch_handshakes(self, router: HubRouter) -> None:
         while True:
             reason = await router.handshake_failures()
-            self.counters.connections_rejected[reason] += 1
-            if reason not in self._logged_reasons:
-                self._logged_reasons.add(reason)
-                log.warning("refused a connection (%s): a peer without the CURVE key; further ones are only counted", reason)
+            self._count_reject(reason, "a peer without the CURVE key", self.counters.connections_rejected)
 
     async def _housekeeping(self, router: HubRouter, notices: NoticePublisher) -> None:
         """Heartbeats to live peers, loss detection, periodic weights notices."""

@@ -21,7 +21,7 @@ import zmq.asyncio
 from pzstream import wire
 from pzstream.agent import History
 from pzstream.config import Config
-from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, endpoints_for
+from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, endpoints_for, recv_batch
 
 log = logging.getLogger("pzstream.prior")
 
@@ -114,12 +114,7 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
 
     async def serve() -> None:
         while True:
-            batch = [await router.recv_multipart()]
-            while len(batch) < 256:
-                try:
-                    batch.append(drain.recv_multipart(flags=zmq.NOBLOCK))
-                except zmq.Again:
-                    break
+            batch = await recv_batch(router, drain)
             reqs: list[tuple[bytes, wire.ScoreRequest]] = []
             for frames in batch:
                 try:

@@ -4,8 +4,19 @@ from __future__ import annotations
 import subprocess
 
 import pytest
+import torch
 
 from support import free_base_port
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    # the project's models are tiny: intra-op threads gain nothing, and on a busy 2-core
+    # machine two spinning threads make a step ~10x slower
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture

@@ -11,14 +11,6 @@ from pzstream.llm.train import (LLMSample, LLMTrainer, agreement, chance, k3_kl,
                                 samples_from_segments, sft_ce_loss, sft_visit_loss, tiny_model)
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ------------------------------------------------------------------ loss math
 
 
