@@ -86,7 +86,9 @@ class LocalPrior:
 
         t = time.perf_counter()
         with self._lock:
-            prompts = [fit_prompt(self.backend.tokenizer, self.prompt_cfg, h, o) for h, o in zip(histories, observations)]
+            listed = candidates if self.cfg.list_candidates else [None] * len(observations)
+            prompts = [fit_prompt(self.backend.tokenizer, self.prompt_cfg, h, o, c)
+                       for h, o, c in zip(histories, observations, listed)]
             logps = self.backend.score(prompts, candidates)
         self.net_s += time.perf_counter() - t
         return [np.exp(lp).astype(np.float32) for lp in logps]

@@ -36,7 +36,7 @@ def make_prior_source(cfg: Config, curve: CurveKeys | None = None) -> PriorSourc
         from pzstream.agent import prompt_config
         from pzstream.prior_server import RemotePrior
 
-        return RemotePrior(lc.prior_server, lc.prior_timeout_s, prompt_config(lc), curve)
+        return RemotePrior(lc.prior_server, lc.prior_timeout_s, prompt_config(lc), curve, lc.list_candidates)
     return LocalPrior(lc)
 
 
@@ -74,7 +74,7 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
 
     ctx = zmq.asyncio.Context()
     hello = Hello(collector_id=cid, game=game.name, host=socket.gethostname(), pid=os.getpid(),
-                  capabilities=(f"policy:{policy.name}",))
+                  capabilities=(f"policy:{policy.name}", f"seed:{cc.seed}"))
     sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats,
                            timeout_heartbeats=cfg.hub.peer_timeout_heartbeats)
     notices = NoticeSubscriber(ctx, ep.weights, curve)

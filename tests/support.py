@@ -20,7 +20,7 @@ GAMES_DIR = Path(os.environ.get("PZSTREAM_GAMES_DIR", REPO.parent / "shared" / "
 
 
 def hub_config(address: str, *overrides: str) -> Config:
-    return load_config(None, [f"hub.address={address}", f"collector.learner={address}", "hub.heartbeat_s=0.2", "hub.peer_timeout_heartbeats=10", "trainer.enabled=false",
+    return load_config(None, [f"hub.address={address}", f"collector.learner={address}", "hub.heartbeat_s=0.2", "hub.peer_timeout_heartbeats=10", "trainer.enabled=false", "ppo.enabled=false",
                               "hub.report_every_s=1", *overrides])
 
 

@@ -20,7 +20,7 @@ def test_role_all_trains_the_llm_and_collectors_use_new_versions():
     addr = f"tcp://127.0.0.1:{free_base_port()}"
     p = launch("--role", "all", "--max-seconds", "60", "--learner", addr, "run.name=test-llm", *FAST,
                "trainer.min_replay_steps=20", "trainer.publish_every=5", "llm.train_every=1", "llm.publish_every=2",
-               "llm.batch_size=2")
+               "llm.batch_size=2", "llm.train=true", "ppo.enabled=false")
     out, err = p.communicate(timeout=240)
     assert p.returncode == 0, err.decode()[-3000:]
     s = last_json(out)

@@ -164,7 +164,7 @@ def test_role_all_contract_summary():
     addr = f"tcp://127.0.0.1:{free_base_port()}"
     t0 = time.monotonic()
     p = launch("--role", "all", "--max-seconds", "25", "--learner", addr, "run.name=test-all", "collector.segment_steps=5",
-               "trainer.min_replay_steps=20", "trainer.publish_every=5", "search.num_simulations=4", "llm.enabled=false")
+               "trainer.min_replay_steps=20", "trainer.publish_every=5", "search.num_simulations=4", "llm.enabled=false", "ppo.enabled=false")
     out, err = p.communicate(timeout=90)
     took = time.monotonic() - t0
     assert p.returncode == 0, err.decode()[-3000:]

@@ -1,0 +1,296 @@
+"""The models of a PPO episode: policy, critic and reference, each trainable with a plain torch
+optimiser or a DeepSpeed ZeRO engine. The same classes run in process and inside Ray actors.
+
+A batch is a list of (prompt token ids, response token ids). It is packed right-padded as
+prompt + response, and every per-token quantity is returned response-aligned: float [B, T]
+with T the longest response and ``mask`` 1 on real response tokens. Token t of a response is
+scored from the state before it (the logits at the previous position); the critic's value of
+token t is read at the same position.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import torch
+
+from pzstream.orz import ppo_math
+
+Seq = tuple[list[int], list[int]]  # (prompt ids, response ids)
+
+
+@dataclass
+class Packed:
+    input_ids: torch.Tensor  # long [B, L]
+    attention_mask: torch.Tensor  # long [B, L]
+    gather_pos: torch.Tensor  # long [B, T]: position whose logits predict response token t
+    response_ids: torch.Tensor  # long [B, T]
+    mask: torch.Tensor  # float [B, T]
+
+
+def pack(seqs: Sequence[Seq], pad_id: int) -> Packed:
+    lens = [len(p) + len(r) for p, r in seqs]
+    L, T = max(lens), max(max(len(r) for _, r in seqs), 1)
+    B = len(seqs)
+    ids = torch.full((B, L), pad_id, dtype=torch.long)
+    attn = torch.zeros((B, L), dtype=torch.long)
+    pos = torch.zeros((B, T), dtype=torch.long)
+    resp = torch.full((B, T), pad_id, dtype=torch.long)
+    mask = torch.zeros((B, T), dtype=torch.float32)
+    for b, (p, r) in enumerate(seqs):
+        if not p:
+            raise ValueError(f"sequence {b}: empty prompt")
+        ids[b, :len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
+        attn[b, :len(p) + len(r)] = 1
+        n = len(r)
+        pos[b, :n] = torch.arange(len(p) - 1, len(p) - 1 + n)
+        resp[b, :n] = torch.tensor(list(r), dtype=torch.long)
+        mask[b, :n] = 1.0
+    return Packed(ids, attn, pos, resp, mask)
+
+
+def token_logprobs(model: Any, pk: Packed) -> torch.Tensor:
+    """float [B, T]: log p(response token t | everything before it); 0 on padding."""
+    # the vocabulary projection only where a response token is predicted: the prompt's logits are
+    # never needed, and they dominate the cost for short responses after long prompts
+    body = getattr(model, model.base_model_prefix)
+    h = body(input_ids=pk.input_ids, attention_mask=pk.attention_mask).last_hidden_state
+    idx = pk.gather_pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])
+    logits = model.get_output_embeddings()(torch.gather(h, 1, idx)).float()
+    lp = torch.log_softmax(logits, dim=-1)
+    return torch.gather(lp, 2, pk.response_ids.unsqueeze(-1)).squeeze(-1) * pk.mask
+
+
+class ValueModel(torch.nn.Module):
+    """A critic: the LLM's transformer body (initialised from the same weights) and a linear value head."""
+
+    def __init__(self, path: str):
+        super().__init__()
+        from transformers import AutoModel
+
+        self.body = AutoModel.from_pretrained(path, dtype=torch.float32)
+        self.head = torch.nn.Linear(self.body.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, pk: Packed) -> torch.Tensor:
+        h = self.body(input_ids=pk.input_ids, attention_mask=pk.attention_mask).last_hidden_state
+        idx = pk.gather_pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])
+        return self.head(torch.gather(h, 1, idx)).squeeze(-1) * pk.mask
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def init_single_process_group() -> None:
+    """DeepSpeed needs a process group; a lone trainer gets a gloo group of one on a free port."""
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        return
+    if "WORLD_SIZE" not in os.environ:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0",
+                          WORLD_SIZE="1")
+    import deepspeed
+
+    deepspeed.init_distributed(dist_backend="gloo" if not torch.cuda.is_available() else "nccl")
+
+
+class Trainable:
+    """A module and its optimiser: ``torch`` (AdamW) or ``deepspeed`` (ZeRO ``zero_stage``, AdamW
+    as the client optimiser: DeepSpeed's own CPU Adam needs a compiled op). ``step(losses_fn,
+    micro_batches)`` accumulates gradients over the micro-batches and takes one optimiser step."""
+
+    def __init__(self, module: torch.nn.Module, lr: float, engine: str = "torch", zero_stage: int = 2,
+                 micro_batch: int = 1, accumulation: int = 1, grad_clip: float = 1.0):
+        if engine not in ("torch", "deepspeed"):
+            raise ValueError(f"engine must be 'torch' or 'deepspeed', got {engine!r}")
+        self.engine_kind = engine
+        self.accumulation = accumulation
+        self.grad_clip = grad_clip
+        self.zero_stage = zero_stage
+        opt = torch.optim.AdamW([p for p in module.parameters() if p.requires_grad], lr=lr, weight_decay=0.0)
+        if engine == "deepspeed":
+            import deepspeed
+
+            init_single_process_group()
+            config = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": accumulation,
+                      "gradient_clipping": grad_clip, "zero_optimization": {"stage": zero_stage},
+                      "zero_allow_untested_optimizer": True, "steps_per_print": 10**9, "wall_clock_breakdown": False}
+            if torch.cuda.is_available():
+                config["bf16"] = {"enabled": True}
+            self.engine, self.optimizer, _, _ = deepspeed.initialize(model=module, optimizer=opt, config=config)
+            self.module = self.engine.module
+        else:
+            self.engine, self.optimizer, self.module = None, opt, module
+
+    def backward(self, loss: torch.Tensor) -> None:
+        if self.engine is not None:
+            self.engine.backward(loss)
+            self.engine.step()  # DeepSpeed steps the optimiser at the accumulation boundary only
+        else:
+            (loss / self.accumulation).backward()
+
+    def finish(self) -> None:
+        if self.engine is None:
+            torch.nn.utils.clip_grad_norm_(self.module.parameters(), self.grad_clip)
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def full_state(self) -> dict[str, torch.Tensor]:
+        """The full (gathered, under ZeRO-3) state dict on CPU."""
+        if self.engine is not None and self.zero_stage == 3:
+            import deepspeed
+
+            params = list(self.module.parameters())
+            with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+                return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
+
+
+def _chunks(n: int, size: int) -> list[slice]:
+    return [slice(i, min(i + size, n)) for i in range(0, n, size)]
+
+
+class PolicyModel:
+    """The policy being trained: log-probs, the PPO update, and its weights as safetensors bytes."""
+
+    def __init__(self, path: str, lr: float, engine: str = "torch", zero_stage: int = 2, micro_batch: int = 8,
+                 accumulation: int = 1, seed: int = 0):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        torch.manual_seed(seed)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
+        self.micro_batch = micro_batch
+        self.trainable = Trainable(model, lr, engine, zero_stage, micro_batch, accumulation)
+        self.model = self.trainable.module
+
+    @torch.no_grad()
+    def logprobs(self, seqs: Sequence[Seq], micro: int = 16) -> torch.Tensor:
+        self.model.eval()
+        return _cat_rows([token_logprobs(self.model, pack(seqs[s], self.pad_id)) for s in _chunks(len(seqs), micro)])
+
+    def train(self, seqs: Sequence[Seq], old_logp: torch.Tensor, adv: torch.Tensor, ref_logp: torch.Tensor | None,
+              update_steps: int, eps_clip: float, kl_coef: float) -> dict[str, float]:
+        """``update_steps`` optimiser steps over disjoint mini-batches, each accumulated over micro-batches."""
+        self.model.train()
+        n = len(seqs)
+        mini = n // update_steps
+        totals = {"policy_loss": 0.0, "kl": 0.0, "clip_frac": 0.0}
+        count = 0
+        for u in range(update_steps):
+            for s in _chunks(mini, self.micro_batch):
+                rows = slice(u * mini + s.start, u * mini + s.stop)
+                pk = pack(seqs[rows], self.pad_id)
+                T = pk.mask.shape[1]
+                logp = token_logprobs(self.model, pk)
+                loss = ppo_math.policy_loss(logp, old_logp[rows, :T], adv[rows, :T], pk.mask, eps_clip)
+                kl = torch.zeros(())
+                if ref_logp is not None:
+                    kl = ppo_math.kl_k3(logp, ref_logp[rows, :T], pk.mask)
+                    loss = loss + kl_coef * kl
+                self.trainable.backward(loss)
+                ratio = torch.exp(logp.detach() - old_logp[rows, :T])
+                clipped = ((ratio - 1).abs() > eps_clip).float() * pk.mask
+                totals["policy_loss"] += float(loss.detach())
+                totals["kl"] += float(kl.detach())
+                totals["clip_frac"] += float(clipped.sum() / pk.mask.sum().clamp(min=1))
+                count += 1
+            self.trainable.finish()
+        return {k: v / max(count, 1) for k, v in totals.items()}
+
+    def state_bytes(self) -> bytes:
+        """Safetensors bytes in the layout collectors load (a tied lm_head is left out, as
+        ``TransformersBackend.state_dict_bytes`` does)."""
+        from safetensors.torch import save
+
+        state = self.trainable.full_state()
+        if self.tied:
+            state.pop("lm_head.weight", None)
+        return save({k: v.contiguous() for k, v in state.items()})
+
+    @torch.no_grad()
+    def greedy(self, prompt_ids: Sequence[list[int]], max_new_tokens: int) -> list[list[int]]:
+        """Greedy continuation token ids (one prompt at a time: no padding effects)."""
+        self.model.eval()
+        eos = self.tokenizer.eos_token_id
+        out = []
+        for p in prompt_ids:
+            ids = torch.tensor([list(p)])
+            gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
+                                      do_sample=False, temperature=None, top_k=None, top_p=None,
+                                      pad_token_id=self.pad_id, eos_token_id=eos)
+            out.append(_cut_at_eos(gen[0, len(p):].tolist(), eos))
+        return out
+
+
+class CriticModel:
+    """The value model: per-token values and the clipped value-loss update."""
+
+    def __init__(self, path: str, lr: float, engine: str = "torch", zero_stage: int = 2, micro_batch: int = 8,
+                 accumulation: int = 1, seed: int = 0, pad_id: int = 0):
+        torch.manual_seed(seed)
+        self.pad_id = pad_id
+        self.micro_batch = micro_batch
+        self.trainable = Trainable(ValueModel(path), lr, engine, zero_stage, micro_batch, accumulation)
+        self.model = self.trainable.module
+
+    @torch.no_grad()
+    def values(self, seqs: Sequence[Seq], micro: int = 16) -> torch.Tensor:
+        self.model.eval()
+        return _cat_rows([self.model(pack(seqs[s], self.pad_id)) for s in _chunks(len(seqs), micro)])
+
+    def train(self, seqs: Sequence[Seq], old_values: torch.Tensor, returns: torch.Tensor, update_steps: int,
+              value_clip: float) -> dict[str, float]:
+        self.model.train()
+        n = len(seqs)
+        mini = n // update_steps
+        total, count = 0.0, 0
+        for u in range(update_steps):
+            for s in _chunks(mini, self.micro_batch):
+                rows = slice(u * mini + s.start, u * mini + s.stop)
+                pk = pack(seqs[rows], self.pad_id)
+                T = pk.mask.shape[1]
+                loss = ppo_math.value_loss(self.model(pk), old_values[rows, :T], returns[rows, :T], pk.mask, value_clip)
+                self.trainable.backward(loss)
+                total += float(loss.detach())
+                count += 1
+            self.trainable.finish()
+        return {"value_loss": total / max(count, 1)}
+
+
+class ReferenceModel:
+    """The frozen initial policy, for the KL term."""
+
+    def __init__(self, path: str):
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        tok = AutoTokenizer.from_pretrained(path)
+        self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        for p in self.model.parameters():
+            p.requires_grad_(False)
+
+    @torch.no_grad()
+    def logprobs(self, seqs: Sequence[Seq], micro: int = 16) -> torch.Tensor:
+        return _cat_rows([token_logprobs(self.model, pack(seqs[s], self.pad_id)) for s in _chunks(len(seqs), micro)])
+
+
+def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate [b_i, T_i] blocks along rows, right-padding to the widest T with 0."""
+    T = max(p.shape[1] for p in parts)
+    return torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1])) for p in parts], dim=0)
+
+
+def _cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
+    if eos is not None and eos in ids:
+        return ids[:ids.index(eos) + 1]
+    return ids

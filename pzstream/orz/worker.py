@@ -1,0 +1,133 @@
+"""The PPO worker: a process beside the hub that owns the PPO runtime and runs one episode at a time.
+
+The hub sends an episode request (its prompt samples) over a local PUSH socket and gets back,
+over another, either the new policy weights with the episode's metrics or the failure with its
+traceback. The hub never waits for an episode: it keeps ingesting and the world-model trainer
+keeps training; a failed episode is counted and the next threshold fires a new attempt (the
+runtime restarts dead actors first).
+
+Messages on this local channel are msgpack maps (both ends are this program):
+    hub -> worker   {"kind": "episode", "episode": k, "samples": [PromptSample.to_dict(), ...]}
+                    b"STOP"
+    worker -> hub   {"kind": "ready", "runtime": name, "describe": text}
+                    {"kind": "result", "episode": k, "ok": true, "metrics": {...}, "games": {...}}, weights
+                    {"kind": "result", "episode": k, "ok": false, "error": traceback text}
+                    {"kind": "fatal", "error": text}           (the runtime could not start)
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import os
+import traceback
+from pathlib import Path
+
+import msgpack
+import zmq
+
+from pzstream.config import Config, PPOSection
+from pzstream.orz.episode import RewardFn, run_episode
+from pzstream.orz.rewards import combine, parse_answer, parse_reward_specs, text_rewards
+from pzstream.orz.samples import PromptSample
+
+log = logging.getLogger("pzstream.orz")
+
+STOP = b"STOP"
+
+
+def build_reward_fn(cfg: PPOSection, games_dir: str | None = None, cache_dir: str | None = None) -> tuple[RewardFn, object]:
+    """The episode's reward: ``ppo.rewards`` terms, weighted. Returns (fn, progress scorer or None)."""
+    specs = parse_reward_specs(cfg.rewards)
+    progress = None
+    if any(s.name == "progress" for s in specs):
+        from pzstream.orz.progress import ProgressReward
+
+        progress = ProgressReward(games_dir=games_dir, cache_dir=cache_dir)
+
+    def reward(sample: PromptSample, response: str) -> tuple[float, dict[str, float]]:
+        parts = text_rewards(response, sample.truth, cfg.max_response_chars)
+        if progress is not None:
+            answer = parse_answer(response, cfg.max_response_chars).text
+            parts["progress"] = (progress(sample.game, sample.prefix, sample.seed, answer)
+                                 if sample.prefix is not None and sample.seed is not None else 0.0)
+        return combine(parts, specs), parts
+
+    return reward, progress
+
+
+def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: str | None) -> None:
+    """Process entry point."""
+    import torch
+
+    from pzstream.llm.tiny import resolve_model
+    from pzstream.logstream import setup_logging
+    from pzstream.orz.runtime import make_runtime
+
+    cfg = Config.model_validate_json(cfg_json)
+    setup_logging("ppo", "orz", cfg.run.log_level, None)
+    if logs_in:
+        from pzstream.transport import ZmqLogHandler
+
+        handler = ZmqLogHandler(logs_in, "ppo", "orz")
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger().addHandler(handler)
+    torch.set_num_threads(max(1, cfg.trainer.threads))
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.connect(inbox)
+    push = ctx.socket(zmq.PUSH)
+    push.setsockopt(zmq.LINGER, 5000)
+    push.connect(outbox)
+    pc = cfg.ppo
+    runtime = None
+    parent = os.getppid()
+    try:
+        try:
+            runtime = make_runtime(pc, resolve_model(cfg.llm.model))
+            reward_fn, _ = build_reward_fn(pc, cfg.env.games_dir, cfg.env.cache_dir)
+        except Exception as e:  # noqa: BLE001 - reported to the hub, which logs and counts it
+            log.error("PPO runtime failed to start:\n%s", traceback.format_exc())
+            push.send(msgpack.packb({"kind": "fatal", "error": f"{type(e).__name__}: {e}"}))
+            return
+        log.info("PPO runtime %s ready: %s", runtime.name, runtime.describe)
+        push.send(msgpack.packb({"kind": "ready", "runtime": runtime.name, "describe": runtime.describe}))
+        while True:
+            if not pull.poll(1000):
+                if os.getppid() != parent:
+                    log.warning("hub process is gone; PPO worker exits")
+                    return
+                continue
+            frame = pull.recv()
+            if frame == STOP:
+                return
+            req = msgpack.unpackb(frame)
+            k = int(req["episode"])
+            try:
+                samples = [PromptSample.from_dict(d) for d in req["samples"]]
+                result = run_episode(runtime, samples, pc, reward_fn, history_len=cfg.llm.history_len,
+                                     seed=pc.seed + 1000 * k)
+            except Exception as e:  # noqa: BLE001 - isolation: the episode fails, the worker lives on
+                tb = traceback.format_exc()
+                log.error("PPO episode %d failed: %s\n%s", k, e, tb)
+                push.send(msgpack.packb({"kind": "result", "episode": k, "ok": False,
+                                         "error": f"{type(e).__name__}: {e}", "traceback": tb[-4000:]}))
+                continue
+            push.send_multipart([msgpack.packb({"kind": "result", "episode": k, "ok": True, "metrics": result.metrics,
+                                                "games": result.games}), result.weights])
+    finally:
+        if runtime is not None:
+            try:
+                runtime.close()
+            except Exception:  # noqa: BLE001 - shutting down anyway
+                log.warning("PPO runtime did not close cleanly", exc_info=True)
+        pull.close(0)
+        push.close()
+        ctx.term()
+
+
+def start_worker(cfg: Config, inbox: str, outbox: str, run_dir: Path, logs_in: str | None) -> mp.process.BaseProcess:
+    # not a daemon: Ray and vLLM start processes of their own, which daemonic processes may not
+    proc = mp.get_context("spawn").Process(target=run_worker, name="pzstream-ppo",
+                                           args=(cfg.model_dump_json(), inbox, outbox, str(run_dir), logs_in))
+    proc.start()
+    return proc
