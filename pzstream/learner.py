@@ -73,6 +73,7 @@ class PPOState:
     started: float = 0.0
     runtime: str | None = None
     ready: bool = False
+    worker_pid: int | None = None
     last: dict[str, float] = field(default_factory=dict)
     errors: list[str] = field(default_factory=list)
 
@@ -414,7 +415,7 @@ class LearnerHub:
             while True:
                 if proc is None:
                     proc = start_worker(self.cfg, inbox, outbox, self.run_dir, logs_in)
-                    st.ready = False
+                    st.ready, st.worker_pid = False, proc.pid
                     log.info("PPO worker started (pid %d); runtime %s", proc.pid, self.cfg.ppo.runtime)
                 frames = None
                 with anyio.move_on_after(1.0):
@@ -451,7 +452,7 @@ class LearnerHub:
         finally:
             self._ppo_push = None
             if proc is not None:
-                self._stop_worker(proc, push, STOP, grace=30.0)
+                self._stop_worker(proc, push, STOP, grace=20.0)
             push.close(0)
             pull.close(0)
             if writer is not None:
@@ -466,6 +467,9 @@ class LearnerHub:
         except zmq.Again:
             pass
         proc.join(timeout=grace)
+        if proc.is_alive():  # busy (starting up, or in an episode): SIGTERM still shuts Ray down
+            proc.terminate()
+            proc.join(timeout=30)
         if proc.is_alive():
             proc.kill()
             proc.join(timeout=5)

@@ -220,6 +220,9 @@ class RayRuntime:
                 kw["address"] = cfg.ray_address
             elif cfg.ray_num_cpus:
                 kw["num_cpus"] = cfg.ray_num_cpus
+            # Ray starts its workers at nice 15: beside busy collectors and the world-model trainer
+            # they would starve (seen: actors still not up after 4 minutes on 2 cores)
+            os.environ.setdefault("RAY_worker_niceness", "0")
             t0 = time.monotonic()
             ray.init(**kw)
             self._owns_ray = True

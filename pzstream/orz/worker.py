@@ -19,6 +19,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import os
+import signal
+import sys
 import traceback
 from pathlib import Path
 
@@ -35,14 +37,51 @@ log = logging.getLogger("pzstream.orz")
 STOP = b"STOP"
 
 
-def build_reward_fn(cfg: PPOSection, games_dir: str | None = None, cache_dir: str | None = None) -> tuple[RewardFn, object]:
-    """The episode's reward: ``ppo.rewards`` terms, weighted. Returns (fn, progress scorer or None)."""
+class WorldModelValue:
+    """The world model's value of a state, from the newest weights the hub mirrored to disk
+    (``runs/<name>/weights``): the bootstrap term of the progress reward."""
+
+    def __init__(self, cfg: Config, weights_dir: Path):
+        import torch
+
+        from pzstream.model.inference import SearchAdapter
+        from pzstream.model.world_model import WorldModel
+
+        torch.manual_seed(0)
+        self.model = WorldModel(cfg.world_model()).eval()
+        self.adapter = SearchAdapter(self.model)
+        self.weights_dir = weights_dir
+        self.version = 0
+
+    def refresh(self) -> None:
+        from pzstream.model.world_model import load_weights_bytes
+        from pzstream.weights import latest_on_disk
+
+        found = latest_on_disk(self.weights_dir, "wm")
+        if found is not None and found[0] != self.version:
+            try:
+                load_weights_bytes(self.model, found[1].read_bytes())
+                self.version = found[0]
+            except (OSError, ValueError) as e:  # a file being replaced: keep the old weights
+                log.warning("world-model weights v%d not loaded for the progress reward: %s", found[0], e)
+
+    def __call__(self, observation: str, valid: list[str]) -> float:
+        self.adapter.reset()
+        return float(self.adapter.root([[]], [observation], [valid or ["look"]]).value[0])
+
+
+def build_reward_fn(cfg: PPOSection, games_dir: str | None = None, cache_dir: str | None = None,
+                    value_fn=None) -> tuple[RewardFn, object]:
+    """The episode's reward: ``ppo.rewards`` terms, weighted. Returns (fn, progress scorer or None).
+    ``value_fn(observation, valid_actions)``: the progress reward's bootstrap, weighted by
+    ``ppo.progress_value_weight``."""
     specs = parse_reward_specs(cfg.rewards)
     progress = None
     if any(s.name == "progress" for s in specs):
         from pzstream.orz.progress import ProgressReward
 
-        progress = ProgressReward(games_dir=games_dir, cache_dir=cache_dir)
+        progress = ProgressReward(games_dir=games_dir, cache_dir=cache_dir, value_fn=value_fn,
+                                  value_weight=cfg.progress_value_weight)
 
     def reward(sample: PromptSample, response: str) -> tuple[float, dict[str, float]]:
         parts = text_rewards(response, sample.truth, cfg.max_response_chars)
@@ -55,9 +94,25 @@ def build_reward_fn(cfg: PPOSection, games_dir: str | None = None, cache_dir: st
     return reward, progress
 
 
+def _exit_on_term(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)  # unwinds through ``finally``: Ray's actors and processes are shut down
+
+
+def _shutdown(runtime: object) -> None:
+    try:
+        if runtime is not None:
+            runtime.close()
+        elif "ray" in sys.modules and sys.modules["ray"].is_initialized():  # stopped while starting up
+            sys.modules["ray"].shutdown()
+    except Exception:  # noqa: BLE001 - shutting down anyway
+        log.warning("PPO runtime did not close cleanly", exc_info=True)
+
+
 def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: str | None) -> None:
     """Process entry point."""
     import torch
+
+    signal.signal(signal.SIGTERM, _exit_on_term)
 
     from pzstream.llm.tiny import resolve_model
     from pzstream.logstream import setup_logging
@@ -84,7 +139,10 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
     try:
         try:
             runtime = make_runtime(pc, resolve_model(cfg.llm.model))
-            reward_fn, _ = build_reward_fn(pc, cfg.env.games_dir, cfg.env.cache_dir)
+            wm_value = None
+            if pc.progress_value_weight > 0 and any(x.name == "progress" for x in parse_reward_specs(pc.rewards)):
+                wm_value = WorldModelValue(cfg, Path(run_dir) / "weights")
+            reward_fn, _ = build_reward_fn(pc, cfg.env.games_dir, cfg.env.cache_dir, wm_value)
         except Exception as e:  # noqa: BLE001 - reported to the hub, which logs and counts it
             log.error("PPO runtime failed to start:\n%s", traceback.format_exc())
             push.send(msgpack.packb({"kind": "fatal", "error": f"{type(e).__name__}: {e}"}))
@@ -103,6 +161,8 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
             req = msgpack.unpackb(frame)
             k = int(req["episode"])
             try:
+                if wm_value is not None:
+                    wm_value.refresh()
                 samples = [PromptSample.from_dict(d) for d in req["samples"]]
                 result = run_episode(runtime, samples, pc, reward_fn, history_len=cfg.llm.history_len,
                                      seed=pc.seed + 1000 * k)
@@ -115,11 +175,7 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
             push.send_multipart([msgpack.packb({"kind": "result", "episode": k, "ok": True, "metrics": result.metrics,
                                                 "games": result.games}), result.weights])
     finally:
-        if runtime is not None:
-            try:
-                runtime.close()
-            except Exception:  # noqa: BLE001 - shutting down anyway
-                log.warning("PPO runtime did not close cleanly", exc_info=True)
+        _shutdown(runtime)
         pull.close(0)
         push.close()
         ctx.term()
