@@ -18,11 +18,21 @@ class Trainer:
     "loss/policy", "loss/entropy", "grad_norm"} as floats.
     """
 
-    def __init__(self, model: WorldModel, cfg: WorldModelConfig | None = None, device: str | torch.device = "cpu"):
+    def __init__(self, model: WorldModel, cfg: WorldModelConfig | None = None, device: str | torch.device = "cpu",
+                 data_parallel: bool = False):
         self.cfg = (cfg or model.cfg).validate()
         self.device = torch.device(device)
         self.model = model.to(self.device)
         self.target = copy.deepcopy(model).requires_grad_(False).eval()
+        # data_parallel: torch DDP over the initialised process group; each rank steps on its share
+        # of the global batch and gradients are averaged (pzstream/parallel.py launches the ranks)
+        self.forward_model: torch.nn.Module = self.model
+        if data_parallel:
+            from torch.nn.parallel import DistributedDataParallel
+
+            self.forward_model = DistributedDataParallel(
+                self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+                find_unused_parameters=True)
         # nanoGPT convention: no weight decay on biases, norms and embedding tables
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "bag" not in n and "pos" not in n]
         other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "bag" not in n and "pos" not in n)]
@@ -39,7 +49,7 @@ class Trainer:
             need = batch.obs_idx[:, cfg.context_steps + 1:]
             uniq, inverse = torch.unique(need, return_inverse=True)  # encode only the next observations
             target_latent = self.target.encode_obs([batch.texts[i] for i in uniq.tolist()])[inverse]
-        losses = unizero_losses(self.model(batch), batch, target_latent, cfg)
+        losses = unizero_losses(self.forward_model(batch), batch, target_latent, cfg)
         self.opt.zero_grad(set_to_none=True)
         losses["loss/total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

@@ -25,6 +25,7 @@ import torch
 
 from pzstream.config import PPOSection
 from pzstream.orz import ppo_math
+from pzstream.orz.rollout import choice_scores, choice_token_ids, sample_choices, shared_prefix_len
 from pzstream.orz.samples import PromptSample, answer_choices, render_prompt
 
 RewardFn = Callable[[PromptSample, str], tuple[float, dict[str, float]]]
@@ -46,6 +47,22 @@ def encode_prompts(samples: Sequence[PromptSample], tokenizer: Any, cfg: PPOSect
     return out
 
 
+def rollout(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, history_len: int = 3,
+            seed: int = 0) -> tuple[list[list[int]], list[list[list[int]]], list[int]]:
+    """(prompt ids, ``n_samples_per_prompt`` response ids per prompt, tokens at the start of each
+    prompt's responses that every allowed answer shares (0 in free mode))."""
+    tok = runtime.tokenizer
+    prompt_ids = encode_prompts(samples, tok, cfg, history_len)
+    n = cfg.n_samples_per_prompt
+    if cfg.answer_mode == "choice":  # sample among the allowed answers by the policy's own scores
+        allowed = [choice_token_ids(tok, answer_choices(s.candidates)) for s in samples]
+        fixed = [shared_prefix_len(a) for a in allowed]
+        scores = choice_scores(runtime.choice_logprobs(prompt_ids, allowed), fixed)
+        picks = sample_choices(scores, n, cfg.temperature, seed)
+        return prompt_ids, [[allowed[i][j] for j in row] for i, row in enumerate(picks)], fixed
+    return prompt_ids, runtime.sample(prompt_ids, n, cfg.generate_max_len, cfg.temperature, seed), [0] * len(samples)
+
+
 def run_episode(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, reward_fn: RewardFn, *,
                 history_len: int = 3, seed: int = 0) -> EpisodeResult:
     if len(samples) != cfg.rollout_batch_size:
@@ -54,23 +71,22 @@ def run_episode(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, 
     times: dict[str, float] = {}
     t = time.monotonic()
     runtime.ensure_alive()
-    prompt_ids = encode_prompts(samples, tok, cfg, history_len)
-    choices = [answer_choices(s.candidates) for s in samples] if cfg.answer_mode == "choice" else None
-    responses = runtime.generate(prompt_ids, choices, cfg.n_samples_per_prompt, cfg.generate_max_len,
-                                 cfg.temperature, seed)
+    prompt_ids, responses, fixed = rollout(runtime, samples, cfg, history_len, seed)
+    n = cfg.n_samples_per_prompt
     times["generate"] = time.monotonic() - t
 
     t = time.monotonic()
     seqs, rewards, components = [], [], Counter()
-    lengths = []
-    for s, p, group in zip(samples, prompt_ids, responses):
-        if len(group) != cfg.n_samples_per_prompt:
-            raise RuntimeError(f"engine returned {len(group)} responses for a prompt, expected {cfg.n_samples_per_prompt}")
+    lengths, forced = [], []
+    for s, p, group, k in zip(samples, prompt_ids, responses, fixed):
+        if len(group) != n:
+            raise RuntimeError(f"engine returned {len(group)} responses for a prompt, expected {n}")
         for r in group:
             r = list(r) or [tok.eos_token_id]  # an empty response still occupies a token (reward on it)
             text = tok.decode(r, skip_special_tokens=True)
             total, parts = reward_fn(s, text)
             seqs.append((p, r))
+            forced.append(k)
             rewards.append(float(total))
             lengths.append(len(r))
             components.update(parts)
@@ -94,8 +110,12 @@ def run_episode(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, 
         scores = ppo_math.last_token_scores(reward_t, mask)
         values_t = values[:, :T] * mask
         adv, returns = ppo_math.gae(scores, values_t, mask, cfg.gamma, cfg.lambd)
+    decided = mask.clone()  # tokens every allowed answer shares decide nothing: no advantage on them
+    for b, k in enumerate(forced):
+        decided[b, :k] = 0.0
     if cfg.advantage_normalize and not cfg.use_grpo:
-        adv = ppo_math.normalize_advantages(adv, mask)
+        adv = ppo_math.normalize_advantages(adv, decided)
+    adv = adv * decided
 
     t = time.monotonic()
     train_metrics = runtime.train(seqs, old_logp, adv, ref_logp, values_t, returns)

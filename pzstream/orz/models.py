@@ -51,8 +51,26 @@ def pack(seqs: Sequence[Seq], pad_id: int) -> Packed:
     return Packed(ids, attn, pos, resp, mask)
 
 
-def token_logprobs(model: Any, pk: Packed) -> torch.Tensor:
-    """float [B, T]: log p(response token t | everything before it); 0 on padding."""
+def to_device(pk: Packed, device: torch.device) -> Packed:
+    return Packed(*(t.to(device, non_blocking=True) for t in (pk.input_ids, pk.attention_mask, pk.gather_pos,
+                                                              pk.response_ids, pk.mask)))
+
+
+def _device_of(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def token_logprobs(model: Any, pk: Packed, engine: Any = None) -> torch.Tensor:
+    """float [B, T]: log p(response token t | everything before it); 0 on padding (on the model's device).
+
+    ``engine``: a DeepSpeed ZeRO-3 engine wrapping ``model``; the forward then goes through it
+    whole (its parameter gathering follows the engine's forward, not calls into submodules)."""
+    pk = to_device(pk, _device_of(model))
+    if engine is not None:
+        logits = engine(input_ids=pk.input_ids, attention_mask=pk.attention_mask).logits
+        idx = pk.gather_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+        lp = torch.log_softmax(torch.gather(logits, 1, idx).float(), dim=-1)
+        return torch.gather(lp, 2, pk.response_ids.unsqueeze(-1)).squeeze(-1) * pk.mask
     # the vocabulary projection only where a response token is predicted: the prompt's logits are
     # never needed, and they dominate the cost for short responses after long prompts
     body = getattr(model, model.base_model_prefix)
@@ -76,6 +94,7 @@ class ValueModel(torch.nn.Module):
         torch.nn.init.zeros_(self.head.bias)
 
     def forward(self, pk: Packed) -> torch.Tensor:
+        pk = to_device(pk, self.head.weight.device)
         h = self.body(input_ids=pk.input_ids, attention_mask=pk.attention_mask).last_hidden_state
         idx = pk.gather_pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])
         return self.head(torch.gather(h, 1, idx)).squeeze(-1) * pk.mask
@@ -172,11 +191,13 @@ class PolicyModel:
         self.micro_batch = micro_batch
         self.trainable = Trainable(model, lr, engine, zero_stage, micro_batch, accumulation)
         self.model = self.trainable.module
+        self._z3 = self.trainable.engine if engine == "deepspeed" and zero_stage == 3 else None
 
     @torch.no_grad()
     def logprobs(self, seqs: Sequence[Seq], micro: int = 16) -> torch.Tensor:
         self.model.eval()
-        return _cat_rows([token_logprobs(self.model, pack(seqs[s], self.pad_id)) for s in _chunks(len(seqs), micro)])
+        return _cat_rows([token_logprobs(self.model, pack(seqs[s], self.pad_id), self._z3).cpu()
+                          for s in _chunks(len(seqs), micro)])
 
     def train(self, seqs: Sequence[Seq], old_logp: torch.Tensor, adv: torch.Tensor, ref_logp: torch.Tensor | None,
               update_steps: int, eps_clip: float, kl_coef: float) -> dict[str, float]:
@@ -189,16 +210,18 @@ class PolicyModel:
         for u in range(update_steps):
             for s in _chunks(mini, self.micro_batch):
                 rows = slice(u * mini + s.start, u * mini + s.stop)
-                pk = pack(seqs[rows], self.pad_id)
+                dev = _device_of(self.model)
+                pk = to_device(pack(seqs[rows], self.pad_id), dev)
                 T = pk.mask.shape[1]
-                logp = token_logprobs(self.model, pk)
-                loss = ppo_math.policy_loss(logp, old_logp[rows, :T], adv[rows, :T], pk.mask, eps_clip)
-                kl = torch.zeros(())
+                old = old_logp[rows, :T].to(dev)
+                logp = token_logprobs(self.model, pk, self._z3)
+                loss = ppo_math.policy_loss(logp, old, adv[rows, :T].to(dev), pk.mask, eps_clip)
+                kl = torch.zeros((), device=dev)
                 if ref_logp is not None:
-                    kl = ppo_math.kl_k3(logp, ref_logp[rows, :T], pk.mask)
+                    kl = ppo_math.kl_k3(logp, ref_logp[rows, :T].to(dev), pk.mask)
                     loss = loss + kl_coef * kl
                 self.trainable.backward(loss)
-                ratio = torch.exp(logp.detach() - old_logp[rows, :T])
+                ratio = torch.exp(logp.detach() - old)
                 clipped = ((ratio - 1).abs() > eps_clip).float() * pk.mask
                 totals["policy_loss"] += float(loss.detach())
                 totals["kl"] += float(kl.detach())
@@ -224,7 +247,7 @@ class PolicyModel:
         eos = self.tokenizer.eos_token_id
         out = []
         for p in prompt_ids:
-            ids = torch.tensor([list(p)])
+            ids = torch.tensor([list(p)], device=_device_of(self.model))
             gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                       do_sample=False, temperature=None, top_k=None, top_p=None,
                                       pad_token_id=self.pad_id, eos_token_id=eos)
@@ -246,7 +269,7 @@ class CriticModel:
     @torch.no_grad()
     def values(self, seqs: Sequence[Seq], micro: int = 16) -> torch.Tensor:
         self.model.eval()
-        return _cat_rows([self.model(pack(seqs[s], self.pad_id)) for s in _chunks(len(seqs), micro)])
+        return _cat_rows([self.model(pack(seqs[s], self.pad_id)).float().cpu() for s in _chunks(len(seqs), micro)])
 
     def train(self, seqs: Sequence[Seq], old_values: torch.Tensor, returns: torch.Tensor, update_steps: int,
               value_clip: float) -> dict[str, float]:
@@ -257,9 +280,11 @@ class CriticModel:
         for u in range(update_steps):
             for s in _chunks(mini, self.micro_batch):
                 rows = slice(u * mini + s.start, u * mini + s.stop)
-                pk = pack(seqs[rows], self.pad_id)
+                dev = self.model.head.weight.device
+                pk = to_device(pack(seqs[rows], self.pad_id), dev)
                 T = pk.mask.shape[1]
-                loss = ppo_math.value_loss(self.model(pk), old_values[rows, :T], returns[rows, :T], pk.mask, value_clip)
+                loss = ppo_math.value_loss(self.model(pk).float(), old_values[rows, :T].to(dev), returns[rows, :T].to(dev),
+                                           pk.mask, value_clip)
                 self.trainable.backward(loss)
                 total += float(loss.detach())
                 count += 1
@@ -281,7 +306,7 @@ class ReferenceModel:
 
     @torch.no_grad()
     def logprobs(self, seqs: Sequence[Seq], micro: int = 16) -> torch.Tensor:
-        return _cat_rows([token_logprobs(self.model, pack(seqs[s], self.pad_id)) for s in _chunks(len(seqs), micro)])
+        return _cat_rows([token_logprobs(self.model, pack(seqs[s], self.pad_id)).cpu() for s in _chunks(len(seqs), micro)])
 
 
 def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:

@@ -1,21 +1,23 @@
-"""Rollout generation: ``n`` responses per prompt, as token ids, from vLLM or transformers.
+"""Rollouts: ``n`` responses per prompt, as token ids, from vLLM or transformers.
 
-Two answer modes:
+Two answer modes (``ppo.answer_mode``):
 - ``free``: sample up to ``max_tokens`` tokens (stop at EOS).
-- ``choice``: decoding is constrained to the strings of ``choices[i]`` (for PPO on a text game:
-  ``</think>\\n<answer>CANDIDATE</answer>``), then EOS. vLLM does this with its structured
-  outputs (``choice``); transformers with a token trie over each choice's own tokenisation.
-  vLLM's grammar admits any tokenisation of a choice, the trie only the canonical one: both
-  sample from the policy's next-token distribution masked to what can still complete a choice.
+- ``choice``: the response is one of the prompt's allowed answers
+  (``</think>\\n<answer>CANDIDATE</answer>`` + EOS, each in its own tokenisation), drawn from the
+  policy's scores of them: p(c) proportional to exp(mean token log-prob of answer c / T), the
+  mean taken past the tokens all answers share. The engine scores every allowed answer (prompt
+  computed once: vLLM's prefix cache, or one packed batch in transformers), then
+  ``sample_choices`` draws. Whatever the engine, this is the distribution the collectors' LLM
+  prior is made of (length-normalised scores of the same candidate texts after the same prompt).
 
-    gen = TransformersGenerator(model, tokenizer)
-    responses = gen.generate(prompt_ids, choices, n=4, max_tokens=64, temperature=1.0, seed=0)
-    responses[i][j]   # token ids of the j-th response to prompt i (EOS included when emitted)
+    lps = engine_choice_logprobs(...)                          # [P][K_i] token log-prob arrays
+    picks = sample_choices(choice_scores(lps, skip), n=4, temperature=1.0, seed=0)   # [P][n] indices
 """
 from __future__ import annotations
 
 from typing import Any, Sequence
 
+import numpy as np
 import torch
 
 
@@ -25,74 +27,90 @@ def _cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
     return ids
 
 
-class ChoiceTrie:
-    """Token-id prefix tree of allowed responses; each ends with EOS."""
-
-    def __init__(self, sequences: Sequence[Sequence[int]]):
-        self.root: dict[int, dict] = {}
-        for seq in sequences:
-            node = self.root
-            for tok in seq:
-                node = node.setdefault(int(tok), {})
-
-    def allowed(self, prefix: Sequence[int]) -> list[int]:
-        node = self.root
-        for tok in prefix:
-            node = node.get(int(tok))
-            if node is None:
-                return []
-        return list(node)
+def choice_token_ids(tokenizer: Any, choices: Sequence[str]) -> list[list[int]]:
+    return [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in choices]
 
 
-class TransformersGenerator:
-    """Sampling with a transformers model (the in-process runtime: the policy model itself)."""
-
-    def __init__(self, model: Any, tokenizer: Any):
-        self.model = model
-        self.tokenizer = tokenizer
-        self.eos = tokenizer.eos_token_id
-        self.pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos
-
-    @torch.no_grad()
-    def generate(self, prompt_ids: Sequence[list[int]], choices: Sequence[list[str]] | None, n: int, max_tokens: int,
-                 temperature: float, seed: int) -> list[list[list[int]]]:
-        self.model.eval()
-        torch.manual_seed(seed)
-        out: list[list[list[int]]] = []
-        for i, p in enumerate(prompt_ids):
-            ids = torch.tensor([list(p)])
-            kw: dict[str, Any] = dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0,
-                                      num_return_sequences=n, pad_token_id=self.pad, eos_token_id=self.eos)
-            if choices is not None:
-                seqs = [self.tokenizer(c, add_special_tokens=False)["input_ids"] + [self.eos] for c in choices[i]]
-                trie = ChoiceTrie(seqs)
-                start = len(p)
-                kw["prefix_allowed_tokens_fn"] = lambda _b, x, trie=trie, start=start: (
-                    trie.allowed(x[start:].tolist()) or [self.eos])
-                kw["max_new_tokens"] = max(len(s) for s in seqs)
-            else:
-                kw["max_new_tokens"] = max_tokens
-            gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), **kw)
-            out.append([_cut_at_eos(row[len(p):].tolist(), self.eos) for row in gen])
-        return out
+def shared_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
+    """Tokens every allowed answer begins with: they carry no decision (their advantage is zeroed)."""
+    if len(seqs) < 2:
+        return 0
+    n = 0
+    for column in zip(*seqs):
+        if len(set(column)) != 1:
+            break
+        n += 1
+    return n
 
 
-def vllm_generate(llm: Any, prompt_ids: Sequence[list[int]], choices: Sequence[list[str]] | None, n: int,
-                  max_tokens: int, temperature: float, seed: int) -> list[list[list[int]]]:
-    """The same with a ``vllm.LLM`` (one request per prompt, ``n`` samples each)."""
+def sample_choices(logprobs: Sequence[np.ndarray], n: int, temperature: float, seed: int) -> list[list[int]]:
+    """``n`` indices per prompt from softmax(logprobs / temperature) (pure, seeded)."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for lp in logprobs:
+        z = np.asarray(lp, dtype=np.float64) / temperature
+        p = np.exp(z - z.max())
+        p /= p.sum()
+        out.append([int(i) for i in rng.choice(len(p), size=n, p=p)])
+    return out
+
+
+@torch.no_grad()
+def transformers_sample(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], n: int, max_tokens: int,
+                        temperature: float, seed: int) -> list[list[list[int]]]:
+    """Free-mode sampling with a transformers model."""
+    model.eval()
+    torch.manual_seed(seed)
+    eos = tokenizer.eos_token_id
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    device = next(model.parameters()).device
+    out = []
+    for p in prompt_ids:
+        ids = torch.tensor([list(p)], device=device)
+        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
+                             temperature=float(temperature), top_k=0, top_p=1.0, num_return_sequences=n,
+                             max_new_tokens=max_tokens, pad_token_id=pad, eos_token_id=eos)
+        out.append([_cut_at_eos(row[len(p):].tolist(), eos) for row in gen])
+    return out
+
+
+def vllm_sample(llm: Any, prompt_ids: Sequence[list[int]], n: int, max_tokens: int,
+                temperature: float) -> list[list[list[int]]]:
+    """Free-mode sampling with a ``vllm.LLM`` (seeded at engine level: per-request seeds crash
+    vLLM's CPU sampler, 'CPU Generator does not use offset')."""
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
-    from vllm.sampling_params import StructuredOutputsParams
 
-    params = []
-    for i in range(len(prompt_ids)):
-        kw: dict[str, Any] = dict(n=n, temperature=float(temperature), top_p=1.0, top_k=-1, max_tokens=max_tokens,
-                                  seed=seed + i)
-        if choices is not None:
-            kw["structured_outputs"] = StructuredOutputsParams(choice=list(choices[i]))
-        params.append(SamplingParams(**kw))
+    params = SamplingParams(n=n, temperature=float(temperature), top_p=1.0, top_k=-1, max_tokens=max_tokens)
     outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
     return [[list(c.token_ids) for c in o.outputs] for o in outs]
+
+
+def vllm_choice_logprobs(llm: Any, prompt_ids: Sequence[list[int]],
+                         choices: Sequence[Sequence[list[int]]]) -> list[list[np.ndarray]]:
+    """Token log-probs of each allowed answer after its prompt (prompt log-probs; prefix cache)."""
+    from vllm import SamplingParams
+    from vllm.inputs import TokensPrompt
+
+    reqs, spans = [], []
+    for p, cs in zip(prompt_ids, choices):
+        for c in cs:
+            reqs.append(TokensPrompt(prompt_token_ids=list(p) + list(c)))
+            spans.append((list(p) + list(c), len(c)))
+    outs = llm.generate(reqs, SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0), use_tqdm=False)
+    flat = [np.array([o.prompt_logprobs[i][ids[i]].logprob for i in range(len(ids) - k, len(ids))])
+            for o, (ids, k) in zip(outs, spans)]
+    result, at = [], 0
+    for cs in choices:
+        result.append(flat[at:at + len(cs)])
+        at += len(cs)
+    return result
+
+
+def choice_scores(token_logprobs: Sequence[Sequence[np.ndarray]], skip: Sequence[int]) -> list[np.ndarray]:
+    """Per prompt, each allowed answer's mean token log-prob past the ``skip`` shared tokens: the
+    length-normalised score the collectors' prior uses (a sum would make short answers win)."""
+    return [np.array([float(np.mean(lp[k:])) if len(lp) > k else 0.0 for lp in row]) for row, k in zip(token_logprobs, skip)]
 
 
 def vllm_greedy(llm: Any, prompt_ids: Sequence[list[int]], max_tokens: int) -> list[list[int]]:

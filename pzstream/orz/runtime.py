@@ -2,7 +2,8 @@
 
 Both runtimes offer the same calls, used by ``episode.run_episode``:
 
-    rt.generate(prompt_ids, choices, n, max_tokens, temperature, seed) -> responses
+    rt.sample(prompt_ids, n, max_tokens, temperature, seed) -> responses   (free answers)
+    rt.choice_logprobs(prompt_ids, choices) -> summed log-probs per allowed answer (choice mode)
     rt.forward(seqs) -> (old_logprobs, ref_logprobs | None, values | None)
     rt.train(seqs, old_logprobs, advantages, ref_logprobs, old_values, returns) -> metrics
     rt.sync() -> bytes        # policy weights into the rollout engines, in place; returned for publishing
@@ -27,7 +28,7 @@ import torch
 
 from pzstream.config import PPOSection
 from pzstream.orz.models import CriticModel, PolicyModel, ReferenceModel, Seq
-from pzstream.orz.rollout import TransformersGenerator
+from pzstream.orz.rollout import transformers_sample
 
 log = logging.getLogger("pzstream.orz")
 
@@ -36,6 +37,17 @@ REPO_ROOT = str(Path(__file__).resolve().parents[2])
 
 def _accumulation(cfg: PPOSection, update_steps: int) -> int:
     return cfg.rollout_batch_size * cfg.n_samples_per_prompt // update_steps // cfg.micro_train_batch_size
+
+
+def choice_logprobs_with(model: PolicyModel, prompt_ids, choices, micro: int) -> list:
+    """Token log-probs of each allowed answer after its prompt, from a policy model."""
+    seqs = [(list(p), list(c)) for p, cs in zip(prompt_ids, choices) for c in cs]
+    rows = model.logprobs(seqs, micro).double().numpy()
+    out, at = [], 0
+    for cs in choices:
+        out.append([rows[at + i, :len(c)] for i, c in enumerate(cs)])
+        at += len(cs)
+    return out
 
 
 def ray_stack_available() -> tuple[bool, str]:
@@ -73,15 +85,17 @@ class InProcessRuntime:
             model_path, cfg.critic_learning_rate, "torch", micro_batch=cfg.micro_train_batch_size,
             accumulation=_accumulation(cfg, cfg.critic_update_steps), seed=cfg.seed, pad_id=self.policy.pad_id)
         self.ref = ReferenceModel(model_path) if cfg.use_kl_loss else None
-        self.generator = TransformersGenerator(self.policy.model, self.tokenizer)
         self.describe = "transformers generation, torch AdamW, in this process"
 
     def ensure_alive(self) -> None:
         pass
 
-    def generate(self, prompt_ids: Sequence[list[int]], choices, n: int, max_tokens: int, temperature: float,
-                 seed: int) -> list[list[list[int]]]:
-        return self.generator.generate(prompt_ids, choices, n, max_tokens, temperature, seed)
+    def sample(self, prompt_ids: Sequence[list[int]], n: int, max_tokens: int, temperature: float,
+               seed: int) -> list[list[list[int]]]:
+        return transformers_sample(self.policy.model, self.tokenizer, prompt_ids, n, max_tokens, temperature, seed)
+
+    def choice_logprobs(self, prompt_ids, choices) -> list:
+        return choice_logprobs_with(self.policy, prompt_ids, choices, self.cfg.micro_forward_batch_size)
 
     def forward(self, seqs: Sequence[Seq]):
         m = self.cfg.micro_forward_batch_size
@@ -181,10 +195,15 @@ class EngineActor:
     def ping(self) -> int:
         return os.getpid()
 
-    def generate(self, prompt_ids, choices, n, max_tokens, temperature, seed):
-        from pzstream.orz.rollout import vllm_generate
+    def sample(self, prompt_ids, n, max_tokens, temperature):
+        from pzstream.orz.rollout import vllm_sample
 
-        return vllm_generate(self.backend.llm, prompt_ids, choices, n, max_tokens, temperature, seed)
+        return vllm_sample(self.backend.llm, prompt_ids, n, max_tokens, temperature)
+
+    def choice_logprobs(self, prompt_ids, choices):
+        from pzstream.orz.rollout import vllm_choice_logprobs
+
+        return vllm_choice_logprobs(self.backend.llm, prompt_ids, choices)
 
     def load(self, data: bytes) -> int:
         self.backend.load_state_dict_bytes(data)
@@ -230,8 +249,9 @@ class RayRuntime:
         self.last_weights: bytes | None = None  # the last synced policy, to restore restarted actors
         self.restarts = 0
         self._start()
-        self.describe = (f"Ray actors: policy + critic (DeepSpeed ZeRO-{cfg.zero_stage}), reference, "
-                         f"{cfg.vllm_num_engines} vLLM engine(s), {'colocated' if cfg.colocate_all else 'one bundle each'}")
+        self.describe = (f"Ray actors: policy{'' if cfg.use_grpo else ' + critic'} (DeepSpeed ZeRO-{cfg.zero_stage})"
+                         f"{', reference' if cfg.use_kl_loss else ''}, {cfg.vllm_num_engines} vLLM engine(s), "
+                         f"{'colocated' if cfg.colocate_all else 'one bundle each'}")
 
     def _start(self) -> None:
         import ray
@@ -288,19 +308,26 @@ class RayRuntime:
         self.restarts += 1
         self._start()
 
-    def generate(self, prompt_ids, choices, n, max_tokens, temperature, seed):
+    def _spread(self, prompt_ids, call) -> list:
+        """Prompts dealt round-robin to the engines; results back in prompt order."""
         import ray
 
         k = len(self.engines)
-        parts = [list(range(i, len(prompt_ids), k)) for i in range(k)]
-        futures = [e.generate.remote([prompt_ids[j] for j in idx], None if choices is None else [choices[j] for j in idx],
-                                     n, max_tokens, temperature, seed + 7919 * i)
-                   for i, (e, idx) in enumerate(zip(self.engines, parts)) if idx]
+        parts = [p for p in (list(range(i, len(prompt_ids), k)) for i in range(k)) if p]
+        futures = [call(self.engines[i], idx) for i, idx in enumerate(parts)]
         out: list = [None] * len(prompt_ids)
-        for idx, res in zip([p for p in parts if p], ray.get(futures)):
+        for idx, res in zip(parts, ray.get(futures)):
             for j, r in zip(idx, res):
                 out[j] = r
         return out
+
+    def sample(self, prompt_ids, n, max_tokens, temperature, seed):
+        return self._spread(prompt_ids, lambda e, idx: e.sample.remote([prompt_ids[j] for j in idx], n, max_tokens,
+                                                                       temperature))
+
+    def choice_logprobs(self, prompt_ids, choices):
+        return self._spread(prompt_ids, lambda e, idx: e.choice_logprobs.remote([prompt_ids[j] for j in idx],
+                                                                                [choices[j] for j in idx]))
 
     def forward(self, seqs):
         import ray

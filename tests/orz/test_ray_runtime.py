@@ -56,6 +56,8 @@ def test_ray_episodes_learn_and_sync_into_vllm(runtime, samples):
     assert last > max(first, chance_of(samples)) + 0.2, curve
     engine, policy = _greedy_matches(runtime, samples, cfg)
     assert engine == policy  # vLLM, after the in-place sync, decodes as the trained policy does
+    free = runtime.sample(encode_prompts(samples[:2], runtime.tokenizer, cfg, 3), 3, 8, 1.0, 0)  # free answers
+    assert [len(g) for g in free] == [3, 3] and all(1 <= len(r) <= 8 for g in free for r in g)
 
 
 def test_an_engine_that_dies_mid_episode_fails_only_that_episode(runtime, samples):
@@ -63,19 +65,19 @@ def test_an_engine_that_dies_mid_episode_fails_only_that_episode(runtime, sample
 
     cfg = PPOSection(**CFG)
     reward_fn, _ = build_reward_fn(cfg)
-    real_generate = runtime.generate
+    real_rollout = runtime.choice_logprobs
 
-    def dying_generate(*a, **kw):
+    def dying_rollout(*a, **kw):
         ray.kill(runtime.engines[0])
-        return real_generate(*a, **kw)
+        return real_rollout(*a, **kw)
 
-    runtime.generate = dying_generate
+    runtime.choice_logprobs = dying_rollout
     try:
         with pytest.raises(Exception) as e:
             run_episode(runtime, samples, cfg, reward_fn, seed=100)
         assert "Actor" in type(e.value).__name__ or "actor" in str(e.value).lower()
     finally:
-        runtime.generate = real_generate
+        runtime.choice_logprobs = real_rollout
     res = run_episode(runtime, samples, cfg, reward_fn, seed=101)  # restarts the actors, continues training
     assert runtime.restarts == 1 and res.metrics["responses"] == 16
     engine, policy = _greedy_matches(runtime, samples, cfg)

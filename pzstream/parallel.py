@@ -1,0 +1,251 @@
+"""Data-parallel training across the GPUs (or CPU processes) of one host.
+
+Two jobs, each run on a fixed global batch that is the same whatever the number of processes,
+so a run on N processes can be checked against a run on one:
+
+- ``ppo``: the LLM policy's PPO update (``orz.models.PolicyModel``) under DeepSpeed ZeRO
+  (``--zero-stage`` 2 or 3). The global batch is G sequences (a PPO episode's experiences from
+  the default game's walkthrough prompts); each rank takes every N-th micro-batch, and DeepSpeed
+  averages the gradients, so one optimiser step sees exactly the gradient of one process with
+  G / micro gradient-accumulation steps.
+- ``wm``: the world model's step (``model.train.Trainer``) under torch DDP; each rank takes an
+  equal share of every global batch of real windows (random play of the default game).
+
+    python -m pzstream.parallel ppo --nproc 2 --zero-stage 2      # rank r on cuda:r (nccl), or CPU (gloo)
+    python -m pzstream.parallel wm --nproc 2
+
+Each prints its per-step losses (averaged over ranks) and throughput, and one JSON line.
+``bench/scale.py`` runs 1 and N processes in one go and reports scaling efficiency and the loss
+match. NVLink multicast stays off (``NCCL_NVLS_ENABLE=0``).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class JobResult:
+    job: str
+    nproc: int
+    device: str
+    steps: int
+    losses: list[float]
+    samples_per_s: float
+    tokens_per_s: float
+    step_s: list[float] = field(default_factory=list)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _init(rank: int, world: int, port: int, device: str) -> torch.device:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), LOCAL_RANK=str(rank),
+                      WORLD_SIZE=str(world), NCCL_NVLS_ENABLE="0")
+    torch.set_num_threads(1 if device == "cpu" else 4)
+    if device == "cuda":
+        torch.cuda.set_device(rank)
+        dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device("cuda", rank))
+        return torch.device("cuda", rank)
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    return torch.device("cpu")
+
+
+def _mean_over_ranks(x: float, device: torch.device) -> float:
+    t = torch.tensor([x], dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return float(t.item()) / dist.get_world_size()
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ------------------------------------------------------------------------------ PPO under DeepSpeed
+
+
+def ppo_batch(tokenizer: Any, n: int, seed: int, prompt_len: int) -> tuple[list, torch.Tensor]:
+    """G experiences: walkthrough prompts of the default game and answers among their candidates,
+    with fixed pseudo-random advantages (the update's math does not care where they came from)."""
+    import random
+
+    from pzstream.orz.episode import encode_prompts
+    from pzstream.orz.prompt_sets import walkthrough_samples
+    from pzstream.orz.samples import answer_choices
+    from pzstream.config import PPOSection
+
+    samples = walkthrough_samples(max_candidates=8)
+    cfg = PPOSection(prompt_max_len=prompt_len)
+    prompts = encode_prompts(samples, tokenizer, cfg, history_len=3)
+    rng = random.Random(seed)
+    seqs = []
+    for i in range(n):
+        j = i % len(samples)
+        answer = rng.choice(answer_choices(samples[j].candidates))
+        seqs.append((prompts[j], tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]))
+    g = torch.Generator().manual_seed(seed)
+    T = max(len(r) for _, r in seqs)
+    adv = torch.randn(n, T, generator=g)
+    return seqs, adv
+
+
+def run_ppo(rank: int, world: int, port: int, args: argparse.Namespace) -> JobResult | None:
+    from pzstream.llm.tiny import resolve_model
+    from pzstream.orz.models import PolicyModel
+
+    device = _init(rank, world, port, args.device)
+    G, m = args.global_batch, args.micro_batch
+    if G % (m * world):
+        raise ValueError(f"--global-batch {G} must divide into --micro-batch {m} x {world} processes")
+    policy = PolicyModel(resolve_model(args.model), args.lr, "deepspeed", args.zero_stage, micro_batch=m,
+                         accumulation=G // (m * world), seed=0)
+    seqs, adv = ppo_batch(policy.tokenizer, G, seed=1, prompt_len=args.prompt_len)
+    old_logp = policy.logprobs(seqs, micro=m)  # the same on every rank: same weights, same data
+    n_micro = G // m
+    mine = [j for j in range(n_micro) if j % world == rank]
+    rows = [i for j in mine for i in range(j * m, (j + 1) * m)]
+    my_seqs = [seqs[i] for i in rows]
+    tokens = sum(len(p) + len(r) for p, r in my_seqs)
+    losses, step_s = [], []
+    for step in range(args.steps + args.warmup):
+        _sync(device)
+        t0 = time.perf_counter()
+        metrics = policy.train(my_seqs, old_logp[rows], adv[rows], None, update_steps=1, eps_clip=0.2, kl_coef=0.0)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        loss = _mean_over_ranks(metrics["policy_loss"], device)
+        if step >= args.warmup:
+            losses.append(loss)
+            step_s.append(_mean_over_ranks(dt, device))
+    total_tokens = _mean_over_ranks(float(tokens), device) * world
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank:
+        return None
+    per_step = sum(step_s) / len(step_s)
+    return JobResult("ppo", world, args.device, args.steps, losses, G / per_step, total_tokens / per_step, step_s,
+                     {"zero_stage": args.zero_stage, "global_batch": G, "micro_batch": m, "model": args.model})
+
+
+# ------------------------------------------------------------------------------ world model under DDP
+
+
+def wm_batches(cfg: Any, n_batches: int, batch: int, seed: int) -> list[list]:
+    """Fixed global batches of real windows from random play of the default game."""
+    import random
+    import threading
+
+    from pzstream.agent import RandomPlayer
+    from pzstream.env import open_game
+    from pzstream.model.targets import build_windows
+
+    g = open_game("default")
+    player = RandomPlayer(g, "scale", segment_steps=20, max_episode_steps=40, seed=seed)
+    stop = threading.Event()
+    segs = [player.play_segment(stop) for _ in range(12)]
+    g.close()
+    windows = build_windows(segs, cfg)
+    rng = random.Random(seed)
+    return [[windows[rng.randrange(len(windows))] for _ in range(batch)] for _ in range(n_batches)]
+
+
+def run_wm(rank: int, world: int, port: int, args: argparse.Namespace) -> JobResult | None:
+    from pzstream.config import load_config
+    from pzstream.model.targets import collate
+    from pzstream.model.train import Trainer
+    from pzstream.model.world_model import WorldModel
+
+    device = _init(rank, world, port, args.device)
+    G = args.global_batch
+    if G % world:
+        raise ValueError(f"--global-batch {G} must divide into {world} processes")
+    cfg = load_config(None, []).world_model()
+    batches = wm_batches(cfg, args.steps + args.warmup, G, seed=3)
+    torch.manual_seed(0)
+    trainer = Trainer(WorldModel(cfg), cfg, device=device, data_parallel=world > 1)
+    losses, step_s = [], []
+    for step, full in enumerate(batches):
+        share = collate(full[rank::world], cfg)
+        _sync(device)
+        t0 = time.perf_counter()
+        metrics = trainer.step(share)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        loss = _mean_over_ranks(metrics["loss/total"], device)
+        if step >= args.warmup:
+            losses.append(loss)
+            step_s.append(_mean_over_ranks(dt, device))
+    dist.barrier()
+    dist.destroy_process_group()
+    if rank:
+        return None
+    per_step = sum(step_s) / len(step_s)
+    return JobResult("wm", world, args.device, args.steps, losses, G / per_step, 0.0, step_s, {"global_batch": G})
+
+
+# ------------------------------------------------------------------------------ launching
+
+JOBS = {"ppo": run_ppo, "wm": run_wm}
+
+
+def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) -> None:
+    result = JOBS[args.job](rank, world, port, args)
+    if result is not None:
+        out.put(asdict(result))
+
+
+def launch(args: argparse.Namespace) -> JobResult:
+    """Run ``args.job`` on ``args.nproc`` processes (spawned here) and return rank 0's result."""
+    import torch.multiprocessing as mp
+
+    if args.device == "cuda" and torch.cuda.device_count() < args.nproc:
+        raise SystemExit(f"--nproc {args.nproc} needs {args.nproc} GPUs; {torch.cuda.device_count()} visible")
+    ctx = mp.get_context("spawn")
+    out = ctx.SimpleQueue()
+    port = free_port()
+    mp.start_processes(_rank_main, args=(args.nproc, port, args, out), nprocs=args.nproc, join=True,
+                       start_method="spawn")
+    return JobResult(**out.get())
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("job", choices=sorted(JOBS))
+    p.add_argument("--nproc", type=int, default=2)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--global-batch", type=int, default=32)
+    p.add_argument("--micro-batch", type=int, default=4, help="ppo: sequences per micro-batch per process")
+    p.add_argument("--zero-stage", type=int, choices=[0, 1, 2, 3], default=2)
+    p.add_argument("--model", default="tiny", help="ppo: 'tiny' or a model directory")
+    p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--lr", type=float, default=1e-4)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    res = launch(args)
+    print(f"{res.job} on {res.nproc} x {res.device}: losses {', '.join(f'{x:.5f}' for x in res.losses)}; "
+          f"{res.samples_per_s:.1f} samples/s, {res.tokens_per_s:.0f} tokens/s", file=sys.stderr)
+    print(json.dumps(asdict(res)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
