@@ -509,6 +509,10 @@ class LearnerHub:
         if writer is not None:
             for k, v in m.items():
                 writer.add_scalar(f"orz/{k}", v, st.ok)
+            if msg.get("rewards"):
+                import numpy as np
+
+                writer.add_histogram("orz/rewards", np.asarray(msg["rewards"], dtype=np.float32), st.ok)
             writer.flush()
 
     def _track_returns(self, seg: Segment) -> None:

@@ -173,7 +173,7 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
                                          "error": f"{type(e).__name__}: {e}", "traceback": tb[-4000:]}))
                 continue
             push.send_multipart([msgpack.packb({"kind": "result", "episode": k, "ok": True, "metrics": result.metrics,
-                                                "games": result.games}), result.weights])
+                                                "games": result.games, "rewards": result.rewards}), result.weights])
     finally:
         _shutdown(runtime)
         pull.close(0)
