@@ -78,6 +78,22 @@ class PPOState:
     errors: list[str] = field(default_factory=list)
 
 
+def _local_channel(ctx: zmq.asyncio.Context, prefix: str, hwm: int):
+    """A hub <-> helper-process pair of ipc sockets in a fresh directory: the hub PUSHes to
+    ``inbox`` (never blocking: ``hwm`` bounds what waits) and PULLs from ``outbox``.
+    Returns (directory, inbox, outbox, push, pull)."""
+    sock_dir = tempfile.mkdtemp(prefix=prefix)
+    inbox, outbox = f"ipc://{sock_dir}/in", f"ipc://{sock_dir}/out"
+    push = zmq.Context.shadow(ctx.underlying).socket(zmq.PUSH)
+    push.setsockopt(zmq.SNDHWM, hwm)
+    push.setsockopt(zmq.LINGER, 0)
+    push.bind(inbox)
+    pull = ctx.socket(zmq.PULL)
+    pull.setsockopt(zmq.LINGER, 0)
+    pull.bind(outbox)
+    return sock_dir, inbox, outbox, push, pull
+
+
 def _lag_summary(hist: Counter[int]) -> dict[str, float]:
     n = sum(hist.values())
     if not n:
@@ -172,15 +188,7 @@ class LearnerHub:
         from pzstream.logstream import local_address
         from pzstream.trainer import start_trainer
 
-        sock_dir = tempfile.mkdtemp(prefix="pzstream-hub-")
-        inbox, outbox = f"ipc://{sock_dir}/train-in", f"ipc://{sock_dir}/train-out"
-        push = zmq.Context.shadow(ctx.underlying).socket(zmq.PUSH)
-        push.setsockopt(zmq.SNDHWM, 2000)
-        push.setsockopt(zmq.LINGER, 0)
-        push.bind(inbox)
-        pull = ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.LINGER, 0)
-        pull.bind(outbox)
+        sock_dir, inbox, outbox, push, pull = _local_channel(ctx, "pzstream-hub-", hwm=2000)
         self._train_push = push
         logs_in = None if self.curve else local_address(self.endpoints.logs_in)
         proc = start_trainer(self.cfg, inbox, outbox, self.run_dir, logs_in)
@@ -393,15 +401,7 @@ class LearnerHub:
         from pzstream.logstream import local_address
         from pzstream.orz.worker import STOP, start_worker
 
-        sock_dir = tempfile.mkdtemp(prefix="pzstream-ppo-")
-        inbox, outbox = f"ipc://{sock_dir}/ppo-in", f"ipc://{sock_dir}/ppo-out"
-        push = zmq.Context.shadow(ctx.underlying).socket(zmq.PUSH)
-        push.setsockopt(zmq.SNDHWM, 4)
-        push.setsockopt(zmq.LINGER, 0)
-        push.bind(inbox)
-        pull = ctx.socket(zmq.PULL)
-        pull.setsockopt(zmq.LINGER, 0)
-        pull.bind(outbox)
+        sock_dir, inbox, outbox, push, pull = _local_channel(ctx, "pzstream-ppo-", hwm=4)
         self._ppo_push = push
         logs_in = None if self.curve else local_address(self.endpoints.logs_in)
         st = self.ppo

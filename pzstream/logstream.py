@@ -40,6 +40,16 @@ def setup_logging(role: str, sender: str, level: str, hub_address: str | None,
     return handler
 
 
+def setup_helper_logging(role: str, sender: str, level: str, logs_in: str | None) -> None:
+    """Logging of a process the hub started (trainer, PPO worker): stderr, and the hub's log
+    intake at ``logs_in`` (a local address) when given."""
+    setup_logging(role, sender, level, None)
+    if logs_in:
+        handler = ZmqLogHandler(logs_in, role, sender)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logging.getLogger().addHandler(handler)
+
+
 def format_record(rec: Log) -> str:
     stamp = time.strftime("%H:%M:%S", time.localtime(rec.time)) + f".{int(rec.time * 1000) % 1000:03d}"
     return f"{stamp} {logging.getLevelName(rec.level):<7} {rec.role}/{rec.sender} {rec.message}"

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
@@ -44,12 +43,6 @@ class JobResult:
     tokens_per_s: float
     step_s: list[float] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _init(rank: int, world: int, port: int, device: str) -> torch.device:
@@ -73,6 +66,23 @@ def _mean_over_ranks(x: float, device: torch.device) -> float:
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def _timed_steps(steps: int, warmup: int, step_fn, device: torch.device) -> tuple[list[float], list[float]]:
+    """Run ``step_fn(i) -> local loss`` ``warmup + steps`` times; per measured step, the loss and
+    the seconds, both averaged over ranks."""
+    losses, step_s = [], []
+    for i in range(steps + warmup):
+        _sync(device)
+        t0 = time.perf_counter()
+        loss = step_fn(i)
+        _sync(device)
+        dt = time.perf_counter() - t0
+        loss = _mean_over_ranks(loss, device)
+        if i >= warmup:
+            losses.append(loss)
+            step_s.append(_mean_over_ranks(dt, device))
+    return losses, step_s
 
 
 # ------------------------------------------------------------------------------ PPO under DeepSpeed
@@ -120,17 +130,8 @@ def run_ppo(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRe
     rows = [i for j in mine for i in range(j * m, (j + 1) * m)]
     my_seqs = [seqs[i] for i in rows]
     tokens = sum(len(p) + len(r) for p, r in my_seqs)
-    losses, step_s = [], []
-    for step in range(args.steps + args.warmup):
-        _sync(device)
-        t0 = time.perf_counter()
-        metrics = policy.train(my_seqs, old_logp[rows], adv[rows], None, update_steps=1, eps_clip=0.2, kl_coef=0.0)
-        _sync(device)
-        dt = time.perf_counter() - t0
-        loss = _mean_over_ranks(metrics["policy_loss"], device)
-        if step >= args.warmup:
-            losses.append(loss)
-            step_s.append(_mean_over_ranks(dt, device))
+    losses, step_s = _timed_steps(args.steps, args.warmup, lambda _i: policy.train(
+        my_seqs, old_logp[rows], adv[rows], None, update_steps=1, eps_clip=0.2, kl_coef=0.0)["policy_loss"], device)
     total_tokens = _mean_over_ranks(float(tokens), device) * world
     dist.barrier()
     dist.destroy_process_group()
@@ -177,18 +178,8 @@ def run_wm(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRes
     batches = wm_batches(cfg, args.steps + args.warmup, G, seed=3)
     torch.manual_seed(0)
     trainer = Trainer(WorldModel(cfg), cfg, device=device, data_parallel=world > 1)
-    losses, step_s = [], []
-    for step, full in enumerate(batches):
-        share = collate(full[rank::world], cfg)
-        _sync(device)
-        t0 = time.perf_counter()
-        metrics = trainer.step(share)
-        _sync(device)
-        dt = time.perf_counter() - t0
-        loss = _mean_over_ranks(metrics["loss/total"], device)
-        if step >= args.warmup:
-            losses.append(loss)
-            step_s.append(_mean_over_ranks(dt, device))
+    shares = [collate(full[rank::world], cfg) for full in batches]
+    losses, step_s = _timed_steps(args.steps, args.warmup, lambda i: trainer.step(shares[i])["loss/total"], device)
     dist.barrier()
     dist.destroy_process_group()
     if rank:
@@ -211,6 +202,8 @@ def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace, out: 
 def launch(args: argparse.Namespace) -> JobResult:
     """Run ``args.job`` on ``args.nproc`` processes (spawned here) and return rank 0's result."""
     import torch.multiprocessing as mp
+
+    from pzstream.orz.models import free_port
 
     if args.device == "cuda" and torch.cuda.device_count() < args.nproc:
         raise SystemExit(f"--nproc {args.nproc} needs {args.nproc} GPUs; {torch.cuda.device_count()} visible")

@@ -107,19 +107,13 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     """Process entry point: train until the hub sends STOP or goes away."""
     import torch
 
-    from pzstream.logstream import setup_logging
+    from pzstream.logstream import setup_helper_logging
     from pzstream.model.targets import collate
     from pzstream.model.train import Trainer
     from pzstream.model.world_model import WorldModel, weights_bytes
 
     cfg = Config.model_validate_json(cfg_json)
-    setup_logging("trainer", "wm", cfg.run.log_level, None)
-    if logs_in:
-        from pzstream.transport import ZmqLogHandler
-
-        handler = ZmqLogHandler(logs_in, "trainer", "wm")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logging.getLogger().addHandler(handler)
+    setup_helper_logging("trainer", "wm", cfg.run.log_level, logs_in)
     tc = cfg.trainer
     torch.set_num_threads(tc.threads)
     wm_cfg = cfg.world_model()

@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import torch
 
 from pzstream.orz import ppo_math
+from pzstream.orz.rollout import cut_at_eos
 
 Seq = tuple[list[int], list[int]]  # (prompt ids, response ids)
 
@@ -100,7 +101,7 @@ class ValueModel(torch.nn.Module):
         return self.head(torch.gather(h, 1, idx)).squeeze(-1) * pk.mask
 
 
-def _free_port() -> int:
+def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
@@ -113,7 +114,7 @@ def init_single_process_group() -> None:
     if dist.is_initialized():
         return
     if "WORLD_SIZE" not in os.environ:
-        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", LOCAL_RANK="0",
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", LOCAL_RANK="0",
                           WORLD_SIZE="1")
     import deepspeed
 
@@ -251,7 +252,7 @@ class PolicyModel:
             gen = self.model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
                                       do_sample=False, temperature=None, top_k=None, top_p=None,
                                       pad_token_id=self.pad_id, eos_token_id=eos)
-            out.append(_cut_at_eos(gen[0, len(p):].tolist(), eos))
+            out.append(cut_at_eos(gen[0, len(p):].tolist(), eos))
         return out
 
 
@@ -313,9 +314,3 @@ def _cat_rows(parts: list[torch.Tensor]) -> torch.Tensor:
     """Concatenate [b_i, T_i] blocks along rows, right-padding to the widest T with 0."""
     T = max(p.shape[1] for p in parts)
     return torch.cat([torch.nn.functional.pad(p, (0, T - p.shape[1])) for p in parts], dim=0)
-
-
-def _cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
-    if eos is not None and eos in ids:
-        return ids[:ids.index(eos) + 1]
-    return ids

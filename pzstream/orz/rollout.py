@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 
-def _cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
+def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
     if eos is not None and eos in ids:
         return ids[:ids.index(eos) + 1]
     return ids
@@ -70,7 +70,7 @@ def transformers_sample(model: Any, tokenizer: Any, prompt_ids: Sequence[list[in
         gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
                              temperature=float(temperature), top_k=0, top_p=1.0, num_return_sequences=n,
                              max_new_tokens=max_tokens, pad_token_id=pad, eos_token_id=eos)
-        out.append([_cut_at_eos(row[len(p):].tolist(), eos) for row in gen])
+        out.append([cut_at_eos(row[len(p):].tolist(), eos) for row in gen])
     return out
 
 

@@ -115,17 +115,11 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
     signal.signal(signal.SIGTERM, _exit_on_term)
 
     from pzstream.llm.tiny import resolve_model
-    from pzstream.logstream import setup_logging
+    from pzstream.logstream import setup_helper_logging
     from pzstream.orz.runtime import make_runtime
 
     cfg = Config.model_validate_json(cfg_json)
-    setup_logging("ppo", "orz", cfg.run.log_level, None)
-    if logs_in:
-        from pzstream.transport import ZmqLogHandler
-
-        handler = ZmqLogHandler(logs_in, "ppo", "orz")
-        handler.setFormatter(logging.Formatter("%(message)s"))
-        logging.getLogger().addHandler(handler)
+    setup_helper_logging("ppo", "orz", cfg.run.log_level, logs_in)
     torch.set_num_threads(max(1, cfg.trainer.threads))
     ctx = zmq.Context()
     pull = ctx.socket(zmq.PULL)
