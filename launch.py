@@ -26,7 +26,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from pzstream.config import Config, ConfigError, load_config  # noqa: E402
-from pzstream.transport import CurveKeys, FatalReject, SecurityError, generate_keys  # noqa: E402
+from pzstream.stream.transport import CurveKeys, FatalReject, SecurityError, generate_keys  # noqa: E402
 
 ROLES = ("learner", "collector", "monitor", "all", "prior", "eval", "keys")
 
@@ -81,8 +81,8 @@ async def stop_on_signal_or_deadline(stop: anyio.Event, max_seconds: float | Non
 
 
 async def main_learner(cfg: Config) -> dict[str, object]:
-    from pzstream.learner import LearnerHub
-    from pzstream.logstream import setup_logging
+    from pzstream.hub.ingest import LearnerHub
+    from pzstream.stream.logstream import setup_logging
 
     setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg))
     hub = LearnerHub(cfg, curve_keys(cfg))
@@ -95,8 +95,8 @@ async def main_learner(cfg: Config) -> dict[str, object]:
 
 
 async def main_collector(cfg: Config) -> dict[str, object]:
-    from pzstream.collector import default_collector_id, run_collector
-    from pzstream.logstream import setup_logging
+    from pzstream.roles.collector import default_collector_id, run_collector
+    from pzstream.stream.logstream import setup_logging
 
     setup_logging("collector", cfg.collector.id or default_collector_id(), cfg.run.log_level,
                   cfg.collector.learner, curve_keys(cfg))
@@ -109,7 +109,7 @@ async def main_collector(cfg: Config) -> dict[str, object]:
 
 
 async def main_monitor(cfg: Config, roles: str, level: str) -> None:
-    from pzstream.logstream import LEVELS, run_monitor
+    from pzstream.stream.logstream import LEVELS, run_monitor
 
     level = level.upper()
     if level not in LEVELS:
@@ -125,8 +125,8 @@ async def main_monitor(cfg: Config, roles: str, level: str) -> None:
 
 
 async def main_prior(cfg: Config, learner_given: bool) -> dict[str, object]:
-    from pzstream.logstream import setup_logging
-    from pzstream.prior_server import run_prior_server
+    from pzstream.stream.logstream import setup_logging
+    from pzstream.roles.prior_server import run_prior_server
 
     if not cfg.llm.prior_server:
         raise ConfigError("--role prior needs an address: --prior tcp://HOST:PORT (or llm.prior_server=...)")
@@ -141,8 +141,8 @@ async def main_prior(cfg: Config, learner_given: bool) -> dict[str, object]:
 
 
 def main_eval(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
-    from pzstream.evaluate import evaluate, print_table
-    from pzstream.logstream import setup_logging
+    from pzstream.roles.evaluate import evaluate, print_table
+    from pzstream.stream.logstream import setup_logging
 
     setup_logging("eval", "eval", cfg.run.log_level, None)
     weights = Path(args.weights) if args.weights else REPO_ROOT / cfg.run.out_dir / cfg.run.name / "weights"
@@ -154,8 +154,8 @@ def main_eval(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
 
 async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     """Hub in this process, ``collector.count`` collector processes beside it."""
-    from pzstream.learner import LearnerHub
-    from pzstream.logstream import setup_logging
+    from pzstream.hub.ingest import LearnerHub
+    from pzstream.stream.logstream import setup_logging
 
     setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg))
     run_dir = REPO_ROOT / cfg.run.out_dir / cfg.run.name

@@ -24,7 +24,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from pzstream.transport import free_base_port  # noqa: E402
+from pzstream.stream.transport import free_base_port  # noqa: E402
 
 
 def run_game(game: str, seconds: float, extra: list[str]) -> dict:

@@ -30,7 +30,7 @@ sys.path.insert(0, str(ROOT))
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from pzstream.llm.agreement import collect_quest_segments, split_by_episode  # noqa: E402
+from bench.quest_teacher import collect_quest_segments, split_by_episode  # noqa: E402
 from pzstream.llm.prompts import PromptConfig  # noqa: E402
 from pzstream.llm.train import LLMTrainer, agreement, chance, samples_from_segments, tiny_model  # noqa: E402
 

@@ -103,7 +103,7 @@ def one_run(label: str, use_grpo: bool, args, samples, model_path: str) -> dict:
     from pzstream.config import PPOSection
     from pzstream.orz.episode import run_episode
     from pzstream.orz.runtime import make_runtime
-    from pzstream.orz.worker import build_reward_fn
+    from pzstream.roles.ppo_worker import build_reward_fn
 
     P = len(samples)
     cfg = PPOSection(enabled=True, runtime=args.runtime, rollout_batch_size=P, fire_threshold=P,

@@ -33,9 +33,9 @@ import anyio  # noqa: E402
 import msgpack  # noqa: E402
 import zmq  # noqa: E402
 
-from pzstream import wire  # noqa: E402
+from pzstream.stream import wire  # noqa: E402
 from pzstream.config import load_config  # noqa: E402
-from pzstream.transport import free_base_port  # noqa: E402
+from pzstream.stream.transport import free_base_port  # noqa: E402
 
 SEQ_SLOT = 0x7FFF_FFF0  # packs as msgpack uint32 (0xce + 4 bytes): a fixed-width slot to patch
 
@@ -140,7 +140,7 @@ def measure_plain(address: str, senders: int, warmup: float, window: float) -> f
 
 
 def measure_hub(address: str, senders: int, warmup: float, window: float) -> tuple[float, dict]:
-    from pzstream.learner import LearnerHub
+    from pzstream.hub.ingest import LearnerHub
 
     cfg = load_config(None, [f"hub.address={address}", "hub.credit_window=64", "hub.report_every_s=3600",
                              "hub.replay_capacity_steps=100000", "run.log_level=WARNING"])

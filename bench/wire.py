@@ -1,4 +1,4 @@
-"""Pack/unpack speed of pzstream.wire against a plain multipart baseline.
+"""Pack/unpack speed of pzstream.stream.wire against a plain multipart baseline.
 
     python bench/wire.py [--quick]
 
@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import msgpack  # noqa: E402
 import numpy as np  # noqa: E402
 
-from pzstream import wire  # noqa: E402
+from pzstream.stream import wire  # noqa: E402
 
 _WORDS = (
     "the a an of to in and with you your is are was there here north south east west up down "

@@ -5,7 +5,10 @@ Every section forbids unknown keys, so a typo is an error that names the key
 """
 from __future__ import annotations
 
+import math
 import os
+from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -135,6 +138,74 @@ class LLMSection(_Section):
         return self
 
 
+# --- the grammar of ppo.rewards (the reward functions themselves live in pzstream.orz.rewards)
+
+REWARD_NAMES = ("exact", "fuzzy", "format", "progress")
+
+
+@dataclass(frozen=True)
+class RewardSpec:
+    """One term of the episode reward: ``weight * components[name]``; name in ``REWARD_NAMES``."""
+    name: str
+    weight: float
+
+
+def _one_spec(item: object) -> RewardSpec:
+    if isinstance(item, RewardSpec):
+        name, weight = item.name, item.weight
+    elif isinstance(item, str):
+        name, sep, raw = item.partition(":")
+        name, raw = name.strip(), raw.strip()
+        if sep and not raw:
+            raise ValueError(f"reward spec {item!r} has no weight after ':'")
+        weight = raw if sep else 1.0
+    elif isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str):
+        name, weight = item[0].strip(), item[1]
+    else:
+        raise ValueError(f"reward spec {item!r} is neither 'name[:weight]' nor a (name, weight) pair")
+    if name not in REWARD_NAMES:
+        raise ValueError(f"unknown reward {name!r} in {item!r}; known: {', '.join(REWARD_NAMES)}")
+    if isinstance(weight, bool):
+        raise ValueError(f"reward {name!r}: weight {weight!r} is not a number")
+    try:
+        value = float(weight)
+    except (TypeError, ValueError):
+        raise ValueError(f"reward {name!r}: weight {weight!r} is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError(f"reward {name!r}: weight {weight!r} is not finite")
+    return RewardSpec(name, value)
+
+
+def parse_reward_specs(spec: str | Sequence[object]) -> list[RewardSpec]:
+    """Reward terms from "exact", "exact:1.0,format:0.1", a (name, weight) pair, or a list of
+    such strings, pairs or RewardSpecs. A name without a weight weighs 1.0.
+
+    Raises ValueError for an unknown name, a weight that is not a finite number, a name given
+    twice, or no terms at all.
+    """
+    if isinstance(spec, str):
+        parts: list[object] = [spec]
+    elif isinstance(spec, Sequence):
+        one_pair = len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], (int, float))
+        parts = [spec] if one_pair else list(spec)
+    else:
+        raise ValueError(f"reward spec {spec!r} is neither a string nor a sequence")
+    items: list[object] = []
+    for part in parts:
+        if isinstance(part, str):
+            items.extend(p for p in part.split(",") if p.strip())
+        else:
+            items.append(part)
+    if not items:
+        raise ValueError(f"reward spec {spec!r} names no reward; use e.g. 'exact' or 'exact:1.0,format:0.1'")
+    specs = [_one_spec(item) for item in items]
+    names = [s.name for s in specs]
+    for name in names:
+        if names.count(name) > 1:
+            raise ValueError(f"reward {name!r} is given {names.count(name)} times in {spec!r}")
+    return specs
+
+
 class PPOSection(_Section):
     """ORZ-style PPO episodes on the LLM, fired from the hub's prompt queue (pzstream/orz).
 
@@ -200,8 +271,6 @@ class PPOSection(_Section):
             raise ValueError(f"ppo.queue_capacity ({self.queue_capacity}) < ppo.fire_threshold ({self.fire_threshold})")
         if self.use_grpo and self.n_samples_per_prompt < 2:
             raise ValueError("ppo.use_grpo needs ppo.n_samples_per_prompt >= 2 (advantages are relative to the group)")
-        from pzstream.orz.rewards import parse_reward_specs
-
         parse_reward_specs(self.rewards)
         return self
 

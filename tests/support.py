@@ -12,8 +12,8 @@ from pathlib import Path
 import anyio
 
 from pzstream.config import Config, load_config
-from pzstream.learner import LearnerHub
-from pzstream.transport import CurveKeys, free_base_port  # noqa: F401  (re-exported for tests)
+from pzstream.hub.ingest import LearnerHub
+from pzstream.stream.transport import CurveKeys, free_base_port  # noqa: F401  (re-exported for tests)
 
 REPO = Path(__file__).resolve().parent.parent
 GAMES_DIR = Path(os.environ.get("PZSTREAM_GAMES_DIR", REPO.parent / "shared" / "games" / "jericho"))

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import zmq
 
-from pzstream import wire
-from pzstream.transport import CurveKeys, generate_keys
+from pzstream.stream import wire
+from pzstream.stream.transport import CurveKeys, generate_keys
 from support import HubThread, hub_config
 
 CTX = zmq.Context.instance()

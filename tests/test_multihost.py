@@ -15,7 +15,7 @@ import warnings
 
 import pytest
 
-from pzstream.transport import SecurityError, check_bind_security, generate_keys
+from pzstream.stream.transport import SecurityError, check_bind_security, generate_keys
 from support import REPO, free_base_port, launch
 
 

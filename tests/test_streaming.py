@@ -9,7 +9,7 @@ from collections import defaultdict
 import numpy as np
 import zmq
 
-from pzstream import wire
+from pzstream.stream import wire
 from pzstream.env import open_game
 from support import REPO, HubThread, free_base_port, hub_config, launch
 

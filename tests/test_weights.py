@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from pzstream.weights import CHUNK_BYTES, BlobAssembler, WeightsError, WeightsStore
-from pzstream.wire import Blob, Fetch
+from pzstream.stream.weights import CHUNK_BYTES, BlobAssembler, WeightsError, WeightsStore
+from pzstream.stream.wire import Blob, Fetch
 from support import HubThread, hub_config, launch
 
 

@@ -1,4 +1,4 @@
-"""Behaviour of pzstream.wire: round trips, every rejection reason, fuzzing."""
+"""Behaviour of pzstream.stream.wire: round trips, every rejection reason, fuzzing."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import msgpack
 import numpy as np
 import pytest
 
-from pzstream import wire
-from pzstream.wire import WireError, WireLimits
+from pzstream.stream import wire
+from pzstream.stream.wire import WireError, WireLimits
 
 
 def _header(**overrides: Any) -> wire.SegmentHeader:

@@ -6,7 +6,8 @@
     res = game.step(game.valid_actions()[0])
 """
 from .cache import ValidActionCache, state_digest
-from .games import FALLBACK_ACTIONS, Game, StepResult, decode_text, open_game
+from .games import FALLBACK_ACTIONS, Game, StepResult, decode_text
+from .open_game import open_game
 from .sources import (DEFAULT_GAME_SEED, GameNotFound, available_games, default_cache_dir,
                       default_games_dir, ensure_default_game, resolve_story_file)
 from .spacy_offline import ensure_spacy

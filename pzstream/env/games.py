@@ -1,12 +1,9 @@
-"""The Game interface collectors use, and ``open_game`` to get one from a spec."""
+"""The Game interface collectors use: what a step returns and how game text is decoded."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol, runtime_checkable
 
-from .cache import ValidActionCache
-from .sources import DEFAULT_SPECS, ensure_default_game, resolve_story_file
 
 #: Returned by ``valid_actions()`` when the game offers none (game over, or a story file
 #: Jericho has no bindings for): always-parseable, state-preserving-ish commands.
@@ -50,21 +47,3 @@ def decode_text(raw: bytes | str) -> str:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
         return raw.decode("cp1252", errors="replace")
-
-
-def open_game(spec: str, *, games_dir: str | Path | None = None, cache_dir: str | Path | None = None,
-              cache: ValidActionCache | None = None, seed: int = 0) -> Game:
-    """Open a game by spec: "default"/"tw-default", a suite name ("zork1"), or a story-file path.
-
-    The game is not reset yet; call ``reset()`` first. ``cache`` may be shared between games
-    of one process; by default each game gets its own ValidActionCache.
-    """
-    if spec in DEFAULT_SPECS:
-        from .tw_game import TextWorldGame
-        return TextWorldGame(ensure_default_game(cache_dir), name="tw-default", cache=cache, seed=seed)
-    path = resolve_story_file(spec, games_dir)
-    if path.suffix == ".z8" and path.with_suffix(".json").is_file():
-        from .tw_game import TextWorldGame  # a TextWorld-generated game: Jericho can't list its actions
-        return TextWorldGame(path, cache=cache, seed=seed)
-    from .jericho_game import JerichoGame
-    return JerichoGame(path, cache=cache, seed=seed)

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from ..model.targets import n_step_values, stitch
-from ..wire import Segment
+from ..stream.wire import Segment
 from .prior import DEFAULT_CONTINUATION, candidate_logprobs_shared
 from .prompts import PromptConfig, build_prompt, fit_prompt
 

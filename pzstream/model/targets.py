@@ -15,7 +15,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..wire import Segment
+from ..stream.wire import Segment
 from .config import WorldModelConfig
 
 

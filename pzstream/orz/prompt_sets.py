@@ -14,7 +14,7 @@ from pzstream.orz.samples import PromptSample
 
 def walkthrough_samples(game: str = "default", max_candidates: int = 8, seed: int = 0, limit: int | None = None,
                         games_dir: str | None = None, reset_seed: int = 0) -> list[PromptSample]:
-    from pzstream.env.games import open_game
+    from pzstream.env import open_game
 
     g = open_game(game, games_dir=games_dir)
     try:

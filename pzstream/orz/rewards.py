@@ -31,10 +31,11 @@ named in ``specs`` (``parse_reward_specs("exact:1.0,format:0.1")``).
 """
 from __future__ import annotations
 
-import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+from pzstream.config import REWARD_NAMES, RewardSpec, parse_reward_specs  # noqa: F401  (the grammar of ppo.rewards)
 
 #: Default cap on a response's length, in characters (past it the answer counts as cut off).
 DEFAULT_MAX_CHARS = 512
@@ -186,16 +187,6 @@ def fuzzy_match_reward(response: str, truth: str, max_chars: int = DEFAULT_MAX_C
     return 1.0 if commands_equivalent(answer, truth) else 0.0
 
 
-REWARD_NAMES = ("exact", "fuzzy", "format", "progress")
-
-
-@dataclass(frozen=True)
-class RewardSpec:
-    """One term of the episode reward: ``weight * components[name]``; name in ``REWARD_NAMES``."""
-    name: str
-    weight: float
-
-
 def text_rewards(response: str, truth: str, max_chars: int = DEFAULT_MAX_CHARS) -> dict[str, float]:
     """The components that need no game: {"exact", "fuzzy", "format"} -> reward."""
     return {"exact": exact_match_reward(response, truth, max_chars),
@@ -219,59 +210,3 @@ def combine(components: Mapping[str, float], specs: Sequence[RewardSpec]) -> flo
                              f"(computed: {', '.join(components) or 'none'})")
         total += spec.weight * components[spec.name]
     return total
-
-
-def _one_spec(item: object) -> RewardSpec:
-    if isinstance(item, RewardSpec):
-        name, weight = item.name, item.weight
-    elif isinstance(item, str):
-        name, sep, raw = item.partition(":")
-        name, raw = name.strip(), raw.strip()
-        if sep and not raw:
-            raise ValueError(f"reward spec {item!r} has no weight after ':'")
-        weight = raw if sep else 1.0
-    elif isinstance(item, Sequence) and len(item) == 2 and isinstance(item[0], str):
-        name, weight = item[0].strip(), item[1]
-    else:
-        raise ValueError(f"reward spec {item!r} is neither 'name[:weight]' nor a (name, weight) pair")
-    if name not in REWARD_NAMES:
-        raise ValueError(f"unknown reward {name!r} in {item!r}; known: {', '.join(REWARD_NAMES)}")
-    if isinstance(weight, bool):
-        raise ValueError(f"reward {name!r}: weight {weight!r} is not a number")
-    try:
-        value = float(weight)
-    except (TypeError, ValueError):
-        raise ValueError(f"reward {name!r}: weight {weight!r} is not a number") from None
-    if not math.isfinite(value):
-        raise ValueError(f"reward {name!r}: weight {weight!r} is not finite")
-    return RewardSpec(name, value)
-
-
-def parse_reward_specs(spec: str | Sequence[object]) -> list[RewardSpec]:
-    """Reward terms from "exact", "exact:1.0,format:0.1", a (name, weight) pair, or a list of
-    such strings, pairs or RewardSpecs. A name without a weight weighs 1.0.
-
-    Raises ValueError for an unknown name, a weight that is not a finite number, a name given
-    twice, or no terms at all.
-    """
-    if isinstance(spec, str):
-        parts: list[object] = [spec]
-    elif isinstance(spec, Sequence):
-        one_pair = len(spec) == 2 and isinstance(spec[0], str) and isinstance(spec[1], (int, float))
-        parts = [spec] if one_pair else list(spec)
-    else:
-        raise ValueError(f"reward spec {spec!r} is neither a string nor a sequence")
-    items: list[object] = []
-    for part in parts:
-        if isinstance(part, str):
-            items.extend(p for p in part.split(",") if p.strip())
-        else:
-            items.append(part)
-    if not items:
-        raise ValueError(f"reward spec {spec!r} names no reward; use e.g. 'exact' or 'exact:1.0,format:0.1'")
-    specs = [_one_spec(item) for item in items]
-    names = [s.name for s in specs]
-    for name in names:
-        if names.count(name) > 1:
-            raise ValueError(f"reward {name!r} is given {names.count(name)} times in {spec!r}")
-    return specs

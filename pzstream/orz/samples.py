@@ -24,7 +24,7 @@ import numpy as np
 
 from pzstream.llm.prompts import PromptConfig, fit_prompt
 from pzstream.orz.rewards import ANSWER_CLOSE, ANSWER_OPEN, THINK_CLOSE
-from pzstream.wire import Segment
+from pzstream.stream.wire import Segment
 
 
 @dataclass(frozen=True)

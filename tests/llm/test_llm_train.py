@@ -93,7 +93,7 @@ def test_sft_ce_loss_manual():
 
 @pytest.fixture(scope="module")
 def data():
-    from pzstream.llm.agreement import collect_quest_segments, split_by_episode
+    from bench.quest_teacher import collect_quest_segments, split_by_episode
     from pzstream.llm.prompts import PromptConfig
 
     torch.set_num_threads(1)
@@ -163,7 +163,7 @@ def test_advantage_from_value_targets():
     """With search root values: advantage = value target - root value (given or n-step)."""
     import dataclasses
 
-    from pzstream.llm.agreement import collect_quest_segments
+    from bench.quest_teacher import collect_quest_segments
     from pzstream.llm.prompts import PromptConfig
     from pzstream.model.targets import n_step_values
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from pzstream.collector import RandomPlayer
+from pzstream.agent import RandomPlayer
 from pzstream.env import open_game
 from pzstream.model.config import WorldModelConfig
 from pzstream.model.support import logits_to_scalar

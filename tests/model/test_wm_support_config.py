@@ -3,7 +3,7 @@ import torch
 
 from pzstream.model.config import WorldModelConfig
 from pzstream.model.support import (h_inverse, h_transform, logits_to_scalar, probs_to_scalar,
-                                    scalar_to_two_hot)
+                                    scalar_to_two_hot, support_for, support_limit)
 
 
 def test_h_inverse_round_trip():
@@ -13,7 +13,7 @@ def test_h_inverse_round_trip():
     assert torch.allclose(h_transform(h_inverse(y)), y, atol=1e-9)
 
 
-@pytest.mark.parametrize("support", [5, 10])
+@pytest.mark.parametrize("support", [5, 10, 32])
 def test_two_hot_round_trip(support):
     hi = float(h_inverse(torch.tensor(float(support))))
     x = torch.cat([torch.linspace(-hi, hi, 1001), torch.tensor([0.0, 1.0, -1.0, hi, -hi])])
@@ -27,6 +27,36 @@ def test_two_hot_round_trip(support):
     # logits that put (almost) all mass on a two-hot recover the scalar
     assert float(logits_to_scalar(torch.log(scalar_to_two_hot(torch.tensor([1.0]), support) + 1e-12), support)) \
         == pytest.approx(1.0, abs=1e-3)
+
+
+@pytest.mark.parametrize("value", [350.0, 360.0, 600.0, -350.0, 1000.0])
+def test_default_value_support_keeps_jericho_returns(value):
+    # zork1 350, detective 360, spellbrkr 600 (the suite's largest max score); 1000 is headroom
+    cfg = WorldModelConfig()
+    x = torch.tensor([value])
+    back = probs_to_scalar(scalar_to_two_hot(x, cfg.value_support, cfg.h_eps), cfg.value_support, cfg.h_eps)
+    assert float(back) == pytest.approx(value, rel=1e-4, abs=1e-2)
+
+
+@pytest.mark.parametrize("reward", [50.0, -50.0, 100.0, 0.5])
+def test_default_reward_support_keeps_large_step_rewards(reward):
+    cfg = WorldModelConfig()
+    x = torch.tensor([reward])
+    back = probs_to_scalar(scalar_to_two_hot(x, cfg.reward_support, cfg.h_eps), cfg.reward_support, cfg.h_eps)
+    assert float(back) == pytest.approx(reward, rel=1e-4, abs=1e-3)
+
+
+@pytest.mark.parametrize("max_abs", [1.0, 7.0, 35.0, 350.0, 600.0, 5000.0])
+def test_support_for_sizes_a_support_from_a_max_score(max_abs):
+    s = support_for(max_abs)
+    assert support_limit(s) >= max_abs > (support_limit(s - 1) if s > 1 else 0.0)
+    back = probs_to_scalar(scalar_to_two_hot(torch.tensor([max_abs]), s), s)
+    assert float(back) == pytest.approx(max_abs, rel=1e-4)
+
+
+def test_support_for_rejects_negative_scores():
+    with pytest.raises(ValueError, match="max_abs"):
+        support_for(-1.0)
 
 
 def test_two_hot_batched_shape():
@@ -55,4 +85,6 @@ def test_validate_names_field(kwargs, field):
 def test_default_config_is_valid():
     cfg = WorldModelConfig().validate()
     assert cfg.max_tokens == 2 * (cfg.context_steps + cfg.unroll_steps) + 1
-    assert cfg.value_bins == 21 and cfg.reward_bins == 11
+    assert cfg.value_bins == 2 * cfg.value_support + 1 and cfg.reward_bins == 2 * cfg.reward_support + 1
+    # the defaults cover the Jericho suite: returns to ~1000, per-step rewards to ~100
+    assert support_limit(cfg.value_support, cfg.h_eps) >= 1000 and support_limit(cfg.reward_support, cfg.h_eps) >= 100

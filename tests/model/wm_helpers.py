@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from pzstream.wire import Segment, SegmentHeader
+from pzstream.stream.wire import Segment, SegmentHeader
 
 
 def make_segment(rewards, dones=None, root_values=None, *, episode_id=0, step0=0, collector="c0", k=3,

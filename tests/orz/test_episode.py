@@ -11,7 +11,7 @@ from pzstream.llm.tiny import resolve_model
 from pzstream.orz.episode import run_episode
 from pzstream.orz.prompt_sets import chance_of, walkthrough_samples
 from pzstream.orz.runtime import InProcessRuntime
-from pzstream.orz.worker import build_reward_fn
+from pzstream.roles.ppo_worker import build_reward_fn
 
 EASY = dict(enabled=True, runtime="inprocess", rollout_batch_size=4, fire_threshold=4, n_samples_per_prompt=4,
             micro_train_batch_size=8, policy_update_steps=2, critic_update_steps=2, actor_learning_rate=3e-3,
@@ -80,7 +80,7 @@ def test_progress_reward_plays_the_answer_in_the_game():
 def test_progress_reward_adds_the_world_models_value_of_the_result(tmp_path):
     from pzstream.config import load_config
     from pzstream.model.world_model import weights_bytes
-    from pzstream.orz.worker import WorldModelValue
+    from pzstream.roles.ppo_worker import WorldModelValue
 
     cfg = load_config(None, [])
     value = WorldModelValue(cfg, tmp_path)

@@ -11,7 +11,7 @@ from pzstream.llm.tiny import resolve_model
 from pzstream.orz.episode import encode_prompts, run_episode
 from pzstream.orz.prompt_sets import chance_of, walkthrough_samples
 from pzstream.orz.runtime import ray_stack_available
-from pzstream.orz.worker import build_reward_fn
+from pzstream.roles.ppo_worker import build_reward_fn
 
 ok, why = ray_stack_available()
 pytestmark = pytest.mark.skipif(not ok, reason=f"PPO Ray stack not installed: {why}")

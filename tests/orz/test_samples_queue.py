@@ -10,7 +10,7 @@ from pzstream.config import ConfigError, load_config
 from pzstream.env import open_game
 from pzstream.orz.prompt_sets import chance_of, walkthrough_samples
 from pzstream.orz.samples import EpisodeTracker, PromptSample, answer_choices, render_prompt
-from pzstream.replay import PromptQueue
+from pzstream.hub.prompt_queue import PromptQueue
 
 
 @pytest.fixture(scope="module")

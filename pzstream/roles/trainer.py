@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from pzstream import wire
+from pzstream.stream import wire
 from pzstream.config import Config
 
 log = logging.getLogger("pzstream.trainer")
@@ -70,7 +70,7 @@ class LLMTraining:
     """PriorZero's built-in LLM training beside the world model: SFT on what the search chose, or RFT."""
 
     def __init__(self, cfg: Config):
-        from pzstream.agent import prompt_config
+        from pzstream.llm.factory import prompt_config
         from pzstream.llm.backend import TransformersBackend
         from pzstream.llm.train import LLMTrainer
 
@@ -107,7 +107,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     """Process entry point: train until the hub sends STOP or goes away."""
     import torch
 
-    from pzstream.logstream import setup_helper_logging
+    from pzstream.stream.logstream import setup_helper_logging
     from pzstream.model.targets import collate
     from pzstream.model.train import Trainer
     from pzstream.model.world_model import WorldModel, weights_bytes

@@ -9,8 +9,8 @@ from typing import TextIO
 import anyio
 import zmq.asyncio
 
-from pzstream.transport import CurveKeys, LogSubscriber, ZmqLogHandler, endpoints_for
-from pzstream.wire import Log
+from pzstream.stream.transport import CurveKeys, LogSubscriber, ZmqLogHandler, endpoints_for
+from pzstream.stream.wire import Log
 
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
 

@@ -19,12 +19,12 @@ import anyio
 import zmq
 import zmq.asyncio
 
-from pzstream import wire
+from pzstream.stream import wire
 from pzstream.config import Config
-from pzstream.replay import PromptQueue, ReplayBuffer
-from pzstream.transport import CurveKeys, HubRouter, LogRelay, NoticePublisher, check_bind_security, endpoints_for
-from pzstream.weights import HUB_URI, WeightsStore
-from pzstream.wire import Credit, Fetch, Heartbeat, Hello, Reject, Segment, Welcome, WireError, WireLimits
+from pzstream.hub.prompt_queue import PromptQueue, ReplayBuffer
+from pzstream.stream.transport import CurveKeys, HubRouter, LogRelay, NoticePublisher, check_bind_security, endpoints_for
+from pzstream.stream.weights import HUB_URI, WeightsStore
+from pzstream.stream.wire import Credit, Fetch, Heartbeat, Hello, Reject, Segment, Welcome, WireError, WireLimits
 
 log = logging.getLogger("pzstream.learner")
 
@@ -185,8 +185,8 @@ class LearnerHub:
         return self.summary()
 
     def _start_trainer(self, ctx: zmq.asyncio.Context):
-        from pzstream.logstream import local_address
-        from pzstream.trainer import start_trainer
+        from pzstream.stream.logstream import local_address
+        from pzstream.roles.trainer import start_trainer
 
         sock_dir, inbox, outbox, push, pull = _local_channel(ctx, "pzstream-hub-", hwm=2000)
         self._train_push = push
@@ -198,7 +198,7 @@ class LearnerHub:
     def _stop_trainer(self, proc, pull: zmq.asyncio.Socket, sock_dir: str) -> None:
         import shutil
 
-        from pzstream.trainer import STOP
+        from pzstream.roles.trainer import STOP
 
         if self._train_push is not None:
             try:
@@ -398,8 +398,8 @@ class LearnerHub:
         """Start the PPO worker, take its results, restart it when it dies or hangs."""
         import msgpack
 
-        from pzstream.logstream import local_address
-        from pzstream.orz.worker import STOP, start_worker
+        from pzstream.stream.logstream import local_address
+        from pzstream.roles.ppo_worker import STOP, start_worker
 
         sock_dir, inbox, outbox, push, pull = _local_channel(ctx, "pzstream-ppo-", hwm=4)
         self._ppo_push = push

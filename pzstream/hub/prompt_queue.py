@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass, field
 
-from pzstream.wire import Segment
+from pzstream.stream.wire import Segment
 
 
 @dataclass

@@ -27,9 +27,9 @@ import zmq.asyncio
 import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
-from pzstream import wire
-from pzstream.weights import BlobAssembler
-from pzstream.wire import Blob, Credit, Heartbeat, Hello, Log, Reject, Segment, Welcome, WireError
+from pzstream.stream import wire
+from pzstream.stream.weights import BlobAssembler
+from pzstream.stream.wire import Blob, Credit, Heartbeat, Hello, Log, Reject, Segment, Welcome, WireError
 
 log = logging.getLogger("pzstream.transport")
 

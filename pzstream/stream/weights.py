@@ -11,7 +11,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
-from pzstream.wire import Blob, Fetch, Weights
+from pzstream.stream.wire import Blob, Fetch, Weights
 
 CHUNK_BYTES = 512 * 1024  # below the codec's 1 MiB cap on one bin value
 HUB_URI = "hub"  # a notice whose bytes are fetched from the hub over the segment connection

@@ -21,9 +21,9 @@ import threading
 
 import numpy as np
 
-from ..agent import GamePlayer, Move
-from ..wire import Segment
-from .train import agreement, chance  # noqa: F401  (re-exported: the measure and its baseline)
+from pzstream.agent import GamePlayer, Move
+from pzstream.stream.wire import Segment
+from pzstream.llm.train import agreement, chance  # noqa: F401  (re-exported: the measure and its baseline)
 
 
 class QuestTeacherPolicy:

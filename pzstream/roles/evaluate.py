@@ -14,10 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pzstream.agent import GamePlayer, LlmPolicy, LocalPrior, mcts_policy
+from pzstream.agent import GamePlayer, LlmPolicy, mcts_policy
+from pzstream.llm.factory import LocalPrior
 from pzstream.config import Config
 from pzstream.env import open_game
-from pzstream.weights import latest_on_disk
+from pzstream.stream.weights import latest_on_disk
 
 log = logging.getLogger("pzstream.eval")
 

@@ -14,13 +14,13 @@ import anyio
 import numpy as np
 import zmq.asyncio
 
-from pzstream.agent import (GamePlayer, LocalPrior, MctsPolicy, Policy, PriorSource, RandomPlayer,  # noqa: F401
-                            RandomPolicy, mcts_policy)
+from pzstream.agent import GamePlayer, MctsPolicy, Policy, RandomPlayer, RandomPolicy, mcts_policy  # noqa: F401
+from pzstream.llm.factory import LocalPrior, PriorSource
 from pzstream.config import Config
 from pzstream.env import open_game
-from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, SendAbandoned, endpoints_for
-from pzstream.weights import WeightsError
-from pzstream.wire import Hello, Weights
+from pzstream.stream.transport import CurveKeys, NoticeSubscriber, SegmentSender, SendAbandoned, endpoints_for
+from pzstream.stream.weights import WeightsError
+from pzstream.stream.wire import Hello, Weights
 
 log = logging.getLogger("pzstream.collector")
 
@@ -33,8 +33,8 @@ def make_prior_source(cfg: Config, curve: CurveKeys | None = None) -> PriorSourc
     """The LLM prior: in this process, or a --role prior server when llm.prior_server is set."""
     lc = cfg.llm
     if lc.prior_server:
-        from pzstream.agent import prompt_config
-        from pzstream.prior_server import RemotePrior
+        from pzstream.llm.factory import prompt_config
+        from pzstream.roles.prior_server import RemotePrior
 
         return RemotePrior(lc.prior_server, lc.prior_timeout_s, prompt_config(lc), curve, lc.list_candidates)
     return LocalPrior(lc)

@@ -55,7 +55,7 @@ class WorldModelValue:
 
     def refresh(self) -> None:
         from pzstream.model.world_model import load_weights_bytes
-        from pzstream.weights import latest_on_disk
+        from pzstream.stream.weights import latest_on_disk
 
         found = latest_on_disk(self.weights_dir, "wm")
         if found is not None and found[0] != self.version:
@@ -115,7 +115,7 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
     signal.signal(signal.SIGTERM, _exit_on_term)
 
     from pzstream.llm.tiny import resolve_model
-    from pzstream.logstream import setup_helper_logging
+    from pzstream.stream.logstream import setup_helper_logging
     from pzstream.orz.runtime import make_runtime
 
     cfg = Config.model_validate_json(cfg_json)

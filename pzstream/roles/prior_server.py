@@ -18,10 +18,10 @@ import numpy as np
 import zmq
 import zmq.asyncio
 
-from pzstream import wire
-from pzstream.agent import History
+from pzstream.stream import wire
+from pzstream.llm.factory import History
 from pzstream.config import Config
-from pzstream.transport import CurveKeys, NoticeSubscriber, SegmentSender, endpoints_for, recv_batch
+from pzstream.stream.transport import CurveKeys, NoticeSubscriber, SegmentSender, endpoints_for, recv_batch
 
 log = logging.getLogger("pzstream.prior")
 
@@ -101,7 +101,7 @@ def _fit_tokens(tokenizer, prompt: str, max_tokens: int) -> str:
 
 async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: CurveKeys | None = None,
                            hub_address: str | None = None) -> dict[str, float]:
-    from pzstream.agent import make_backend, prompt_config
+    from pzstream.llm.factory import make_backend, prompt_config
 
     lc = cfg.llm
     backend = await anyio.to_thread.run_sync(make_backend, lc, prompt_config(lc))

@@ -1,0 +1,1 @@
+"""The learner hub: ingest core and the parts that subscribe to accepted segments."""

@@ -1,0 +1,72 @@
+"""The LLM a process scores candidate actions with: the prompt format and backend named by the
+config's ``llm`` section, and the in-process prior (``LocalPrior``) that collectors and evaluation ask.
+"""
+from __future__ import annotations
+
+import threading
+import time
+from typing import Protocol
+
+import numpy as np
+
+History = list[tuple[str, str, float]]  # (observation, action text, reward) of earlier steps of the episode
+
+
+class PriorSource(Protocol):
+    """An LLM that scores candidate actions: probabilities per root, or None when it cannot answer."""
+
+    version: int
+    net_s: float
+
+    def prior(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> list[np.ndarray] | None: ...
+
+
+def prompt_config(llm_cfg):
+    """pzstream.llm.prompts.PromptConfig from the config's llm section."""
+    from pzstream.llm.prompts import PromptConfig
+
+    kw = dict(history_len=llm_cfg.history_len, max_prompt_tokens=llm_cfg.max_prompt_tokens)
+    return PromptConfig.orz(**kw) if llm_cfg.prompt_format == "orz" else PromptConfig(**kw)
+
+
+def make_backend(llm_cfg, prompt_cfg):
+    """The scoring engine named by ``llm.backend``: transformers, or vLLM (in-place weight updates)."""
+    if llm_cfg.backend == "vllm":
+        from pzstream.llm.vllm_backend import VLLMBackend
+
+        return VLLMBackend(model=llm_cfg.model, device=llm_cfg.device, temperature=llm_cfg.temperature,
+                           prompt_config=prompt_cfg)
+    from pzstream.llm.backend import TransformersBackend
+
+    return TransformersBackend(model=llm_cfg.model, device=llm_cfg.device, temperature=llm_cfg.temperature,
+                               prompt_config=prompt_cfg)
+
+
+class LocalPrior:
+    """The LLM in this process (transformers backend)."""
+
+    def __init__(self, llm_cfg):
+        self.cfg = llm_cfg
+        self.prompt_cfg = prompt_config(llm_cfg)
+        self.backend = make_backend(llm_cfg, self.prompt_cfg)
+        self.version = 0
+        self.net_s = 0.0
+        self._lock = threading.Lock()
+
+    def load(self, data: bytes, version: int) -> None:
+        """In-place weight update (raises ValueError and keeps the old weights on a mismatch)."""
+        with self._lock:
+            self.backend.load_state_dict_bytes(data)
+            self.version = version
+
+    def prior(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
+        from pzstream.llm.prompts import fit_prompt
+
+        t = time.perf_counter()
+        with self._lock:
+            listed = candidates if self.cfg.list_candidates else [None] * len(observations)
+            prompts = [fit_prompt(self.backend.tokenizer, self.prompt_cfg, h, o, c)
+                       for h, o, c in zip(histories, observations, listed)]
+            logps = self.backend.score(prompts, candidates)
+        self.net_s += time.perf_counter() - t
+        return [np.exp(lp).astype(np.float32) for lp in logps]

@@ -1,0 +1,1 @@
+"""The processes: collector, world-model trainer, PPO worker, prior server, evaluation."""

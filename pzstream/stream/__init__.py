@@ -1,0 +1,1 @@
+"""The plumbing: wire format, ZeroMQ transport, weights store and fetch, log streams."""
