@@ -26,7 +26,9 @@ REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from pzstream.config import Config, ConfigError, load_config  # noqa: E402
+from pzstream.roles.lifecycle import serve_until_stopped, stop_on_signal_or_deadline  # noqa: E402
 from pzstream.stream.transport import CurveKeys, FatalReject, SecurityError, generate_keys  # noqa: E402
+from pzstream.stream.weights import WeightsError  # noqa: E402
 
 ROLES = ("learner", "collector", "monitor", "all", "prior", "eval", "keys")
 
@@ -47,6 +49,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--prior", default=None, help="prior server address (bind for --role prior, connect for collectors)")
     p.add_argument("--episodes", type=int, default=5, help="eval: episodes per game and mode")
     p.add_argument("--weights", default=None, help="eval: weights directory (default runs/<run.name>/weights)")
+    p.add_argument("--helper-output", choices=("file", "terminal"), default="file",
+                   help="learner/all: where the hub's helper processes (trainer, PPO worker with Ray, vLLM, "
+                        "DeepSpeed) write: runs/<run.name>/helpers.log (default) or this terminal")
     p.add_argument("overrides", nargs="*", help="config overrides such as hub.credit_window=64")
     return p.parse_intermixed_args(argv)
 
@@ -72,26 +77,33 @@ def curve_keys(cfg: Config) -> CurveKeys | None:
     return CurveKeys(Path(cfg.security.curve_dir)) if cfg.security.curve_dir else None
 
 
-async def stop_on_signal_or_deadline(stop: anyio.Event, max_seconds: float | None) -> None:
-    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        with anyio.move_on_after(max_seconds if max_seconds else float("inf")):
-            async for _ in signals:
-                break
-    stop.set()
+def route_helper_output(log_path: Path) -> None:
+    """Send whatever this process's children write to fds 1 and 2 to ``log_path``, and keep this
+    process's own output (the hub's reports, the summary JSON, errors) on the terminal.
+
+    The hub's helpers (trainer, PPO worker, and the Ray, vLLM and DeepSpeed processes under it)
+    inherit fds 1 and 2; their banners, progress bars and compiler output would otherwise land
+    between the hub's reports. Their log records also reach the live stream (--role monitor).
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    terminal_out = os.fdopen(os.dup(1), "w", buffering=1, encoding="utf-8", errors="replace")
+    terminal_err = os.fdopen(os.dup(2), "w", buffering=1, encoding="utf-8", errors="replace")
+    fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
+    sys.stdout, sys.stderr = terminal_out, terminal_err
 
 
 async def main_learner(cfg: Config) -> dict[str, object]:
-    from pzstream.hub.ingest import LearnerHub
+    from pzstream.hub.learner import LearnerHub
     from pzstream.stream.logstream import setup_logging
 
-    setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg))
+    setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg), stream=sys.stderr)
     hub = LearnerHub(cfg, curve_keys(cfg))
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
-        summary = await hub.serve(stop)
-        tg.cancel_scope.cancel()
-    return summary
+    return await serve_until_stopped(hub.serve, cfg.run.max_seconds)
 
 
 async def main_collector(cfg: Config) -> dict[str, object]:
@@ -100,12 +112,7 @@ async def main_collector(cfg: Config) -> dict[str, object]:
 
     setup_logging("collector", cfg.collector.id or default_collector_id(), cfg.run.log_level,
                   cfg.collector.learner, curve_keys(cfg))
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
-        result = await run_collector(cfg, stop, curve_keys(cfg))
-        tg.cancel_scope.cancel()
-    return result
+    return await serve_until_stopped(lambda stop: run_collector(cfg, stop, curve_keys(cfg)), cfg.run.max_seconds)
 
 
 async def main_monitor(cfg: Config, roles: str, level: str) -> None:
@@ -114,14 +121,11 @@ async def main_monitor(cfg: Config, roles: str, level: str) -> None:
     level = level.upper()
     if level not in LEVELS:
         raise ConfigError(f"--level {level!r}: use one of {', '.join(LEVELS)}")
-    stop = anyio.Event()
     role_filter = tuple(r.strip() for r in roles.split(",") if r.strip())
     print(f"following {cfg.collector.learner} (roles: {', '.join(role_filter) or 'all'}, level >= {level}); Ctrl-C to stop",
           file=sys.stderr)
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
-        await run_monitor(cfg.collector.learner, stop, role_filter, level, curve_keys(cfg))
-        tg.cancel_scope.cancel()
+    await serve_until_stopped(lambda stop: run_monitor(cfg.collector.learner, stop, role_filter, level, curve_keys(cfg)),
+                              cfg.run.max_seconds)
 
 
 async def main_prior(cfg: Config, learner_given: bool) -> dict[str, object]:
@@ -132,11 +136,8 @@ async def main_prior(cfg: Config, learner_given: bool) -> dict[str, object]:
         raise ConfigError("--role prior needs an address: --prior tcp://HOST:PORT (or llm.prior_server=...)")
     hub = cfg.collector.learner if learner_given else None
     setup_logging("prior", "server", cfg.run.log_level, hub, curve_keys(cfg))
-    stop = anyio.Event()
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
-        stats = await run_prior_server(cfg, cfg.llm.prior_server, stop, curve_keys(cfg), hub)
-        tg.cancel_scope.cancel()
+    stats = await serve_until_stopped(
+        lambda stop: run_prior_server(cfg, cfg.llm.prior_server, stop, curve_keys(cfg), hub), cfg.run.max_seconds)
     return dict(stats)
 
 
@@ -145,7 +146,12 @@ def main_eval(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     from pzstream.stream.logstream import setup_logging
 
     setup_logging("eval", "eval", cfg.run.log_level, None)
-    weights = Path(args.weights) if args.weights else REPO_ROOT / cfg.run.out_dir / cfg.run.name / "weights"
+    if args.weights:
+        weights: Path | None = Path(args.weights)  # named by the user: it must exist (evaluate raises otherwise)
+    else:
+        weights = REPO_ROOT / cfg.run.out_dir / cfg.run.name / "weights"
+        if not weights.is_dir():  # no run of this name yet: the untrained models, said so in the log
+            weights = None
     games = [g for g in cfg.collector.game.split(",") if g]
     result = evaluate(cfg, games, args.episodes, weights)
     print_table(result)
@@ -154,10 +160,10 @@ def main_eval(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
 
 async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     """Hub in this process, ``collector.count`` collector processes beside it."""
-    from pzstream.hub.ingest import LearnerHub
+    from pzstream.hub.learner import LearnerHub
     from pzstream.stream.logstream import setup_logging
 
-    setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg))
+    setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg), stream=sys.stderr)
     run_dir = REPO_ROOT / cfg.run.out_dir / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
     hub = LearnerHub(cfg, curve_keys(cfg), run_dir)
@@ -212,7 +218,7 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     return summary
 
 
-EXIT_CODES: dict[type[BaseException], int] = {ConfigError: 2, SecurityError: 2, FileNotFoundError: 2, FatalReject: 3}
+EXIT_CODES: dict[type[BaseException], int] = {ConfigError: 2, SecurityError: 2, FileNotFoundError: 2, FatalReject: 3, WeightsError: 2}
 
 
 def _leaf(e: BaseException) -> BaseException:
@@ -231,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = build_config(args)
+        if args.role in ("learner", "all") and args.helper_output == "file":
+            # the run directory as each role's hub places it (--role all: under the repository)
+            run_dir = Path(cfg.run.out_dir) / cfg.run.name
+            helpers_log = (run_dir if args.role == "learner" else REPO_ROOT / run_dir) / "helpers.log"
+            route_helper_output(helpers_log)
+            print(f"helper processes (trainer, PPO worker, Ray, vLLM, DeepSpeed) write to {helpers_log}", file=sys.stderr)
         if args.role == "learner":
             result = anyio.run(main_learner, cfg)
         elif args.role == "collector":

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import random
 import sys
@@ -68,6 +69,8 @@ def main() -> None:
         plan = {g: plan.get(g, FULL_GAMES.get(g, 20)) for g in args.games.split(",") if g}
     if args.steps:
         plan = dict.fromkeys(plan, args.steps)
+    if os.environ.get("PZSTREAM_BENCH_SMOKE") == "1":  # tests/test_benches.py: does it run at all
+        plan, args.episodes = dict.fromkeys(plan, 3), 1
     ensure_spacy()  # load once, outside the timings
 
     rows, skipped = [], []

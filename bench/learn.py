@@ -1,6 +1,6 @@
 """Does the MCTS agent get better than random? Episode return over time, both agents in one run.
 
-    python bench/learn.py [--quick] [--games default,zork1] [--seconds 300]
+    python bench/learn.py [--quick] [--games default,zork1,path/to/story.z5] [--seconds 300] [key=value ...]
 
 For each game, one ``launch.py --role all`` run: a hub training the world model continuously,
 collector c0 planning with MCTS over the latest weights it has, collector c1 playing uniformly at
@@ -9,6 +9,8 @@ returns come from the hub's per-collector record. The figure of merit compares t
 episodes that ended in the second half of the run, after the world model has had time to learn.
 
 The last stdout line is one JSON object (``game`` is the first game's, the headline).
+``hub.address=tcp://HOST:PORT`` among the overrides places the hub there (default: a free
+loopback port). ``PZSTREAM_BENCH_SMOKE=1`` runs one 25-second game, to check that the bench works.
 """
 from __future__ import annotations
 
@@ -24,16 +26,35 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pzstream.env.sources import DEFAULT_SPECS, GameNotFound, resolve_story_file  # noqa: E402
 from pzstream.stream.transport import free_base_port  # noqa: E402
+
+SMOKE = os.environ.get("PZSTREAM_BENCH_SMOKE") == "1"
+# small segments and an early first update, so a 25-second run shows training and planning
+SMOKE_OVERRIDES = ["collector.segment_steps=5", "trainer.min_replay_steps=20", "trainer.publish_every=5",
+                   "search.num_simulations=4", "collector.max_episode_steps=20"]
+
+
+def hub_address(overrides: list[str]) -> str:
+    """The hub's address: ``hub.address=...`` where the overrides give one, else a free loopback port."""
+    given = [o.split("=", 1)[1] for o in overrides if o.startswith("hub.address=")]
+    return given[-1] if given else f"tcp://127.0.0.1:{free_base_port()}"
+
+
+def game_label(game: str) -> str:
+    """A run name for a game spec: a story-file path becomes its stem (a name with '/' is a nested path)."""
+    return game if game in DEFAULT_SPECS else Path(game).stem
 
 
 def run_game(game: str, seconds: float, extra: list[str]) -> dict:
-    address = f"tcp://127.0.0.1:{free_base_port()}"
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--role", "all", "--learner", address, "--game", game,
+    address = hub_address(extra)
+    # --learner after the overrides: launch.py sets hub.address and collector.learner from it, so both agree
+    cmd = [sys.executable, str(ROOT / "launch.py"), "--role", "all", "--game", game,
            "--max-seconds", str(seconds), "--collectors", "2", "collector.policies=[mcts, random]",
-           f"run.name=learn-{game}", "run.log_level=WARNING",
-           # the world model against random; the LLM prior is measured by bench/llm.py and eval
-           "llm.enabled=false", *extra]
+           f"run.name=learn-{game_label(game)}", "run.log_level=WARNING",
+           # the world model against random; the LLM prior is measured by bench/llm.py and eval, and
+           # PPO needs the LLM (ppo.enabled needs llm.enabled)
+           "llm.enabled=false", "ppo.enabled=false", *extra, "--learner", address]
     print(f"[{game}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
     t0 = time.monotonic()
     out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
@@ -41,6 +62,7 @@ def run_game(game: str, seconds: float, extra: list[str]) -> dict:
         raise RuntimeError(f"{game}: launch.py exited {out.returncode}:\n{out.stderr[-3000:]}")
     summary = json.loads(out.stdout.strip().splitlines()[-1])
     summary["wall_s"] = time.monotonic() - t0
+    summary["hub_address"] = address
     return summary
 
 
@@ -74,28 +96,38 @@ def report(game: str, summary: dict, seconds: float) -> dict:
     return {"game": game, "mcts_return": mean(m2), "random_return": mean(r2), "mcts_episodes": len(m2),
             "random_episodes": len(r2), "mcts_return_all": mcts.get("mean"), "random_return_all": rand.get("mean"),
             "wm_updates": summary.get("wm_updates"), "wm_version_published": summary.get("wm_version_published"),
-            "env_steps": summary.get("env_steps"), "final_losses": {k: round(v, 4) for k, v in trainer.items() if k.startswith("loss/")},
+            "env_steps": summary.get("env_steps"), "hub_address": summary.get("hub_address"), "final_losses": {k: round(v, 4) for k, v in trainer.items() if k.startswith("loss/")},
             "seconds": seconds}
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="shorter runs (under 10 minutes in all)")
-    ap.add_argument("--games", default="default,zork1", help="comma-separated; a missing suite game is skipped")
+    ap.add_argument("--quick", action="store_true",
+                    help="one 60-second run on the default game (RESULTS.md's figures: --seconds 240 --games default,zork1)")
+    ap.add_argument("--games", default=None, help="comma-separated; a missing suite game is skipped "
+                                                  "(default: default,zork1; --quick: default)")
     ap.add_argument("--seconds", type=float, default=None, help="run length per game")
     ap.add_argument("overrides", nargs="*", help="config overrides passed to launch.py")
-    args = ap.parse_args()
-    games = [g for g in args.games.split(",") if g]
-    per_game = args.seconds or (240.0 if args.quick else 600.0)
+    args = ap.parse_intermixed_args()
+    games = [g for g in (args.games or ("default" if args.quick else "default,zork1")).split(",") if g]
+    overrides = list(args.overrides)
+    if SMOKE:
+        games, overrides = games[:1], SMOKE_OVERRIDES + overrides
+    per_game = args.seconds or (25.0 if SMOKE else 60.0 if args.quick else 600.0)
     results = []
     for i, game in enumerate(games):
         seconds = per_game if i == 0 else (per_game * 0.6 if args.quick else per_game)
-        if game != "default":
-            games_dir = Path(os.environ.get("PZSTREAM_GAMES_DIR", ROOT.parent / "shared" / "games" / "jericho"))
-            if not any(games_dir.glob(f"{game}.z*")):
-                print(f"[{game}] skipped: not found in {games_dir}", file=sys.stderr)
+        if game not in DEFAULT_SPECS:
+            try:
+                resolve_story_file(game)  # the rule launch.py follows: a suite name or a story-file path
+            except GameNotFound as e:
+                if os.sep in game or Path(game).suffix:  # a path the user named: a typo, not a missing suite game
+                    sys.exit(f"error: {e}")
+                print(f"[{game}] skipped: {e}", file=sys.stderr)
                 continue
-        results.append(report(game, run_game(game, seconds, args.overrides), seconds))
+        results.append(report(game, run_game(game, seconds, overrides), seconds))
+    if not results:
+        sys.exit(f"error: none of the games {games} was found")
     head = results[0]
     print(json.dumps({"game": head["game"], "mcts_return": head["mcts_return"], "random_return": head["random_return"],
                       "episodes": {"mcts": head["mcts_episodes"], "random": head["random_episodes"]},

@@ -12,8 +12,9 @@
      - PPO with a critic (``use_grpo`` False: GAE on the critic's values, whitened advantages);
      - GRPO (``use_grpo`` True: rewards normalised within each prompt's group, no critic).
    Every episode (``orz.episode.run_episode``) takes all P prompts (``rollout_batch_size`` =
-   ``fire_threshold`` = P), ``n_samples_per_prompt`` responses each in ``choice`` mode (decoding
-   constrained to ``</think>\\n<answer>CANDIDATE</answer>``), reward = exact match only
+   ``fire_threshold`` = P), ``n_samples_per_prompt`` responses each in ``choice`` mode (the prior's
+   scoring prompt, ending ``</think>\\n<answer>``, then one ``CANDIDATE</answer>`` drawn from
+   softmax(mean token log-prob / T), trained as that distribution: ``orz/rollout.py``), reward = exact match only
    (``rewards = ["exact:1.0"]``), then the PPO/critic updates and the weight sync into the
    rollout engine.
 3. The reward of an episode is the mean exact-match reward of its own sampled responses
@@ -93,9 +94,8 @@ def final_rollout_reward(runtime, samples, cfg, reward_fn, seed: int) -> float:
     from pzstream.orz.episode import rollout
 
     tok = runtime.tokenizer
-    _, responses, _ = rollout(runtime, samples, cfg, 3, seed)
-    rewards = [reward_fn(s, tok.decode(r, skip_special_tokens=True))[0] for s, group in zip(samples, responses)
-               for r in group]
+    ro = rollout(runtime, samples, cfg, 3, seed)
+    rewards = [reward_fn(s, ro.text(tok, r))[0] for s, group in zip(samples, ro.responses) for r in group]
     return float(np.mean(rewards))
 
 

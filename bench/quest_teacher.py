@@ -53,8 +53,8 @@ class QuestTeacherPolicy:
 
 def open_quest_game():
     """The embedded default game, with TextWorld's winning-policy info switched on."""
-    from ..env import ensure_default_game
-    from ..env.tw_game import TextWorldGame
+    from pzstream.env import ensure_default_game
+    from pzstream.env.tw_game import TextWorldGame
 
     return TextWorldGame(ensure_default_game(), name="tw-default", policy_commands=True)
 

@@ -9,12 +9,13 @@ throughput(1)), and the largest relative difference of the per-step losses (N vs
     python bench/scale.py --nproc 2 --device cpu      # gloo on CPU: checks losses, not speed
     python bench/scale.py --quick
 
-Last line: one JSON object with the figures.
+Last line: one JSON object with the figures. ``PZSTREAM_BENCH_SMOKE=1`` (tests/test_benches.py) shrinks --quick further, to check that the bench runs.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -44,6 +45,10 @@ def main() -> int:
     a = p.parse_args()
     if a.quick:
         a.steps = 3
+    if os.environ.get("PZSTREAM_BENCH_SMOKE") == "1":
+        # the bench's own path with the cheapest job (DeepSpeed's start-up alone is minutes on a busy
+        # 2-core machine; tests/test_parallel.py runs the ZeRO jobs)
+        a.jobs, a.steps, a.wm_batch = "wm", 2, 16
     rows, figures = [], {"device": a.device, "nproc": a.nproc, "torch": torch.__version__,
                          "gpus": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]}
     for job in a.jobs.split(","):

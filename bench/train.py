@@ -56,10 +56,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     cfg = load_config(None, args.overrides)
     wm_cfg = cfg.world_model()
-    updates = 30 if args.quick else 150
-    moves = 20 if args.quick else 100
+    smoke = os.environ.get("PZSTREAM_BENCH_SMOKE") == "1"  # tests/test_benches.py: does it run at all
+    updates = 5 if smoke else 30 if args.quick else 150
+    moves = 5 if smoke else 20 if args.quick else 100
 
-    segs = collect(args.game, 600 if args.quick else 2000)
+    segs = collect(args.game, 150 if smoke else 600 if args.quick else 2000)
     windows = build_windows(segs, wm_cfg)
     torch.manual_seed(0)
     trainer = Trainer(WorldModel(wm_cfg), wm_cfg)

@@ -5,13 +5,19 @@
 Both phases push the same pre-encoded segment bytes (50 steps, ~600-character observations,
 20 candidates per step, ~60 KB; built by bench/wire.py) from sender processes over tcp loopback:
 
-- hub:   the real LearnerHub (ROUTER, decode, validate, duplicate check, replay store, counters,
-         credits) fed by DEALER senders that speak the real protocol (hello, credit window). Each
-         segment's seq is patched into a fixed-width slot of the pre-encoded bytes, so senders spend
-         no time encoding.
+- hub:   the real LearnerHub with only the parts on the ingest path: ROUTER, decode and full
+         validation, duplicate / credit / version checks, counters, credits; the world-model
+         trainer link forwarding every segment to a helper process that drains the pipe (no
+         training); the PPO prompt queue (episode tracking, queueing; no PPO worker, so nothing
+         fires); return tracking. Senders speak the real protocol (hello, credit window); each
+         segment's seq is patched into a fixed-width slot of the pre-encoded bytes, so senders
+         spend no time encoding.
 - plain: a PULL socket in a tight ``recv()`` loop fed by PUSH senders: no decode, no checks.
 
-Rates are counted over a window after a warm-up. The last stdout line is one JSON object.
+Per-segment costs, as CPU time of the hub's thread during the hub run (robust to other
+processes taking the core): decode + validation, each part's ``on_segment``, and the rest
+(ingest's checks and counters, socket receive and credit replies). Rates are counted over a window after a warm-up.
+The last stdout line is one JSON object.
 """
 from __future__ import annotations
 
@@ -21,7 +27,9 @@ import json
 import multiprocessing as mp
 import os
 import platform
+import shutil
 import struct
+import tempfile
 import sys
 import time
 from pathlib import Path
@@ -52,7 +60,8 @@ def template(collector_id: str) -> tuple[bytes, int]:
     seg = _bench_wire().build_segment()
     from dataclasses import replace
 
-    seg = replace(seg, header=replace(seg.header, collector_id=collector_id, seq=SEQ_SLOT))
+    # versions 0: the hub refuses a version it never published
+    seg = replace(seg, header=replace(seg.header, collector_id=collector_id, seq=SEQ_SLOT, wm_version=0, llm_version=0))
     data = wire.encode(seg)
     marker = b"\xa3seq\xce" + struct.pack(">I", SEQ_SLOT)
     at = data.index(marker) + len(marker) - 4
@@ -139,12 +148,87 @@ def measure_plain(address: str, senders: int, warmup: float, window: float) -> f
     return rate
 
 
-def measure_hub(address: str, senders: int, warmup: float, window: float) -> tuple[float, dict]:
-    from pzstream.hub.ingest import LearnerHub
+def drain(inbox: str, outbox: str) -> None:
+    """The trainer's end of the hub's pipe, reading and discarding: what forwarding costs the hub
+    without a trainer competing for the CPU."""
+    from pzstream.stream import internal
 
-    cfg = load_config(None, [f"hub.address={address}", "hub.credit_window=64", "hub.report_every_s=3600",
-                             "hub.replay_capacity_steps=100000", "run.log_level=WARNING"])
-    hub = LearnerHub(cfg)
+    ctx = zmq.Context()
+    pull = ctx.socket(zmq.PULL)
+    pull.connect(inbox)
+    parent = os.getppid()
+    try:
+        while os.getppid() == parent:
+            if not pull.poll(500):
+                continue
+            frames = pull.recv_multipart(copy=False)
+            if len(frames) == 1 and isinstance(internal.decode([f.bytes for f in frames]), internal.Stop):
+                return
+    finally:
+        pull.close(0)
+        ctx.term()
+
+
+def start_drain(inbox: str, outbox: str) -> mp.process.BaseProcess:
+    proc = mp.get_context("spawn").Process(target=drain, args=(inbox, outbox), daemon=True)
+    proc.start()
+    return proc
+
+
+class TimedPart:
+    """A hub part with the CPU time of its ``on_segment`` summed (thread CPU time: on a shared
+    machine wall time would count the moments other processes hold the core)."""
+
+    def __init__(self, name: str, part) -> None:
+        self.name, self.part, self.seconds, self.calls = name, part, 0.0, 0
+
+    def on_segment(self, accepted) -> None:
+        t0 = time.thread_time()
+        self.part.on_segment(accepted)
+        self.seconds += time.thread_time() - t0
+        self.calls += 1
+
+    @property
+    def us(self) -> float:
+        return 1e6 * self.seconds / max(self.calls, 1)
+
+
+class TimedDecode:
+    """``pzstream.stream.wire`` as the hub's ingest sees it, with the CPU time of ``decode`` summed."""
+
+    def __init__(self) -> None:
+        self.seconds, self.calls = 0.0, 0
+
+    def __getattr__(self, name: str):
+        return getattr(wire, name)
+
+    def decode(self, data, *args):
+        t0 = time.thread_time()
+        try:
+            return wire.decode(data, *args)
+        finally:
+            self.seconds += time.thread_time() - t0
+            self.calls += 1
+
+
+def hub_config(address: str):
+    return load_config(None, [f"hub.address={address}", "hub.credit_window=64", "hub.report_every_s=3600",
+                              "run.log_level=WARNING", "trainer.tensorboard=false", "llm.enabled=true",
+                              "ppo.enabled=true"])
+
+
+def measure_hub(address: str, senders: int, warmup: float, window: float, run_dir: Path) -> tuple[float, dict, dict]:
+    from pzstream.hub.learner import LearnerHub
+
+    hub = LearnerHub(hub_config(address), run_dir=run_dir, helpers={"trainer": start_drain})
+    names = {"TrainerLink": "trainer link", "ReturnTracker": "return tracking", "PPOEpisodes": "prompt queue"}
+    timed = [TimedPart(names.get(type(p).__name__, type(p).__name__), p) for p in hub.ingest.parts]
+    hub.ingest.parts = list(timed)
+    import pzstream.hub.ingest as ingest_module
+
+    decode = TimedDecode()
+    ingest_module.wire = decode  # times the hub's own decode calls, on the hub's own data
+    timed.insert(0, decode)  # type: ignore[arg-type]
     result: dict = {}
 
     async def main() -> None:
@@ -153,12 +237,19 @@ def measure_hub(address: str, senders: int, warmup: float, window: float) -> tup
         async def drive() -> None:
             await hub.ready.wait()
             procs = start_senders(hub_sender, address, senders, warmup + window + 8)
-            while hub.counters.accepted == 0:
+            while hub.status().segments_accepted == 0:
                 await anyio.sleep(0.05)
             await anyio.sleep(warmup)
-            n0, t0 = hub.counters.accepted, time.monotonic()
+            for t in timed:
+                t.seconds, t.calls = 0.0, 0
+            n0, t0, cpu0 = hub.status().segments_accepted, time.monotonic(), time.thread_time()
             await anyio.sleep(window)
-            result["rate"] = (hub.counters.accepted - n0) / (time.monotonic() - t0)
+            n = hub.status().segments_accepted - n0
+            result["rate"] = n / (time.monotonic() - t0)
+            # this task runs on the hub's event loop thread: its CPU time is the hub's
+            result["parts_us"] = {"hub thread, all": round(1e6 * (time.thread_time() - cpu0) / max(n, 1), 1),
+                                  "decode + validation": round(1e6 * decode.seconds / max(decode.calls, 1), 1),
+                                  **{t.name: round(t.us, 1) for t in timed[1:]}}
             stop.set()
             for p in procs:
                 p.terminate()
@@ -168,8 +259,24 @@ def measure_hub(address: str, senders: int, warmup: float, window: float) -> tup
             tg.start_soon(drive)
             result["summary"] = await hub.serve(stop)
 
-    anyio.run(main)
-    return result["rate"], result["summary"]
+    try:
+        anyio.run(main)
+    finally:
+        ingest_module.wire = wire
+    return result["rate"], result["summary"], result["parts_us"]
+
+
+def decode_us(data: bytes, n: int = 400) -> float:
+    """Decode + full validation of one segment, alone in this process."""
+    from pzstream.stream.wire import WireLimits
+
+    w = hub_config("tcp://127.0.0.1:1").wire
+    limits = WireLimits(max_message_bytes=w.max_message_bytes, max_array_elements=w.max_array_elements,
+                        max_steps=w.max_steps, max_candidates_per_step=w.max_candidates_per_step)
+    t0 = time.thread_time()
+    for _ in range(n):
+        wire.decode(data, limits)
+    return 1e6 * (time.thread_time() - t0) / n
 
 
 def main() -> None:
@@ -189,19 +296,36 @@ def main() -> None:
     data, _ = template("bench-0")
     hub_rates, plain_rates = [], []
     summary: dict = {}
+    parts: list[dict] = []
+    run_dir = Path(tempfile.mkdtemp(prefix="pzstream-bench-transport-"))
     for r in range(rounds):  # alternate so drift on a shared machine hits both alike
-        rate, summary = measure_hub(f"tcp://127.0.0.1:{free_base_port()}", args.senders, warmup, window)
+        rate, summary, parts_us = measure_hub(f"tcp://127.0.0.1:{free_base_port()}", args.senders, warmup, window, run_dir)
         hub_rates.append(rate)
+        parts.append(parts_us)
         plain_rates.append(measure_plain(f"tcp://127.0.0.1:{free_base_port()}", args.senders, warmup, window))
         print(f"round {r + 1}/{rounds}: hub {hub_rates[-1]:,.0f} seg/s, plain {plain_rates[-1]:,.0f} seg/s", file=sys.stderr)
+    shutil.rmtree(run_dir, ignore_errors=True)
     hub_rate = sorted(hub_rates)[len(hub_rates) // 2]
     plain_rate = sorted(plain_rates)[len(plain_rates) // 2]
+    parts_us = {name: sorted(p[name] for p in parts)[len(parts) // 2] for name in parts[0]}
+    total = parts_us.pop("hub thread, all")
+    cost = dict(parts_us)
+    cost["ingest core + sockets"] = round(total - sum(cost.values()), 1)
+    cost["hub thread, all"] = total
+    alone = round(decode_us(data), 1)
     print(f"segment: {len(data)} bytes; {args.senders} sender processes; {rounds} rounds of {window:.0f} s; median")
     print(f"{'':8}{'segments/s':>12}{'MB/s':>10}")
     print(f"{'hub':8}{hub_rate:12,.0f}{hub_rate * len(data) / 1e6:10,.1f}")
     print(f"{'plain':8}{plain_rate:12,.0f}{plain_rate * len(data) / 1e6:10,.1f}")
-    print(f"ingest ratio (hub / plain): {hub_rate / plain_rate:.2f}; hub rejected: {summary.get('segments_rejected')}")
+    print(f"ingest ratio (hub / plain): {hub_rate / plain_rate:.2f}; hub rejected: {summary.get('segments_rejected')}; "
+          f"trainer link dropped: {summary.get('trainer_dropped')}")
+    print(f"\nper-segment CPU time of the hub's thread, in us (1 / hub rate = {1e6 / hub_rate:,.0f} us of wall time)")
+    for name, us in cost.items():
+        print(f"  {name:24}{us:8,.1f}")
+    print(f"  (decode + validation of the same bytes over and over, alone: {alone:,.1f})")
     print(json.dumps({
+        "per_segment_us": cost, "decode_alone_us": alone, "trainer_dropped": summary.get("trainer_dropped"),
+        "prompt_queue": summary.get("ppo", {}).get("queue"),
         "hub_segments_per_s": round(hub_rate, 1), "plain_segments_per_s": round(plain_rate, 1),
         "ingest_ratio": round(hub_rate / plain_rate, 3), "segment_bytes": len(data), "senders": args.senders,
         "rounds": rounds, "window_s": window, "hub_rejected": summary.get("segments_rejected"),

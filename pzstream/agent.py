@@ -72,12 +72,11 @@ class MctsPolicy:
         import torch
 
         from pzstream.model.inference import SearchAdapter
-        from pzstream.model.world_model import WorldModel
+        from pzstream.model.world_model import untrained_world_model
 
         torch.set_num_threads(threads)
-        torch.manual_seed(0)  # version 0 is the same untrained model everywhere (the trainer seeds alike)
         self.wm_cfg, self.search_cfg = wm_cfg, search_cfg
-        self.adapter = SearchAdapter(WorldModel(wm_cfg).eval())
+        self.adapter = SearchAdapter(untrained_world_model(wm_cfg).eval())
         self.rng = np.random.default_rng(seed)
         self.wm_version = 0
         self.net_s = 0.0
@@ -107,7 +106,7 @@ class MctsPolicy:
     def root_prior(self, root_logits: np.ndarray, legal: np.ndarray, history: History, observation: str,
                    valid: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
         """(mixed root prior [1, K] or None, LLM probs over the valid actions or None)."""
-        from pzstream.search import adaptive_llm_weight, mix_root_prior, softmax_masked
+        from pzstream.search import mix_root_prior, root_llm_weight, softmax_masked
 
         if self.prior_source is None:
             return None, None
@@ -124,8 +123,7 @@ class MctsPolicy:
         k = min(len(valid), llm.shape[1])
         llm[0, :k] = got[0][:k]
         wm = softmax_masked(root_logits, legal)
-        weight = (adaptive_llm_weight(wm, legal, *self.adaptive_range) if self.mix == "adaptive"
-                  else np.float32(self.fixed_weight))
+        weight = root_llm_weight(self.mix, wm, legal, self.fixed_weight, *self.adaptive_range)
         return mix_root_prior(wm, llm, weight, legal), got[0]
 
     def act(self, history: History, observation: str, valid: list[str]) -> Move:

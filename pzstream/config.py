@@ -38,9 +38,21 @@ class HubConfig(_Section):
     credit_window: int = Field(32, ge=1, le=4096, description="segments a collector may have in flight")
     heartbeat_s: float = Field(1.0, gt=0, le=60)
     peer_timeout_heartbeats: int = Field(5, ge=2, description="silent heartbeats before a peer is declared lost")
-    replay_capacity_steps: int = Field(200_000, ge=1)
     report_every_s: float = Field(5.0, gt=0)
     stall_s: float = Field(0.0, ge=0, description="testing aid: sleep this long per segment (simulates a slow hub)")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_keys(cls, data: Any) -> Any:
+        # the hub's own replay is gone (the trainer keeps one: trainer.replay_capacity_steps);
+        # old config files that still set it keep loading
+        if isinstance(data, dict) and "replay_capacity_steps" in data:
+            import warnings
+
+            data = {k: v for k, v in data.items() if k != "replay_capacity_steps"}
+            warnings.warn("hub.replay_capacity_steps is ignored: the hub keeps no replay "
+                          "(the trainer's is trainer.replay_capacity_steps)", stacklevel=2)
+        return data
 
 
 class CollectorConfig(_Section):
@@ -118,7 +130,10 @@ class LLMSection(_Section):
     history_len: int = Field(3, ge=0)
     list_candidates: bool = Field(False, description="list the candidate actions in the prompt (PPO prompts always do)")
     max_prompt_tokens: int = Field(512, ge=16)
-    mix: Literal["fixed", "adaptive"] = "fixed"
+    mix: Literal["fixed", "adaptive", "adaptive_priorzero", "adaptive_entropy"] = Field(
+        "fixed", description="LLM weight at the root: fixed_weight; adaptive_priorzero = more LLM when the world model "
+                             "is confident (PriorZero); adaptive_entropy = more LLM when it is undecided; adaptive = "
+                             "the one bench/mix.py found better (pzstream/search/mixing.py ADAPTIVE_MEANS)")
     fixed_weight: float = Field(0.5, ge=0, le=1)
     adaptive_low: float = Field(0.3, ge=0, le=1)
     adaptive_high: float = Field(0.7, ge=0, le=1)

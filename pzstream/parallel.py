@@ -168,7 +168,7 @@ def run_wm(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRes
     from pzstream.config import load_config
     from pzstream.model.targets import collate
     from pzstream.model.train import Trainer
-    from pzstream.model.world_model import WorldModel
+    from pzstream.model.world_model import untrained_world_model
 
     device = _init(rank, world, port, args.device)
     G = args.global_batch
@@ -176,8 +176,7 @@ def run_wm(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRes
         raise ValueError(f"--global-batch {G} must divide into {world} processes")
     cfg = load_config(None, []).world_model()
     batches = wm_batches(cfg, args.steps + args.warmup, G, seed=3)
-    torch.manual_seed(0)
-    trainer = Trainer(WorldModel(cfg), cfg, device=device, data_parallel=world > 1)
+    trainer = Trainer(untrained_world_model(cfg), cfg, device=device, data_parallel=world > 1)
     shares = [collate(full[rank::world], cfg) for full in batches]
     losses, step_s = _timed_steps(args.steps, args.warmup, lambda i: trainer.step(shares[i])["loss/total"], device)
     dist.barrier()

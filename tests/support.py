@@ -2,18 +2,20 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 import anyio
+from anyio.from_thread import start_blocking_portal
 
 from pzstream.config import Config, load_config
-from pzstream.hub.ingest import LearnerHub
+from pzstream.hub.learner import LearnerHub
+from pzstream.hub.parts import AcceptedSegment
+from pzstream.hub.status import HubStatus
 from pzstream.stream.transport import CurveKeys, free_base_port  # noqa: F401  (re-exported for tests)
+from pzstream.stream.wire import Segment
 
 REPO = Path(__file__).resolve().parent.parent
 GAMES_DIR = Path(os.environ.get("PZSTREAM_GAMES_DIR", REPO.parent / "shared" / "games" / "jericho"))
@@ -24,61 +26,96 @@ def hub_config(address: str, *overrides: str) -> Config:
                               "hub.report_every_s=1", *overrides])
 
 
+class SegmentRecorder:
+    """A hub part that keeps every accepted segment (tests compare them with what was played)."""
+
+    def __init__(self) -> None:
+        self.segments: list[Segment] = []
+
+    def on_segment(self, accepted: AcceptedSegment) -> None:
+        self.segments.append(accepted.segment)
+
+
 class HubThread:
-    """A real LearnerHub serving on its own event loop in a thread, stoppable from the test."""
+    """A real LearnerHub serving on an event loop in a thread, read and stopped from the test.
 
-    def __init__(self, cfg: Config, curve: CurveKeys | None = None):
-        self.hub = LearnerHub(cfg, curve)
-        self._halt = threading.Event()
-        self._ready = threading.Event()
+    Tests read the hub through :meth:`status` (its public snapshot) and :meth:`segments`
+    (what a recorder part saw), both taken on the hub's own loop.
+    """
+
+    def __init__(self, cfg: Config, curve: CurveKeys | None = None, **hub_kw):
+        self.recorder = SegmentRecorder()
+        self.hub = LearnerHub(cfg, curve, extra_parts=[self.recorder], **hub_kw)
         self.summary: dict | None = None
-        self.error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._portal_cm = None
+        self._portal = None
+        self._future = None
+        self._stop: anyio.Event | None = None
 
-    def _run(self) -> None:
-        async def main() -> None:
-            stop = anyio.Event()
-
-            async def watch() -> None:
-                await self.hub.ready.wait()
-                self._ready.set()
-                while not self._halt.is_set():
-                    await anyio.sleep(0.02)
-                stop.set()
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(watch)
-                self.summary = await self.hub.serve(stop)
-        try:
-            anyio.run(main)
-        except BaseException as e:  # surfaced by start()/stop()
-            self.error = e
-            self._ready.set()
-
-    def start(self) -> "HubThread":
-        self._thread.start()
-        assert self._ready.wait(10), "hub did not start"
-        if self.error:
-            raise self.error
+    def start(self) -> HubThread:
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        self._stop = self._portal.call(anyio.Event)
+        self._future = self._portal.start_task_soon(self.hub.serve, self._stop)
+        deadline = time.monotonic() + 10
+        while not self.hub.ready.is_set():
+            if self._future.done():
+                self._future.result()  # raises what stopped it
+            assert time.monotonic() < deadline, "hub did not start"
+            time.sleep(0.01)
         return self
 
+    def call(self, fn, *args):
+        """Run ``fn(*args)`` (sync or async) on the hub's loop and return its result; once the
+        hub has stopped, a sync ``fn`` runs here."""
+        if self.summary is not None:
+            return fn(*args)
+        return self._portal.call(fn, *args)
+
+    def status(self) -> HubStatus:
+        return self.call(self.hub.status)
+
+    def segments(self) -> list[Segment]:
+        return self.call(list, self.recorder.segments)
+
     def stop(self) -> dict:
-        self._halt.set()
-        self._thread.join(10)
-        if self.error:
-            raise self.error
-        assert self.summary is not None
+        if self.summary is None:
+            self._portal.call(self._stop.set)
+            try:
+                self.summary = self._future.result(timeout=30)
+            finally:
+                self._portal_cm.__exit__(None, None, None)
         return self.summary
 
     def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition") -> None:
+        """Poll ``predicate(self)`` until it holds."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            if predicate(self.hub):
+            if predicate(self):
                 return
             time.sleep(0.05)
-        raise AssertionError(f"timed out after {timeout}s waiting for {what}; hub: {self.hub.summary()}")
+        raise AssertionError(f"timed out after {timeout}s waiting for {what}; hub: {self.call(self.hub.summary)}")
 
 
 def launch(*args: str, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, str(REPO / "launch.py"), *args], cwd=REPO,
                             stdout=kw.pop("stdout", subprocess.PIPE), stderr=kw.pop("stderr", subprocess.PIPE), **kw)
+
+
+class LastCandidatePrior:
+    """An LLM prior source that puts all its prior on the last candidate of every root."""
+
+    net_s = 0.0
+
+    def __init__(self, version: int = 7):
+        self.version = version
+
+    def prior(self, histories, observations, candidates):
+        import numpy as np
+
+        out = []
+        for c in candidates:
+            p = np.zeros(len(c), np.float32)
+            p[-1] = 1.0
+            out.append(p)
+        return out

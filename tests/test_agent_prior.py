@@ -4,20 +4,21 @@ from __future__ import annotations
 import threading
 
 import numpy as np
+from support import LastCandidatePrior
 
 from pzstream.agent import GamePlayer, MctsPolicy
 from pzstream.config import load_config
 from pzstream.env import open_game
-from pzstream.search import adaptive_llm_weight, mix_root_prior, softmax_masked
+from pzstream.search import entropy_llm_weight, mix_root_prior, softmax_masked
 
 
-def test_adaptive_weight_follows_world_model_entropy():
+def test_entropy_weight_follows_world_model_entropy():
     legal = np.array([[True, True, True, False], [True, True, True, True], [True, False, False, False]])
     confident = np.array([1.0, 0.0, 0.0, 0.0])
     uniform = np.full(4, 0.25)
-    w = adaptive_llm_weight(np.stack([confident, uniform, confident]).astype(np.float32), legal)
+    w = entropy_llm_weight(np.stack([confident, uniform, confident]).astype(np.float32), legal)
     assert np.allclose(w, [0.3, 0.7, 0.3])
-    mid = adaptive_llm_weight(np.array([[0.7, 0.2, 0.1]], np.float32), np.ones((1, 3), bool))
+    mid = entropy_llm_weight(np.array([[0.7, 0.2, 0.1]], np.float32), np.ones((1, 3), bool))
     assert 0.3 < mid[0] < 0.7
 
 
@@ -35,21 +36,6 @@ class BrokenPrior:
 
     def prior(self, histories, observations, candidates):
         raise RuntimeError("the LLM fell over")
-
-
-class FixedPrior:
-    """Puts all the prior on the last candidate."""
-
-    version = 7
-    net_s = 0.0
-
-    def prior(self, histories, observations, candidates):
-        out = []
-        for c in candidates:
-            p = np.zeros(len(c), np.float32)
-            p[-1] = 1.0
-            out.append(p)
-        return out
 
 
 def play(prior, steps: int = 6):
@@ -70,7 +56,7 @@ def test_an_llm_fault_falls_back_to_the_world_model_prior():
 
 
 def test_llm_prior_is_recorded_and_steers_the_search():
-    policy, seg = play(FixedPrior())
+    policy, seg = play(LastCandidatePrior())
     assert seg.header.llm_version == 7
     last = seg.cand_offsets[1:] - 1
     assert np.allclose(seg.prior[last], 1.0)

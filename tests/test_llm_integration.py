@@ -6,8 +6,11 @@ import json
 import signal
 
 import numpy as np
+import pytest
 
 from support import HubThread, free_base_port, hub_config, launch
+
+pytestmark = pytest.mark.slow  # whole runs with the LLM: 1-3 minutes each
 
 FAST = ["collector.segment_steps=5", "search.num_simulations=2", "llm.max_prompt_tokens=128"]
 
@@ -45,14 +48,14 @@ def test_prior_server_serves_collectors_and_they_fall_back_when_it_dies(address,
         return any(not np.allclose(seg.prior[a:b], 1.0 / (b - a)) for a, b in zip(seg.cand_offsets[:-1], seg.cand_offsets[1:]))
 
     try:
-        hub.wait_for(lambda h: {s.header.collector_id for s in h.replay.segments() if llm_scored(s)} == {"p0", "p1"},
+        hub.wait_for(lambda h: {s.header.collector_id for s in h.segments() if llm_scored(s)} == {"p0", "p1"},
                      timeout=150, what="both collectors playing with the served prior")
         server.send_signal(signal.SIGKILL)
         server.wait(10)
-        before = len(hub.hub.replay.segments())
-        hub.wait_for(lambda h: all(h.collector_stats.get(f"p{i}", {}).get("prior_failures", 0) >= 1 for i in range(2)),
+        before = len(hub.segments())
+        hub.wait_for(lambda h: all(h.status().collectors[f"p{i}"].stats.get("prior_failures", 0) >= 1 for i in range(2)),
                      timeout=60, what="collectors noticing the prior server is gone")
-        hub.wait_for(lambda h: len(h.replay.segments()) >= before + 4, timeout=60, what="play goes on without it")
+        hub.wait_for(lambda h: len(h.segments()) >= before + 4, timeout=60, what="play goes on without it")
         for p in procs[1:]:
             p.send_signal(signal.SIGTERM)
         logs = []

@@ -60,6 +60,7 @@ def two_hosts():
             subprocess.run(["ip", "netns", "del", ns], capture_output=True)
 
 
+@pytest.mark.slow
 def test_hub_and_collector_on_different_hosts_with_curve(two_hosts, tmp_path, procs):
     hub_ip, on_hub, on_collector, mode = two_hosts
     keys = generate_keys(tmp_path / "keys")

@@ -7,6 +7,8 @@ import pytest
 
 from pzstream.parallel import launch, parser
 
+pytestmark = pytest.mark.slow  # 2-process gloo jobs under DeepSpeed and DDP
+
 
 def _run(*argv: str):
     return launch(parser().parse_args([*argv, "--device", "cpu", "--steps", "2", "--global-batch", "16"]))

@@ -47,7 +47,9 @@ def test_assembler_rejects_checksum_and_size_mismatch():
 
 
 def collector_stats(hub, cid: str) -> dict:
-    return hub.collector_stats.get(cid, {})
+    """The collector's last heartbeat numbers, from the hub's status (``hub``: a HubThread)."""
+    c = hub.status().collectors.get(cid)
+    return c.stats if c is not None else {}
 
 
 def test_collector_fetches_new_weights_and_keeps_old_ones_on_bad_checksum_or_shape(address, procs):
@@ -61,7 +63,7 @@ def test_collector_fetches_new_weights_and_keeps_old_ones_on_bad_checksum_or_sha
                         "collector.segment_steps=5", "search.num_simulations=2"))
     try:
         hub.wait_for(lambda h: collector_stats(h, "w0").get("env_steps", 0) >= 5, timeout=90, what="collector playing")
-        assert collector_stats(hub.hub, "w0")["wm_version"] == 0
+        assert collector_stats(hub, "w0")["wm_version"] == 0
 
         # wrong shape: a model of another size
         torch.manual_seed(1)
@@ -75,7 +77,7 @@ def test_collector_fetches_new_weights_and_keeps_old_ones_on_bad_checksum_or_sha
         hub.hub.weights._by_model["wm"][2] = entry.__class__("wm", 2, notice.sha256, good[:-1] + bytes([good[-1] ^ 1]))
         hub.wait_for(lambda h: collector_stats(h, "w0").get("weights_rejected", 0) >= 2, timeout=30, what="checksum rejected")
         time.sleep(0.5)
-        assert collector_stats(hub.hub, "w0")["wm_version"] == 0, "bad weights must not replace the old ones"
+        assert collector_stats(hub, "w0")["wm_version"] == 0, "bad weights must not replace the old ones"
         # good weights arrive and are swapped in between moves
         hub.hub.weights.put("wm", 3, good)
         hub.wait_for(lambda h: collector_stats(h, "w0").get("wm_version", 0) == 3, timeout=60, what="v3 in use")

@@ -384,7 +384,9 @@ def test_array_too_large() -> None:
 
 
 def test_scalar_and_empty_arrays_parse() -> None:
-    hook = wire._make_ext_hook(wire.DEFAULT_LIMITS)
+    def hook(code: int, data: bytes) -> np.ndarray:
+        return wire._parse_array(code, data, wire.DEFAULT_LIMITS.max_array_elements)
+
     scalar = hook(1, wire._array_ext(np.float64(2.5) * np.ones(())).data)
     assert scalar.shape == () and scalar == 2.5
     empty = hook(1, wire._array_ext(np.zeros((0, 3), np.int16)).data)
@@ -507,3 +509,166 @@ def test_fuzz_mutations_only_raise_wire_error() -> None:
             assert isinstance(msg, (wire.Segment, *(type(m) for m in SIMPLE_MESSAGES)))
             decoded += 1
     assert decoded > 0  # some mutations (inside strings) stay valid
+
+
+# ---------------------------------------------------------------- byte compatibility
+
+
+def test_credit_bytes_are_the_documented_example() -> None:
+    # docs/wire.md spells these 24 bytes out for writers of other collectors
+    assert wire.encode(wire.Credit(n=1, ack=5)) == bytes.fromhex("84 a17601 a46b696e64a6637265646974 a16e01 a361636b05")
+
+
+def test_unset_optional_fields_leave_the_bytes_unchanged() -> None:
+    # a hello without a seed and a reject without a seq are the version-1 messages they always were
+    old_hello = {"v": 1, "kind": "hello", "collector_id": "c-1", "game": "zork1.z5", "host": "h", "pid": 3,
+                 "capabilities": ["policy:mcts"]}
+    assert wire.encode(wire.Hello("c-1", "zork1.z5", "h", 3, ("policy:mcts",))) == _pack(old_hello)
+    assert wire.decode(_pack(old_hello)) == wire.Hello("c-1", "zork1.z5", "h", 3, ("policy:mcts",), seed=None)
+    old_reject = {"v": 1, "kind": "reject", "reason": "stale", "detail": "d"}
+    assert wire.encode(wire.Reject("stale", "d")) == _pack(old_reject)
+    assert wire.decode(_pack(old_reject)).seq is None
+
+
+# ---------------------------------------------------------------- typed optional fields
+
+
+@pytest.mark.parametrize("seed", [0, 7, -3, 2**40])
+def test_hello_seed_round_trip(seed: int) -> None:
+    hello = wire.Hello("c-1", "zork1.z5", "h", 3, ("policy:mcts",), seed=seed)
+    data = wire.encode(hello)
+    assert _tree(data)["seed"] == seed
+    assert wire.decode(data) == hello
+
+
+def test_hello_seed_nil_means_not_told() -> None:
+    tree = _tree(wire.encode(SIMPLE_MESSAGES[0]))
+    tree["seed"] = None
+    assert wire.decode(_pack(tree)).seed is None
+
+
+@pytest.mark.parametrize("value", ["7", 7.0, True, [7]])
+def test_hello_seed_must_be_an_int(value: Any) -> None:
+    tree = _tree(wire.encode(SIMPLE_MESSAGES[0]))
+    tree["seed"] = value
+    assert _reason(_pack(tree)) == "bad_field"
+
+
+def test_reject_names_the_seq_it_answers() -> None:
+    reject = wire.Reject(reason="no_credit", detail="seq 9 beyond window", seq=9)
+    assert wire.decode(wire.encode(reject)) == reject
+    tree = _tree(wire.encode(reject))
+    tree["seq"] = -1
+    assert _reason(_pack(tree)) == "bad_value"
+
+
+# ---------------------------------------------------------------- peers' self-reported versions and ids
+
+
+@pytest.mark.parametrize("name", ["wm_version", "llm_version"])
+@pytest.mark.parametrize("value, reason", [(-5, "bad_value"), (-1, "bad_value"), (2**31, "bad_value"),
+                                           (2**63, "bad_value"), (1e9, "bad_field"), (True, "bad_field")])
+def test_segment_versions_are_checked(name: str, value: Any, reason: str) -> None:
+    tree = _tree(wire.encode(_segment()))
+    tree["header"][name] = value
+    with pytest.raises(WireError) as info:
+        wire.decode(_pack(tree))
+    assert info.value.reason == reason and name in info.value.detail
+
+
+def test_segment_versions_at_the_bounds_pass() -> None:
+    for value in (0, 2**31 - 1):
+        out = wire.decode(wire.encode(_segment(wm_version=value, llm_version=value)))
+        assert out.header.wm_version == out.header.llm_version == value
+
+
+@pytest.mark.parametrize("msg, key", [
+    (SIMPLE_MESSAGES[2], "wm_version"), (SIMPLE_MESSAGES[2], "llm_version"), (SIMPLE_MESSAGES[8], "version"),
+    (wire.Fetch(model="wm", version=1, offset=0, length=10), "version"),
+    (wire.Blob(model="wm", version=1, offset=0, total=3, sha256="ab", data=b"xyz"), "version"),
+    (wire.ScoreReply(request_id=1, llm_version=2, logprior=(-0.5,)), "llm_version"),
+])
+@pytest.mark.parametrize("value", [-5, 2**31])
+def test_versions_in_small_messages_are_checked(msg: wire.Message, key: str, value: int) -> None:
+    assert wire.decode(wire.encode(msg)) == msg
+    tree = _tree(wire.encode(msg))
+    tree[key] = value
+    assert _reason(_pack(tree)) == "bad_value"
+
+
+BAD_IDS = {
+    "empty": "", "long": "c" * (wire.MAX_ID_CHARS + 1), "200KB": "c" * 200_000, "nul": "c\x00-1",
+    "ansi": "\x1b[31mc-1\x1b[0m", "newline": "c-1\nhub: all fine", "del": "c\x7f", "c1-control": "c\x9b1m",
+    "bidi-override": "c-\u202e1",
+}
+
+
+@pytest.mark.parametrize("cid", BAD_IDS.values(), ids=BAD_IDS.keys())
+def test_bad_collector_ids(cid: str) -> None:
+    hello = _tree(wire.encode(SIMPLE_MESSAGES[0]))
+    hello["collector_id"] = cid
+    seg = _tree(wire.encode(_segment()))
+    seg["header"]["collector_id"] = cid
+    for data in (_pack(hello), _pack(seg)):
+        with pytest.raises(WireError) as info:
+            wire.decode(data)
+        assert info.value.reason == "bad_value"
+        assert "collector_id must be 1 to" in info.value.detail and "control characters" in info.value.detail
+
+
+def test_good_collector_ids_pass() -> None:
+    for cid in ("c", "c" * wire.MAX_ID_CHARS, "prior-node7.cluster.local-4242", "höst-ünïcode-1"):
+        assert wire.decode(wire.encode(wire.Hello(cid, "g", "h", 1))).collector_id == cid
+        assert wire.decode(wire.encode(_segment(collector_id=cid))).header.collector_id == cid
+    with pytest.raises(WireError) as info:
+        wire.validate_segment(_segment(collector_id=""))
+    assert info.value.reason == "bad_value"
+
+
+def test_short_frames_and_long_frames_are_judged_alike() -> None:
+    # decode skips the length caps for frames too short to break them; every
+    # other rule must hold on both paths.  max_string_bytes=200 sends these
+    # frames (each over 200 bytes, no string over 60) down the capped path.
+    capped = WireLimits(max_string_bytes=200)
+    bad = [
+        _with_column("reward", wire._array_ext(np.array([0.0, np.inf, 0.0], np.float32))),
+        _with_column("action_index", wire._array_ext(np.array([0, 3, 0], np.int32))),
+        _with_column("observations", ["a", 1, "c"]),
+        _with_column("done", _ext(1, (3,), b"\x00\x02\x01")),
+        wire.encode(_segment(wm_version=-5)),
+        wire.encode(_segment(collector_id="c\x1b[2J")),
+    ]
+    for data in bad:
+        assert len(data) > capped.max_string_bytes
+        assert _reason(data) == _reason(data, capped)
+    good = wire.encode(_segment())
+    assert wire.decode(good, capped).same_as(wire.decode(good))
+
+
+def test_error_details_escape_and_bound_what_the_peer_chose() -> None:
+    # the hub logs and echoes these details: a hostile key must not reach a terminal raw
+    tree = _tree(wire.encode(wire.Credit(n=1, ack=0)))
+    tree["\x1b[2J" + "x" * 10_000] = 1
+    with pytest.raises(WireError) as info:
+        wire.decode(_pack(tree))
+    assert info.value.reason == "bad_field"
+    assert "\x1b" not in info.value.detail and "\\x1b[2J" in info.value.detail
+    assert len(info.value.detail) < 400
+    tree = _tree(wire.encode(wire.Credit(n=1, ack=0)))
+    tree["kind"] = "\x00" * 5000
+    with pytest.raises(WireError) as info:
+        wire.decode(_pack(tree))
+    assert info.value.reason == "unknown_kind" and "\x00" not in info.value.detail and len(info.value.detail) < 400
+
+
+def test_hello_role_is_optional_and_checked():
+    """A reader (prior/search server) says so in its hello; a hello without a role encodes as before."""
+    import msgpack
+
+    plain = wire.Hello(collector_id="c", game="g", host="h", pid=1)
+    assert "role" not in msgpack.unpackb(wire.encode(plain))
+    reader = wire.Hello(collector_id="p", game="", host="h", pid=1, role="reader")
+    assert wire.decode(wire.encode(reader)).role == "reader"
+    with pytest.raises(wire.WireError) as e:
+        wire.decode(wire.encode(wire.Hello(collector_id="p", game="", host="h", pid=1, role="boss")))
+    assert e.value.reason == "bad_value" and "role" in e.value.detail

@@ -1,67 +1,9 @@
-"""Replay storage on the hub: a bounded buffer of game segments, per game and overall."""
+"""The hub's bounded queue of PPO prompt samples."""
 from __future__ import annotations
 
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
-
-from pzstream.stream.wire import Segment
-
-
-@dataclass
-class GameShelf:
-    """What the buffer holds and has evicted for one game."""
-
-    segments: int = 0
-    steps: int = 0
-    evicted_segments: int = 0
-    evicted_steps: int = 0
-
-
-@dataclass
-class ReplayBuffer:
-    """Segments in arrival order, evicting the oldest (of any game) beyond ``capacity_steps``.
-
-    Eviction is counted per game, never silent.
-    """
-
-    capacity_steps: int
-    _fifo: deque[Segment] = field(default_factory=deque)
-    shelves: dict[str, GameShelf] = field(default_factory=dict)
-    steps: int = 0
-
-    def __post_init__(self) -> None:
-        if self.capacity_steps < 1:
-            raise ValueError("capacity_steps must be >= 1")
-
-    def add(self, seg: Segment) -> None:
-        shelf = self.shelves.setdefault(seg.header.game, GameShelf())
-        self._fifo.append(seg)
-        shelf.segments += 1
-        shelf.steps += seg.n_steps
-        self.steps += seg.n_steps
-        while self.steps > self.capacity_steps and len(self._fifo) > 1:
-            old = self._fifo.popleft()
-            gone = self.shelves[old.header.game]
-            gone.segments -= 1
-            gone.steps -= old.n_steps
-            gone.evicted_segments += 1
-            gone.evicted_steps += old.n_steps
-            self.steps -= old.n_steps
-
-    def __len__(self) -> int:
-        return len(self._fifo)
-
-    def segments(self, game: str | None = None) -> list[Segment]:
-        """Stored segments, oldest first, optionally of one game."""
-        return [s for s in self._fifo if game is None or s.header.game == game]
-
-    def summary(self) -> dict[str, object]:
-        return {
-            "segments": len(self._fifo),
-            "steps": self.steps,
-            "capacity_steps": self.capacity_steps,
-            "per_game": {g: vars(s).copy() for g, s in sorted(self.shelves.items())},
-        }
 
 
 @dataclass
@@ -72,11 +14,16 @@ class PromptQueue:
     ``ready`` says the queue holds ``fire_threshold`` samples; ``take`` then hands out
     ``n`` of them drawn uniformly (so an episode mixes games in proportion to the stream) and
     empties the queue, counting the rest as ``skipped``: each episode learns from fresh data.
+
+    ``extend`` queues a whole sequence at once (``len`` and ``[i]``, e.g. a segment's
+    ``SegmentSteps``): only the items ``take`` picks are ever read, so a sample that is built
+    on access costs nothing while it waits or when it is evicted or skipped.
     """
 
     capacity: int
     fire_threshold: int
-    _items: deque = field(default_factory=deque)
+    _chunks: deque = field(default_factory=deque)  # [sequence, index of its oldest item still queued]
+    _size: int = 0
     added: int = 0
     evicted: int = 0
     taken: int = 0
@@ -87,27 +34,47 @@ class PromptQueue:
             raise ValueError(f"need 1 <= fire_threshold ({self.fire_threshold}) <= capacity ({self.capacity})")
 
     def add(self, sample: object) -> None:
-        self._items.append(sample)
-        self.added += 1
-        if len(self._items) > self.capacity:
-            self._items.popleft()
-            self.evicted += 1
+        self.extend((sample,))
+
+    def extend(self, items: Sequence) -> None:
+        n = len(items)
+        if not n:
+            return
+        self._chunks.append([items, 0])
+        self._size += n
+        self.added += n
+        while self._size > self.capacity:
+            oldest = self._chunks[0]
+            drop = min(self._size - self.capacity, len(oldest[0]) - oldest[1])
+            oldest[1] += drop
+            self._size -= drop
+            self.evicted += drop
+            if oldest[1] == len(oldest[0]):
+                self._chunks.popleft()
 
     def __len__(self) -> int:
-        return len(self._items)
+        return self._size
 
     def ready(self) -> bool:
-        return len(self._items) >= self.fire_threshold
+        return self._size >= self.fire_threshold
 
     def take(self, n: int, rng) -> list:
         """``n`` samples drawn without replacement (all if fewer), oldest first; the queue is emptied."""
-        items = list(self._items)
-        self._items.clear()
-        picked = sorted(rng.sample(range(len(items)), min(n, len(items))))
+        size = self._size
+        picked = sorted(rng.sample(range(size), min(n, size)))
+        out, base, chunks = [], 0, iter(self._chunks)
+        items, first = next(chunks, (None, 0))
+        for i in picked:
+            while i >= base + len(items) - first:
+                base += len(items) - first
+                items, first = next(chunks)
+            out.append(items[first + i - base])
+        self._chunks.clear()
+        self._size = 0
         self.taken += len(picked)
-        self.skipped += len(items) - len(picked)
-        return [items[i] for i in picked]
+        self.skipped += size - len(picked)
+        return out
 
     def summary(self) -> dict[str, int]:
-        return {"size": len(self._items), "added": self.added, "evicted": self.evicted, "taken": self.taken,
+        return {"size": self._size, "added": self.added, "evicted": self.evicted, "taken": self.taken,
                 "skipped": self.skipped, "capacity": self.capacity, "fire_threshold": self.fire_threshold}

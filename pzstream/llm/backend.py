@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .prior import candidate_logprobs_shared, candidate_logprobs_tree, prior_from_logprobs  # noqa: F401
-from .prompts import PromptConfig, fit_prompt
+from .prompts import PromptConfig, scoring_prompts
 from .tiny import resolve_model
 
 
@@ -113,10 +113,8 @@ class TransformersBackend:
     def score_states(self, histories: Sequence[Sequence[Any] | None], observations: Sequence[str],
                      candidates: Sequence[Sequence[str]], list_candidates: bool = False) -> list[np.ndarray]:
         """Build each root's prompt with ``fit_prompt`` (history, observation), then ``score``."""
-        cfg = self.prompt_config
-        prompts = [fit_prompt(self.tokenizer, cfg, h, o, c if list_candidates else None)
-                   for h, o, c in zip(histories, observations, candidates)]
-        return self.score(prompts, candidates)
+        return self.score(scoring_prompts(self.tokenizer, self.prompt_config, histories, observations, candidates,
+                                          list_candidates), candidates)
 
     # ---------------------------------------------------------------- generation
     @torch.no_grad()

@@ -60,13 +60,12 @@ class LocalPrior:
             self.version = version
 
     def prior(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
-        from pzstream.llm.prompts import fit_prompt
+        from pzstream.llm.prompts import scoring_prompts
 
         t = time.perf_counter()
         with self._lock:
-            listed = candidates if self.cfg.list_candidates else [None] * len(observations)
-            prompts = [fit_prompt(self.backend.tokenizer, self.prompt_cfg, h, o, c)
-                       for h, o, c in zip(histories, observations, listed)]
+            prompts = scoring_prompts(self.backend.tokenizer, self.prompt_cfg, histories, observations, candidates,
+                                      self.cfg.list_candidates)
             logps = self.backend.score(prompts, candidates)
         self.net_s += time.perf_counter() - t
         return [np.exp(lp).astype(np.float32) for lp in logps]

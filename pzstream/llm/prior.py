@@ -4,20 +4,17 @@ Quantity. For a root with prompt ``p`` and candidate ``c`` the score is
 ``mean_j log P(t_j | p, t_<j)`` over the candidate's tokens ``t``. ``prior_from_logprobs``
 turns a root's scores into prior log-probabilities ``log_softmax(score / T)``.
 
-Tokenisation (the same in all methods, so they compute the same thing). The prompt and
-the candidate continuation are tokenised SEPARATELY and concatenated:
-``ids(prompt) + ids(continuation.format(action=c))``, where the default continuation is
-``" {action}"`` (leading space). Tokenising ``prompt + " " + c`` jointly could let BPE merge
-across the boundary, which would make the prompt's tokens depend on the candidate and
-would make a shared prompt cache impossible; with separate tokenisation the prompt tokens
-are identical for every candidate. (With byte-level BPE and a prompt ending in ``Action:``
-the two tokenisations agree anyway, since the pre-tokeniser splits before the space.)
-No special tokens are added. An empty prompt is replaced by the eos token (something
-must predict the first candidate token); a continuation with no tokens is scored as the
-eos token.
+Tokenisation (the same in all methods, and the same as SFT, RFT and PPO train):
+``tokens.encode_roots``. The prompt and the candidate continuation are tokenised SEPARATELY
+and concatenated, ``ids(prompt) + ids(continuation.format(action=c)) + [eos]``, where the
+default continuation is ``" {action}"`` (leading space). Tokenising jointly could let BPE merge
+across the boundary, which would make the prompt's tokens depend on the candidate and would
+make a shared prompt cache impossible. The trailing eos is scored: it is how the model says
+the answer is complete (PriorZero scores ``Action: a<eos>``), so "go" is not a prefix of "go
+north". No special tokens are added. An empty prompt is replaced by the eos token.
 
 Limits. A candidate longer than ``max_candidate_tokens`` (default 32) is cut to its first
-``max_candidate_tokens`` tokens (its mean is over those). If prompt + longest candidate of
+``max_candidate_tokens`` tokens before the eos (its mean is over those and the eos). If prompt + longest candidate of
 the root exceeds the model's ``max_position_embeddings``, the prompt keeps its LAST tokens
 (build prompts with ``prompts.fit_prompt`` to cut them at text level instead). At most
 ``max_rows`` candidate sequences go through the model in one forward (more are chunked),
@@ -55,7 +52,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-DEFAULT_CONTINUATION = " {action}"
+from . import tokens
+from .tokens import DEFAULT_CONTINUATION
 
 
 def prior_from_logprobs(mean_logprobs: np.ndarray, temperature: float = 2.0) -> np.ndarray:
@@ -77,30 +75,10 @@ def prior_from_logprobs(mean_logprobs: np.ndarray, temperature: float = 2.0) -> 
     return z - np.log(np.exp(z).sum())
 
 
-# ---------------------------------------------------------------- tokenisation helpers
-
-def _encode(tokenizer: Any, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def _encode_many(tokenizer: Any, texts: list[str]) -> list[list[int]]:
-    """``[_encode(tokenizer, t) for t in texts]`` in one batched call."""
-    if not texts:
-        return []
-    return [list(x) for x in tokenizer(texts, add_special_tokens=False)["input_ids"]]
-
-
-def _eos_id(tokenizer: Any) -> int:
-    for attr in ("eos_token_id", "pad_token_id", "bos_token_id"):
-        v = getattr(tokenizer, attr, None)
-        if v is not None:
-            return int(v)
-    return 0
-
+# ---------------------------------------------------------------- tokenisation
 
 def _pad_id(tokenizer: Any) -> int:
-    v = getattr(tokenizer, "pad_token_id", None)
-    return int(v) if v is not None else _eos_id(tokenizer)
+    return tokens.pad_id(tokenizer)
 
 
 def _max_positions(model: Any) -> int:
@@ -110,36 +88,10 @@ def _max_positions(model: Any) -> int:
 
 def _prepare(model: Any, tokenizer: Any, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
              continuation: str, max_candidate_tokens: int) -> tuple[list[list[int]], list[list[list[int]]]]:
-    if isinstance(prompts, str):
-        raise TypeError("prompts must be a list of strings (one per root), not a string")
-    if len(prompts) != len(candidates):
-        raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists: need one list per prompt")
     if max_candidate_tokens < 1:
         raise ValueError(f"max_candidate_tokens must be >= 1, got {max_candidate_tokens}")
-    eos = _eos_id(tokenizer)
-    ctx = _max_positions(model)
-    for i, cands in enumerate(candidates):
-        if isinstance(cands, str):
-            raise TypeError(f"root {i}: candidates must be a list of strings, not a string")
-        if len(cands) == 0:
-            raise ValueError(f"root {i}: empty candidate list; every root needs at least one candidate action")
-    # one batched tokenizer call for all texts (each text is still tokenised on its own)
-    texts = [str(p) for p in prompts] + [continuation.format(action=str(c)) for cands in candidates for c in cands]
-    enc = _encode_many(tokenizer, texts)
-    n = len(prompts)
-    p_ids: list[list[int]] = []
-    c_ids: list[list[list[int]]] = []
-    for i, cands in enumerate(candidates):
-        cs = [enc[n + j][:max_candidate_tokens] or [eos] for j in range(len(cands))]
-        n += len(cands)
-        longest = max(len(x) for x in cs)
-        pi = enc[i] or [eos]
-        keep = max(1, ctx - longest)
-        if len(pi) > keep:
-            pi = pi[-keep:]
-        p_ids.append(pi)
-        c_ids.append(cs)
-    return p_ids, c_ids
+    return tokens.encode_roots(tokenizer, prompts, candidates, continuation, max_candidate_tokens,
+                               max_total_tokens=_max_positions(model))
 
 
 def _device_of(model: Any, device: Any) -> torch.device:

@@ -28,12 +28,16 @@ Fitting to ``max_prompt_tokens`` (``fit_prompt``), measured with the tokenizer:
      most recent text), marking the cut with ``TRUNCATION_MARK``;
   3. drop the candidate list, if one was given;
   4. as a last resort (the fixed template alone is too long) keep the last
-     ``max_prompt_tokens`` tokens of the prompt.
+     ``max_prompt_tokens`` tokens of the prompt (``tokens.cap_prompt``).
+The local prior, the collectors that ask the central prior server (``scoring_prompts``), SFT/RFT
+and PPO all fit prompts with this one rule.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
+
+from .tokens import cap_prompt
 
 TRUNCATION_MARK = "..."
 
@@ -191,5 +195,14 @@ def fit_prompt(tokenizer: Any, cfg: PromptConfig, history: Sequence[Any] | None,
             return render([], (TRUNCATION_MARK + obs[len(obs) - lo:]) if lo < len(obs) else obs, cands)
         # 3. still too long: drop the candidate list and try again
     # 4. the template alone is too long: keep the prompt's last `limit` tokens
-    ids = tokenizer(render([], "", None), add_special_tokens=False)["input_ids"][-limit:]
-    return tokenizer.decode(ids)
+    return cap_prompt(tokenizer, render([], "", None), limit)
+
+
+def scoring_prompts(tokenizer: Any, cfg: PromptConfig, histories: Sequence[Sequence[Any] | None],
+                    observations: Sequence[str], candidates: Sequence[Sequence[str]],
+                    list_candidates: bool = False) -> list[str]:
+    """The scoring prompt of every root, fitted by ``fit_prompt``: what the local prior scores and
+    what a collector sends to the central prior server (which then only guards with ``cap_prompt``),
+    so both priors score the same ids."""
+    return [fit_prompt(tokenizer, cfg, h, o, c if list_candidates else None)
+            for h, o, c in zip(histories, observations, candidates)]

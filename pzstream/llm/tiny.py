@@ -133,7 +133,12 @@ def _default_root() -> Path:
     return base / "models" / TINY_NAME
 
 
-def _build_tokenizer():
+def build_bpe_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE,
+                        added_tokens: tuple[str, ...] = ADDED_TOKENS):
+    """A byte-level BPE tokenizer with Qwen2's normaliser and pre-tokenizer, trained on ``corpus``
+    (offline, deterministic), as a ``PreTrainedTokenizerFast`` with ``<|endoftext|>`` (id 0) as
+    bos, eos and pad. ``added_tokens`` become one id each; without them ``<answer>`` is split by
+    the pre-tokenizer as a real Qwen2 tokenizer splits it (``>open`` can then be one piece)."""
     from tokenizers import (AddedToken, Regex, Tokenizer, decoders, models, normalizers,
                             pre_tokenizers, trainers)
     from transformers import PreTrainedTokenizerFast
@@ -151,13 +156,14 @@ def _build_tokenizer():
     ])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
-        vocab_size=VOCAB_SIZE,
+        vocab_size=vocab_size,
         special_tokens=[EOS],
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(), trainer=trainer)
-    tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in ADDED_TOKENS])
+    tok.train_from_iterator(corpus, trainer=trainer)
+    if added_tokens:
+        tok.add_tokens([AddedToken(t, normalized=False, special=False) for t in added_tokens])
     fast = PreTrainedTokenizerFast(
         tokenizer_object=tok, bos_token=EOS, eos_token=EOS, pad_token=EOS, unk_token=None,
         model_max_length=2048, clean_up_tokenization_spaces=False,
@@ -165,7 +171,11 @@ def _build_tokenizer():
     return fast
 
 
-def _build_model(vocab_size: int, eos_id: int):
+def _build_tokenizer():
+    return build_bpe_tokenizer(_corpus())
+
+
+def build_model(vocab_size: int, eos_id: int):
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
@@ -212,7 +222,7 @@ def build_tiny(out_dir: Path | None = None) -> Path:
             try:
                 tokenizer = _build_tokenizer()
                 eos_id = tokenizer.convert_tokens_to_ids(EOS)
-                model = _build_model(len(tokenizer), eos_id)
+                model = build_model(len(tokenizer), eos_id)
                 model.save_pretrained(tmp)
                 tokenizer.save_pretrained(tmp)
                 (tmp / "BUILD_OK").write_text(f"{TINY_NAME} seed={SEED}\n")

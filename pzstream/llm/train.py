@@ -8,14 +8,18 @@ in two ways, both from what the collectors' search found:
   log-prob of its tokens after the prompt) and fits that candidate distribution to the search's
   visit distribution (cross-entropy, i.e. KL up to the visits' entropy).
 - **RFT**: PPO with clipping on the chosen action's tokens, advantage = n-step value target
-  minus the search's root value, plus a k3 KL estimate against a frozen reference copy.
+  (at the world model's discount and td_steps, those of the root values) minus the search's
+  root value, plus a k3 KL estimate against a frozen reference copy. The behaviour log-prob is
+  recorded under the weights that build the batch, then ``rft_epochs`` updates run on it, so
+  the ratio leaves 1 and the clip acts (as in PPO).
 
-Token conventions are those of ``prior.py`` (prompt and ``" {action}"`` tokenised apart, mean
-over the action's tokens), so SFT moves exactly the scores the collectors' prior is made of.
+Token ids come from ``tokens.encode_pair`` (prompt and ``" {action}"`` tokenised apart, then
+eos), the encoding the collectors' prior scores, so SFT moves exactly the scores the prior is
+made of.
 
 Everything a loss needs is computed first (teacher-forced token log-probs from one batched,
-right-padded forward); the losses themselves are small pure functions on tensors, read top to
-bottom.
+right-padded forward, ``logprobs.token_logprobs``); the losses are the pure functions of
+``losses.py``.
 
     samples = samples_from_segments(segments, PromptConfig())
     trainer = LLMTrainer(model, tokenizer, mode="sft", lr=3e-3)
@@ -32,10 +36,20 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from ..model.config import WorldModelConfig
 from ..model.targets import n_step_values, stitch
 from ..stream.wire import Segment
-from .prior import DEFAULT_CONTINUATION, candidate_logprobs_shared
+from .logprobs import mean_logprob, pack, token_logprobs
+from .losses import (clip_fraction, k3_kl, masked_mean, ppo_clip_loss, rft_loss, sft_ce_loss,  # noqa: F401
+                     sft_visit_loss)
+from .prior import candidate_logprobs_shared
 from .prompts import PromptConfig, build_prompt, fit_prompt
+from .tokens import DEFAULT_CONTINUATION, encode_pair, pad_id
+
+# The root values an advantage is measured against were searched at the world model's discount;
+# the n-step target z must use the same one, or z - V is biased (0.99 against 0.997 pushed every
+# chosen action down by about a point of value).
+_WM = WorldModelConfig()
 
 
 # =============================================================== samples
@@ -49,8 +63,8 @@ class LLMSample:
     candidates [K]: the valid actions; chosen: index of the search's action in candidates;
     visits float32 [K]: the search's visit distribution (sums to 1);
     advantage: for RFT (see ``samples_from_segments``);
-    old_logprob: mean per-token log-prob of candidates[chosen] under the LLM that acted
-    (None: unknown, the trainer then treats the sample as on-policy).
+    old_logprob: mean per-token log-prob of candidates[chosen] under the behaviour LLM
+    (None: unknown; ``LLMTrainer.record_old_logprobs`` fills it in under the current weights).
     """
 
     prompt: str
@@ -82,7 +96,8 @@ def reward_to_go(reward: np.ndarray, discount: float) -> np.ndarray:
 
 def samples_from_segments(segments: Sequence[Segment], prompt_cfg: PromptConfig | None = None,
                           value_targets: Sequence[np.ndarray] | None = None, *, chosen: str = "action",
-                          td_steps: int = 5, discount: float = 0.99, tokenizer: Any = None) -> list[LLMSample]:
+                          td_steps: int = _WM.td_steps, discount: float = _WM.discount,
+                          tokenizer: Any = None) -> list[LLMSample]:
     """Real segments -> one ``LLMSample`` per step (episodes stitched, in segment order).
 
     prompt: ``prompts.build_prompt`` over the last ``prompt_cfg.history_len`` (observation,
@@ -94,7 +109,9 @@ def samples_from_segments(segments: Sequence[Segment], prompt_cfg: PromptConfig 
     advantage, per step:
     - where the root value is finite: z_t - root_value_t, with z = ``value_targets`` (one
       float32 [T] per segment, aligned with ``segments``) when given, else the n-step return
-      (``td_steps``, ``discount``) bootstrapped on the root values (as the world-model trainer);
+      (``td_steps``, ``discount``; default the world model's, which the root values were searched
+      with: pass the run's ``Config.world_model()`` values) bootstrapped on the root values (as
+      the world-model trainer);
     - where it is NaN (random or scripted play, no search): the discounted reward-to-go within
       the chunk, normalised to mean 0 / std 1 over all such steps of this call (std floored at 1e-6).
     """
@@ -142,166 +159,7 @@ def samples_from_segments(segments: Sequence[Segment], prompt_cfg: PromptConfig 
     return [LLMSample(s.prompt, s.candidates, s.chosen, s.visits, float(x), s.old_logprob) for s, x in zip(out, a)]
 
 
-# =============================================================== losses (pure)
-
-
-def masked_mean(x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-    if mask is None:
-        return x.mean()
-    mask = mask.to(x.dtype)
-    return (x * mask).sum() / mask.sum().clamp_min(1.0)
-
-
-def sft_ce_loss(token_logprobs: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy on the chosen action's tokens: -mean log p(token | prompt, earlier tokens).
-
-    token_logprobs [B, L]: teacher-forced log-probs of the action tokens; mask [B, L]: real tokens.
-    Token-level mean over the batch (long actions weigh more, as in ordinary SFT).
-    """
-    return -masked_mean(token_logprobs, mask)
-
-
-def sft_visit_loss(candidate_scores: torch.Tensor, visits: torch.Tensor,
-                   cand_mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Cross-entropy of the LLM's candidate distribution against the search's visits.
-
-    candidate_scores [K] or [B, K]: mean token log-prob of each candidate after the prompt;
-    softmax over them is the LLM's prior over candidates (as the collectors use it).
-    visits [K] or [B, K]: target distribution; cand_mask [B, K]: real candidates (padding False).
-    Loss = mean_b -sum_k visits_bk log softmax(scores_b)_k.
-    """
-    if candidate_scores.dim() == 1:
-        candidate_scores, visits = candidate_scores[None], visits[None]
-        cand_mask = cand_mask[None] if cand_mask is not None else None
-    if cand_mask is not None:
-        candidate_scores = candidate_scores.masked_fill(~cand_mask, float("-inf"))
-    log_prior = torch.log_softmax(candidate_scores, dim=-1)
-    log_prior = torch.where(visits > 0, log_prior, torch.zeros_like(log_prior))  # 0 * -inf on padding
-    return -(visits * log_prior).sum(-1).mean()
-
-
-def ppo_clip_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, advantage: torch.Tensor,
-                  eps: float = 0.2, mask: torch.Tensor | None = None) -> torch.Tensor:
-    """PPO's clipped surrogate, negated (a loss), elementwise then masked mean.
-
-    ratio = exp(logp_new - logp_old); loss = -min(ratio A, clip(ratio, 1-eps, 1+eps) A).
-    Shapes broadcast: per token [B, L] with advantage [B, 1], or per sequence [B] with [B].
-    """
-    ratio = torch.exp(logp_new - logp_old)
-    unclipped = ratio * advantage
-    clipped = torch.clamp(ratio, 1.0 - eps, 1.0 + eps) * advantage
-    return masked_mean(-torch.minimum(unclipped, clipped), mask)
-
-
-def k3_kl(logp: torch.Tensor, logp_ref: torch.Tensor) -> torch.Tensor:
-    """Schulman's k3 estimator of KL(policy || ref) per token: exp(d) - d - 1, d = ref - logp.
-
-    Non-negative, zero where the two agree; elementwise (mask / mean it yourself).
-    """
-    d = logp_ref - logp
-    return torch.exp(d) - d - 1.0
-
-
-def rft_loss(logp_new: torch.Tensor, logp_old: torch.Tensor, logp_ref: torch.Tensor, advantage: torch.Tensor,
-             mask: torch.Tensor | None = None, eps: float = 0.2, kl_coef: float = 0.05,
-             ratio_logp_new: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """RFT = PPO clip on the executed action's tokens + kl_coef * mean k3 KL to the reference.
-
-    logp_new / logp_ref / mask [B, L]: token log-probs; logp_old and advantage broadcast to the
-    ratio's shape. ratio_logp_new: what the ratio is taken of when it is not per token (e.g.
-    [B] mean log-probs against a per-sequence logp_old); default logp_new.
-    Returns (loss, ppo part, kl part).
-    """
-    if ratio_logp_new is None:
-        ppo = ppo_clip_loss(logp_new, logp_old, advantage, eps, mask)
-    else:
-        ppo = ppo_clip_loss(ratio_logp_new, logp_old, advantage, eps)
-    kl = masked_mean(k3_kl(logp_new, logp_ref), mask)
-    return ppo + kl_coef * kl, ppo, kl
-
-
 # =============================================================== teacher-forced log-probs
-
-
-def _pad_id(tokenizer) -> int:
-    for name in ("pad_token_id", "eos_token_id"):
-        v = getattr(tokenizer, name, None)
-        if v is not None:
-            return int(v)
-    return 0
-
-
-def encode_pair(tokenizer, prompt: str, action: str, continuation: str = DEFAULT_CONTINUATION,
-                max_prompt_tokens: int | None = None, max_candidate_tokens: int = 32) -> tuple[list[int], list[int]]:
-    """Token ids of the prompt and of the action's continuation, as ``prior.py`` scores them.
-
-    Tokenised separately (``continuation.format(action=...)``, default ``" {action}"``, no
-    special tokens), so the action's tokens are the same after every prompt; the action is cut
-    to ``max_candidate_tokens``; the prompt keeps its last ``max_prompt_tokens`` tokens; an
-    empty prompt or action becomes the eos token. Training and scoring use this one encoding,
-    so what SFT raises is exactly what the collectors' prior reads.
-    """
-    eos = _eos_id(tokenizer)
-    p = list(tokenizer(prompt, add_special_tokens=False)["input_ids"]) or [eos]
-    if max_prompt_tokens is not None and len(p) > max_prompt_tokens:
-        p = p[-max_prompt_tokens:]
-    a = list(tokenizer(continuation.format(action=action), add_special_tokens=False)["input_ids"])
-    return p, (a[:max_candidate_tokens] or [eos])
-
-
-def _eos_id(tokenizer) -> int:
-    for name in ("eos_token_id", "pad_token_id"):
-        v = getattr(tokenizer, name, None)
-        if v is not None:
-            return int(v)
-    return 0
-
-
-def token_logprobs(model, pairs: Sequence[tuple[list[int], list[int]]], pad_id: int,
-                   device: str | torch.device = "cpu") -> tuple[torch.Tensor, torch.Tensor]:
-    """One right-padded forward over prompt+action sequences -> action token log-probs.
-
-    pairs: (prompt ids, action ids) per row. Returns logp float32 [B, La] (0 on padding) and
-    mask bool [B, La], La = the longest action. Token j of row i is predicted by the logits
-    at position len(prompt_i) - 1 + j.
-    """
-    b = len(pairs)
-    lens = [len(p) + len(a) for p, a in pairs]
-    big_l, la = max(lens), max(len(a) for _, a in pairs)
-    ids = torch.full((b, big_l), pad_id, dtype=torch.long)
-    attn = torch.zeros((b, big_l), dtype=torch.long)
-    pos = torch.zeros((b, la), dtype=torch.long)
-    tgt = torch.full((b, la), pad_id, dtype=torch.long)
-    mask = torch.zeros((b, la), dtype=torch.bool)
-    for i, (p, a) in enumerate(pairs):
-        ids[i, :lens[i]] = torch.tensor(p + a, dtype=torch.long)
-        attn[i, :lens[i]] = 1
-        pos[i, :len(a)] = torch.arange(len(p) - 1, len(p) - 1 + len(a))
-        tgt[i, :len(a)] = torch.tensor(a, dtype=torch.long)
-        mask[i, :len(a)] = True
-    ids, attn, pos, tgt, mask = (x.to(device) for x in (ids, attn, pos, tgt, mask))
-    picked = _logits_at(model, ids, attn, pos).float()  # [B, La, V]
-    logp = torch.log_softmax(picked, dim=-1).gather(-1, tgt[..., None]).squeeze(-1)
-    return logp.masked_fill(~mask, 0.0), mask
-
-
-def _logits_at(model, ids: torch.Tensor, attn: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    """Logits at positions pos [B, P] only: the LM head runs on those hidden states alone
-    (full [B, L, V] logits would dominate time and memory). Models without the usual
-    decoder + output-embedding split fall back to the full forward."""
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    body = getattr(model, "model", None)
-    if head is None or body is None:
-        logits = model(input_ids=ids, attention_mask=attn).logits
-        return logits.gather(1, pos[..., None].expand(-1, -1, logits.shape[-1]))
-    hidden = body(input_ids=ids, attention_mask=attn, use_cache=False).last_hidden_state  # [B, L, H]
-    hidden = hidden.gather(1, pos[..., None].expand(-1, -1, hidden.shape[-1]))  # [B, P, H]
-    return head(hidden)
-
-
-def mean_logprob(logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Per-row mean over real tokens: [B, L] -> [B]."""
-    return (logp * mask).sum(-1) / mask.sum(-1).clamp_min(1)
 
 
 def candidate_scores(model, tokenizer, samples: Sequence[LLMSample], device: str | torch.device = "cpu",
@@ -313,11 +171,11 @@ def candidate_scores(model, tokenizer, samples: Sequence[LLMSample], device: str
     reach every candidate. Returns one float32 [K_i] tensor per sample.
     """
     pairs = [encode_pair(tokenizer, s.prompt, c, continuation, max_prompt_tokens) for s in samples for c in s.candidates]
-    pad = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     chunks = []
     for lo in range(0, len(pairs), rows_per_forward):
-        lp, m = token_logprobs(model, pairs[lo:lo + rows_per_forward], pad, device)
-        chunks.append(mean_logprob(lp, m))
+        pk = pack(pairs[lo:lo + rows_per_forward], pad)
+        chunks.append(mean_logprob(token_logprobs(model, pk), pk.mask.to(device)))
     flat = torch.cat(chunks) if chunks else torch.zeros(0)
     return list(torch.split(flat, [len(s.candidates) for s in samples]))
 
@@ -360,6 +218,8 @@ class LLMTrainer:
     visits) or "rft" (PPO clip + kl_coef * k3 KL on the chosen action's tokens).
     lr: AdamW learning rate. 1e-4 suits a pretrained LLM; the randomly initialised tiny Qwen2
     of tests and benches learns in a few hundred steps with ~3e-3.
+    rft_epochs: RFT updates per ``step`` on one batch; the first runs at ratio 1 (the old
+    log-probs are recorded under the weights that build the batch), the later ones are clipped.
     """
 
     MODES = ("sft", "sft_visits", "rft")
@@ -367,19 +227,21 @@ class LLMTrainer:
     def __init__(self, model, tokenizer, lr: float = 1e-4, mode: str = "sft", kl_coef: float = 0.05,
                  device: str | torch.device = "cpu", clip_eps: float = 0.2, max_grad_norm: float = 1.0,
                  weight_decay: float = 0.0, max_prompt_tokens: int | None = None,
-                 continuation: str = DEFAULT_CONTINUATION):
+                 continuation: str = DEFAULT_CONTINUATION, rft_epochs: int = 2):
         if mode not in self.MODES:
             raise ValueError(f"mode must be one of {self.MODES}, got {mode!r}")
+        if rft_epochs < 1:
+            raise ValueError(f"rft_epochs must be >= 1, got {rft_epochs}")
         self.model = model.to(device)
         self.tokenizer = tokenizer
-        self.mode, self.kl_coef, self.clip_eps = mode, kl_coef, clip_eps
+        self.mode, self.kl_coef, self.clip_eps, self.rft_epochs = mode, kl_coef, clip_eps, rft_epochs
         self.device, self.max_grad_norm, self.max_prompt_tokens = device, max_grad_norm, max_prompt_tokens
         self.ref = copy.deepcopy(model).to(device).eval()
         for p in self.ref.parameters():
             p.requires_grad_(False)
         self.opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=lr,
                                      weight_decay=weight_decay)
-        self.pad_id = _pad_id(tokenizer)
+        self.pad_id = pad_id(tokenizer)
         self.continuation = continuation
         self.updates = 0
 
@@ -387,14 +249,42 @@ class LLMTrainer:
         return [encode_pair(self.tokenizer, s.prompt, s.candidates[s.chosen], self.continuation, self.max_prompt_tokens)
                 for s in samples]
 
+    @torch.no_grad()
+    def record_old_logprobs(self, samples: Sequence[LLMSample]) -> list[LLMSample]:
+        """``samples`` with ``old_logprob`` (mean token log-prob of the chosen answer) filled in
+        under the current weights where it is unknown: the behaviour policy the RFT ratio and
+        clip are measured against, recorded before the updates (as PPO records it)."""
+        missing = [i for i, s in enumerate(samples) if s.old_logprob is None]
+        if not missing:
+            return list(samples)
+        pk = pack(self._chosen_pairs([samples[i] for i in missing]), self.pad_id)
+        old = mean_logprob(token_logprobs(self.model, pk), pk.mask.to(self.device)).tolist()
+        out = list(samples)
+        for i, lp in zip(missing, old):
+            s = out[i]
+            out[i] = LLMSample(s.prompt, s.candidates, s.chosen, s.visits, s.advantage, float(lp))
+        return out
+
+    def _update(self, loss: torch.Tensor) -> float:
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
+        self.opt.step()
+        self.updates += 1
+        return float(gn)
+
     def step(self, samples: Sequence[LLMSample]) -> dict[str, float]:
-        """One gradient update on ``samples``; returns the losses and the KL to the reference."""
+        """One update on ``samples`` (``rft_epochs`` updates in RFT); returns the losses and the KL
+        to the reference (RFT adds the share of clipped samples and the largest |ratio - 1|)."""
         if not samples:
             raise ValueError("step() needs at least one sample")
         self.model.train()
-        pairs = self._chosen_pairs(samples)
+        if self.mode == "rft":
+            return self._rft(samples)
+        pk = pack(self._chosen_pairs(samples), self.pad_id)
+        mask = pk.mask.to(self.device)
         with torch.no_grad():
-            ref_lp, _ = token_logprobs(self.ref, pairs, self.pad_id, self.device)
+            ref_lp = token_logprobs(self.ref, pk)
         metrics: dict[str, float] = {}
         if self.mode == "sft_visits":
             scores = candidate_scores(self.model, self.tokenizer, samples, self.device, self.continuation,
@@ -409,36 +299,41 @@ class LLMTrainer:
                 cmask[i, :len(x)] = True
             loss = sft_visit_loss(sc, vis, cmask)
             with torch.no_grad():  # KL on the chosen tokens, for the record
-                lp, mask = token_logprobs(self.model, pairs, self.pad_id, self.device)
-                kl = masked_mean(k3_kl(lp, ref_lp), mask)
-            metrics["train/llm_sft_loss"] = loss.item()
+                kl = masked_mean(k3_kl(token_logprobs(self.model, pk), ref_lp), mask)
         else:
-            lp, mask = token_logprobs(self.model, pairs, self.pad_id, self.device)
+            lp = token_logprobs(self.model, pk)
             kl = masked_mean(k3_kl(lp.detach(), ref_lp), mask)
-            if self.mode == "sft":
-                loss = sft_ce_loss(lp, mask)
-                metrics["train/llm_sft_loss"] = loss.item()
-            else:
-                adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=self.device)
-                if all(s.old_logprob is not None for s in samples):
-                    # behaviour log-prob known only per sequence (mean over tokens): length-normalised
-                    # sequence ratio exp(mean_new - old), as GSPO does
-                    old = torch.tensor([s.old_logprob for s in samples], dtype=torch.float32, device=self.device)
-                    loss, ppo, kl = rft_loss(lp, old, ref_lp, adv, mask, self.clip_eps, self.kl_coef,
-                                             ratio_logp_new=mean_logprob(lp, mask))
-                else:
-                    # on-policy: old = the current policy before this update (ratio 1, PPO's first pass)
-                    loss, ppo, kl = rft_loss(lp, lp.detach(), ref_lp, adv[:, None], mask, self.clip_eps, self.kl_coef)
-                metrics["train/llm_rft_loss"] = loss.item()
-                metrics["train/llm_ppo_loss"] = ppo.item()
-        self.opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
-        self.opt.step()
-        self.updates += 1
+            loss = sft_ce_loss(lp, mask)
+        metrics["train/llm_sft_loss"] = loss.item()
+        metrics["train/llm_grad_norm"] = self._update(loss)
         metrics["train/llm_kl"] = kl.item()
-        metrics["train/llm_grad_norm"] = float(gn)
         return metrics
+
+    def _rft(self, samples: Sequence[LLMSample]) -> dict[str, float]:
+        # behaviour log-probs are per sequence (mean over tokens): the ratio is the length-normalised
+        # sequence ratio exp(mean_new - old), as GSPO takes it
+        samples = self.record_old_logprobs(samples)
+        pk = pack(self._chosen_pairs(samples), self.pad_id)
+        mask = pk.mask.to(self.device)
+        with torch.no_grad():
+            ref_lp = token_logprobs(self.ref, pk)
+        old = torch.tensor([s.old_logprob for s in samples], dtype=torch.float32, device=self.device)
+        adv = torch.tensor([s.advantage for s in samples], dtype=torch.float32, device=self.device)
+        totals = {"loss": 0.0, "ppo": 0.0, "clip": 0.0, "gn": 0.0}
+        ratio_dev = 0.0
+        for _ in range(self.rft_epochs):
+            lp = token_logprobs(self.model, pk)
+            seq = mean_logprob(lp, mask)
+            loss, ppo, kl = rft_loss(lp, old, ref_lp, adv, mask, self.clip_eps, self.kl_coef, ratio_logp_new=seq)
+            totals["clip"] += clip_fraction(seq, old, self.clip_eps).item()
+            ratio_dev = max(ratio_dev, float((torch.exp(seq.detach() - old) - 1).abs().max()))
+            totals["loss"] += loss.item()
+            totals["ppo"] += ppo.item()
+            totals["gn"] += self._update(loss)
+        n = self.rft_epochs
+        return {"train/llm_rft_loss": totals["loss"] / n, "train/llm_ppo_loss": totals["ppo"] / n,
+                "train/llm_kl": kl.item(), "train/llm_grad_norm": totals["gn"] / n,
+                "train/llm_clip_frac": totals["clip"] / n, "train/llm_ratio_dev": ratio_dev}
 
 
 # =============================================================== the tiny model

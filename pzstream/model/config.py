@@ -31,9 +31,13 @@ class WorldModelConfig:
     hash_buckets: int = 2 ** 14
     max_words: int = 400            # words of one text that are hashed (long intro banners are cut)
     minilm_name: str = "sentence-transformers/all-MiniLM-L6-v2"
-    # --- categorical supports: bins over [-S, S] of h(x) (step 1)
-    value_support: int = 10
-    reward_support: int = 5
+    # --- categorical supports: bins over [-S, S] of h(x) (step 1). A scalar beyond
+    # h^-1(S) is clipped, so S must cover the game's scores: the Jericho suite's largest
+    # max score is 600 (spellbrkr; zork1 350, detective 360). S=32 keeps returns to
+    # +-1021 and S=10 per-step rewards to +-117; `support.support_for(max_score)` sizes
+    # S for a bigger game. Changing S changes the heads' shapes (old weights won't load).
+    value_support: int = 32
+    reward_support: int = 10
     h_eps: float = 0.001
     # --- losses (UniZero-ish weights)
     w_latent: float = 1.0

@@ -17,7 +17,7 @@ import torch
 
 from .support import logits_to_scalar
 from .targets import Episode
-from .world_model import KV, NEG, WorldModel
+from .world_model import KV, WorldModel
 
 
 class RootOutput(NamedTuple):

@@ -3,8 +3,12 @@
 A scalar x is squashed by the invertible h-transform, clipped to [-S, S] and
 spread over the two neighbouring integer bins ("two-hot"); a categorical
 prediction maps back by taking the expectation over bins and inverting h.
+Scalars beyond ``support_limit(S)`` are clipped, so S is sized from the largest
+score a game can reach (``support_for``).
 """
 from __future__ import annotations
+
+import math
 
 import torch
 
@@ -18,6 +22,19 @@ def h_inverse(y: torch.Tensor, eps: float = 0.001) -> torch.Tensor:
     """Exact inverse of `h_transform` (closed form of the quadratic in sqrt(|x|+1))."""
     root = (torch.sqrt(1.0 + 4.0 * eps * (y.abs() + 1.0 + eps)) - 1.0) / (2.0 * eps)
     return torch.sign(y) * (root * root - 1.0)
+
+
+def support_limit(support: int, eps: float = 0.001) -> float:
+    """Largest |x| a support of 2S+1 bins keeps without clipping: h^-1(S)."""
+    return float(h_inverse(torch.tensor(float(support), dtype=torch.float64), eps))
+
+
+def support_for(max_abs: float, eps: float = 0.001) -> int:
+    """Smallest S whose support keeps every |x| <= max_abs (e.g. a game's max score)."""
+    if not max_abs >= 0.0:
+        raise ValueError(f"max_abs must be >= 0, got {max_abs}")
+    y = float(h_transform(torch.tensor(float(max_abs), dtype=torch.float64), eps))
+    return max(1, math.ceil(y - 1e-9))
 
 
 def scalar_to_two_hot(x: torch.Tensor, support: int, eps: float = 0.001) -> torch.Tensor:
@@ -42,3 +59,13 @@ def probs_to_scalar(probs: torch.Tensor, support: int, eps: float = 0.001) -> to
 def logits_to_scalar(logits: torch.Tensor, support: int, eps: float = 0.001) -> torch.Tensor:
     """logits [..., 2S+1] -> x [...]."""
     return probs_to_scalar(torch.softmax(logits.float(), -1), support, eps)
+
+
+def support_warning(max_score: float, value_support: int) -> str | None:
+    """Why a game's returns would be clipped by the value support, with the setting that fixes
+    it; None when the support covers ``max_score`` (or the game reports none)."""
+    if max_score <= 0 or max_score <= support_limit(value_support):
+        return None
+    return (f"the game's max score {max_score:g} exceeds the value support (|x| <= {support_limit(value_support):.0f} "
+            f"with model.value_support={value_support}): returns above it are clipped; "
+            f"set model.value_support={support_for(max_score)} or more")

@@ -197,6 +197,24 @@ class WorldModel(nn.Module):
         )
 
 
+#: The seed of weights version 0. Every process that starts without weights (collectors, the
+#: trainer, the prior server, evaluation, the PPO worker) must hold the same untrained model, so
+#: that segments played "with wm v0" mean one model; ``untrained_world_model`` is the only place
+#: that builds it.
+VERSION0_SEED = 0
+
+
+def untrained_world_model(cfg: WorldModelConfig) -> WorldModel:
+    """Weights version 0: the world model every process starts from, identical everywhere.
+
+    Seeded from ``VERSION0_SEED`` inside a forked RNG, so the caller's global torch RNG state
+    neither changes the result nor is changed by it.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(VERSION0_SEED)
+        return WorldModel(cfg)
+
+
 def build_tokens(obs: torch.Tensor, act: torch.Tensor, step_valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Interleave per-step tokens: obs [B, S, D], act [B, S-1, D], step_valid bool [B, S]
     -> x [B, 2S-1, D] (padding zeroed), key_valid bool [B, 2S-1].

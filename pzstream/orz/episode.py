@@ -11,7 +11,7 @@
     6. sync       policy weights into the rollout engines, in place; the bytes are returned so the
                   hub can publish them as a new LLM version
 
-The math is in ``ppo_math`` (pure functions). Times of each phase are in the metrics.
+The math is in ``ppo_math`` and ``pzstream.llm.losses`` (pure functions). Times of each phase are in the metrics.
 """
 from __future__ import annotations
 
@@ -24,9 +24,12 @@ import numpy as np
 import torch
 
 from pzstream.config import PPOSection
+from pzstream.llm.losses import k3_kl, masked_mean
 from pzstream.orz import ppo_math
-from pzstream.orz.rollout import choice_scores, choice_token_ids, sample_choices, shared_prefix_len
-from pzstream.orz.samples import PromptSample, answer_choices, render_prompt
+from pzstream.llm.tokens import encode_answers, prompt_ids as encode_prompt
+from pzstream.orz.rollout import choice_scores, sample_choices, shared_prefix_len
+from pzstream.orz.samples import (PromptSample, choice_opening, orz_prompt_config, render_choice_prompt,
+                                  render_prompt)
 
 RewardFn = Callable[[PromptSample, str], tuple[float, dict[str, float]]]
 
@@ -40,27 +43,48 @@ class EpisodeResult:
 
 
 def encode_prompts(samples: Sequence[PromptSample], tokenizer: Any, cfg: PPOSection, history_len: int) -> list[list[int]]:
-    out = []
-    for s in samples:
-        ids = tokenizer(render_prompt(s, tokenizer, cfg.prompt_max_len, history_len), add_special_tokens=False)["input_ids"]
-        out.append(ids[-cfg.prompt_max_len:] or [tokenizer.eos_token_id])
-    return out
+    """Generation prompts (ending ``<think>``) of free mode, as token ids."""
+    return [encode_prompt(tokenizer, render_prompt(s, tokenizer, cfg.prompt_max_len, history_len), cfg.prompt_max_len)
+            for s in samples]
+
+
+@dataclass
+class Rollout:
+    """An episode's prompts and responses, as token ids.
+
+    fixed: per prompt, the tokens every allowed answer begins with (0 in free mode): they decide
+    nothing, so they get no advantage. text_prefix: what the prompt already says of every
+    response (choice mode: ``</think>\n<answer>``), put back in front before the reward reads it.
+    """
+
+    prompt_ids: list[list[int]]
+    responses: list[list[list[int]]]  # [P][n] response ids
+    fixed: list[int]
+    text_prefix: str = ""
+
+    def text(self, tokenizer: Any, response: Sequence[int]) -> str:
+        return self.text_prefix + tokenizer.decode(list(response), skip_special_tokens=True)
 
 
 def rollout(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, history_len: int = 3,
-            seed: int = 0) -> tuple[list[list[int]], list[list[list[int]]], list[int]]:
-    """(prompt ids, ``n_samples_per_prompt`` response ids per prompt, tokens at the start of each
-    prompt's responses that every allowed answer shares (0 in free mode))."""
+            seed: int = 0) -> Rollout:
+    """``n_samples_per_prompt`` responses to each prompt (see ``rollout.py`` for the two modes)."""
     tok = runtime.tokenizer
-    prompt_ids = encode_prompts(samples, tok, cfg, history_len)
     n = cfg.n_samples_per_prompt
-    if cfg.answer_mode == "choice":  # sample among the allowed answers by the policy's own scores
-        allowed = [choice_token_ids(tok, answer_choices(s.candidates)) for s in samples]
+    if cfg.answer_mode == "choice":
+        continuation = orz_prompt_config(history_len, cfg.prompt_max_len).continuation_template
+        # the prior's (prompt, answer) ids, so PPO trains the very token paths the prior scores
+        prompt_ids = [encode_prompt(tok, render_choice_prompt(s, tok, cfg.prompt_max_len, history_len),
+                                    cfg.prompt_max_len) for s in samples]
+        allowed = [encode_answers(tok, s.candidates, continuation) for s in samples]
         fixed = [shared_prefix_len(a) for a in allowed]
         scores = choice_scores(runtime.choice_logprobs(prompt_ids, allowed), fixed)
         picks = sample_choices(scores, n, cfg.temperature, seed)
-        return prompt_ids, [[allowed[i][j] for j in row] for i, row in enumerate(picks)], fixed
-    return prompt_ids, runtime.sample(prompt_ids, n, cfg.generate_max_len, cfg.temperature, seed), [0] * len(samples)
+        return Rollout(prompt_ids, [[allowed[i][j] for j in row] for i, row in enumerate(picks)], fixed,
+                       choice_opening(history_len, cfg.prompt_max_len))
+    prompt_ids = encode_prompts(samples, tok, cfg, history_len)
+    return Rollout(prompt_ids, runtime.sample(prompt_ids, n, cfg.generate_max_len, cfg.temperature, seed),
+                   [0] * len(samples))
 
 
 def run_episode(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, reward_fn: RewardFn, *,
@@ -71,19 +95,19 @@ def run_episode(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, 
     times: dict[str, float] = {}
     t = time.monotonic()
     runtime.ensure_alive()
-    prompt_ids, responses, fixed = rollout(runtime, samples, cfg, history_len, seed)
+    ro = rollout(runtime, samples, cfg, history_len, seed)
     n = cfg.n_samples_per_prompt
     times["generate"] = time.monotonic() - t
 
     t = time.monotonic()
     seqs, rewards, components = [], [], Counter()
     lengths, forced = [], []
-    for s, p, group, k in zip(samples, prompt_ids, responses, fixed):
+    for s, p, group, k in zip(samples, ro.prompt_ids, ro.responses, ro.fixed):
         if len(group) != n:
             raise RuntimeError(f"engine returned {len(group)} responses for a prompt, expected {n}")
         for r in group:
             r = list(r) or [tok.eos_token_id]  # an empty response still occupies a token (reward on it)
-            text = tok.decode(r, skip_special_tokens=True)
+            text = ro.text(tok, r)
             total, parts = reward_fn(s, text)
             seqs.append((p, r))
             forced.append(k)
@@ -116,6 +140,8 @@ def run_episode(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, 
     if cfg.advantage_normalize and not cfg.use_grpo:
         adv = ppo_math.normalize_advantages(adv, decided)
     adv = adv * decided
+    if cfg.answer_mode == "choice":  # train the distribution the answers were drawn from (rollout.py)
+        adv = ppo_math.choice_advantages(adv, decided, cfg.temperature)
 
     t = time.monotonic()
     train_metrics = runtime.train(seqs, old_logp, adv, ref_logp, values_t, returns)
@@ -133,6 +159,6 @@ def run_episode(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, 
                **{f"reward_{k}": v / n for k, v in components.items()},
                **train_metrics, **{f"time_{k}": v for k, v in times.items()}}
     if ref_logp is not None:
-        metrics["kl_before"] = float(ppo_math.kl_k3(old_logp, ref_logp[:, :T], mask))
+        metrics["kl_before"] = float(masked_mean(k3_kl(old_logp, ref_logp[:, :T]), mask))
     games = Counter(s.game for s in samples)
     return EpisodeResult(metrics=metrics, weights=weights, rewards=rewards, games=dict(games))

@@ -1,85 +1,26 @@
 """The models of a PPO episode: policy, critic and reference, each trainable with a plain torch
 optimiser or a DeepSpeed ZeRO engine. The same classes run in process and inside Ray actors.
 
-A batch is a list of (prompt token ids, response token ids). It is packed right-padded as
-prompt + response, and every per-token quantity is returned response-aligned: float [B, T]
-with T the longest response and ``mask`` 1 on real response tokens. Token t of a response is
-scored from the state before it (the logits at the previous position); the critic's value of
-token t is read at the same position.
+A batch is a list of (prompt token ids, response token ids), packed and scored by
+``pzstream.llm.logprobs`` (the forward SFT and RFT train through): every per-token quantity is
+response-aligned, float [B, T] with ``mask`` 1 on real response tokens. The critic's value of
+token t is read at the position whose logits predict it. The losses are ``pzstream.llm.losses``.
 """
 from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass
 from typing import Any, Sequence
 
 import torch
 
+from pzstream.llm.logprobs import Packed, Seq, pack, to_device, token_logprobs  # noqa: F401  (Seq: the batch row type)
+from pzstream.llm.losses import clip_fraction, k3_kl, masked_mean, ppo_clip_loss
 from pzstream.orz import ppo_math
 from pzstream.orz.rollout import cut_at_eos
 
-Seq = tuple[list[int], list[int]]  # (prompt ids, response ids)
-
-
-@dataclass
-class Packed:
-    input_ids: torch.Tensor  # long [B, L]
-    attention_mask: torch.Tensor  # long [B, L]
-    gather_pos: torch.Tensor  # long [B, T]: position whose logits predict response token t
-    response_ids: torch.Tensor  # long [B, T]
-    mask: torch.Tensor  # float [B, T]
-
-
-def pack(seqs: Sequence[Seq], pad_id: int) -> Packed:
-    lens = [len(p) + len(r) for p, r in seqs]
-    L, T = max(lens), max(max(len(r) for _, r in seqs), 1)
-    B = len(seqs)
-    ids = torch.full((B, L), pad_id, dtype=torch.long)
-    attn = torch.zeros((B, L), dtype=torch.long)
-    pos = torch.zeros((B, T), dtype=torch.long)
-    resp = torch.full((B, T), pad_id, dtype=torch.long)
-    mask = torch.zeros((B, T), dtype=torch.float32)
-    for b, (p, r) in enumerate(seqs):
-        if not p:
-            raise ValueError(f"sequence {b}: empty prompt")
-        ids[b, :len(p) + len(r)] = torch.tensor(list(p) + list(r), dtype=torch.long)
-        attn[b, :len(p) + len(r)] = 1
-        n = len(r)
-        pos[b, :n] = torch.arange(len(p) - 1, len(p) - 1 + n)
-        resp[b, :n] = torch.tensor(list(r), dtype=torch.long)
-        mask[b, :n] = 1.0
-    return Packed(ids, attn, pos, resp, mask)
-
-
-def to_device(pk: Packed, device: torch.device) -> Packed:
-    return Packed(*(t.to(device, non_blocking=True) for t in (pk.input_ids, pk.attention_mask, pk.gather_pos,
-                                                              pk.response_ids, pk.mask)))
-
-
 def _device_of(model: Any) -> torch.device:
     return next(model.parameters()).device
-
-
-def token_logprobs(model: Any, pk: Packed, engine: Any = None) -> torch.Tensor:
-    """float [B, T]: log p(response token t | everything before it); 0 on padding (on the model's device).
-
-    ``engine``: a DeepSpeed ZeRO-3 engine wrapping ``model``; the forward then goes through it
-    whole (its parameter gathering follows the engine's forward, not calls into submodules)."""
-    pk = to_device(pk, _device_of(model))
-    if engine is not None:
-        logits = engine(input_ids=pk.input_ids, attention_mask=pk.attention_mask).logits
-        idx = pk.gather_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
-        lp = torch.log_softmax(torch.gather(logits, 1, idx).float(), dim=-1)
-        return torch.gather(lp, 2, pk.response_ids.unsqueeze(-1)).squeeze(-1) * pk.mask
-    # the vocabulary projection only where a response token is predicted: the prompt's logits are
-    # never needed, and they dominate the cost for short responses after long prompts
-    body = getattr(model, model.base_model_prefix)
-    h = body(input_ids=pk.input_ids, attention_mask=pk.attention_mask).last_hidden_state
-    idx = pk.gather_pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])
-    logits = model.get_output_embeddings()(torch.gather(h, 1, idx)).float()
-    lp = torch.log_softmax(logits, dim=-1)
-    return torch.gather(lp, 2, pk.response_ids.unsqueeze(-1)).squeeze(-1) * pk.mask
 
 
 class ValueModel(torch.nn.Module):
@@ -216,17 +157,15 @@ class PolicyModel:
                 T = pk.mask.shape[1]
                 old = old_logp[rows, :T].to(dev)
                 logp = token_logprobs(self.model, pk, self._z3)
-                loss = ppo_math.policy_loss(logp, old, adv[rows, :T].to(dev), pk.mask, eps_clip)
+                loss = ppo_clip_loss(logp, old, adv[rows, :T].to(dev), eps_clip, pk.mask)
                 kl = torch.zeros((), device=dev)
                 if ref_logp is not None:
-                    kl = ppo_math.kl_k3(logp, ref_logp[rows, :T].to(dev), pk.mask)
+                    kl = masked_mean(k3_kl(logp, ref_logp[rows, :T].to(dev)), pk.mask)
                     loss = loss + kl_coef * kl
                 self.trainable.backward(loss)
-                ratio = torch.exp(logp.detach() - old)
-                clipped = ((ratio - 1).abs() > eps_clip).float() * pk.mask
                 totals["policy_loss"] += float(loss.detach())
                 totals["kl"] += float(kl.detach())
-                totals["clip_frac"] += float(clipped.sum() / pk.mask.sum().clamp(min=1))
+                totals["clip_frac"] += float(clip_fraction(logp, old, eps_clip, pk.mask))
                 count += 1
             self.trainable.finish()
         return {k: v / max(count, 1) for k, v in totals.items()}

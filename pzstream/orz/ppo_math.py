@@ -3,7 +3,8 @@
 Shapes: B sequences (responses), T response tokens, padded on the right; ``mask`` float [B, T]
 is 1 on real response tokens. Rewards arrive as per-token scores with the sequence reward on
 its last real token, as Open-Reasoner-Zero does. Names follow ORZ's config: ``gamma``,
-``lambd``, ``eps_clip``, ``use_kl_loss``, ``use_grpo``.
+``lambd``, ``eps_clip``, ``use_kl_loss``, ``use_grpo``. The policy's losses (PPO clip, k3 KL) are
+``pzstream.llm.losses``, shared with built-in RFT; the critic's is here.
 """
 from __future__ import annotations
 
@@ -60,12 +61,17 @@ def grpo_advantages(rewards: torch.Tensor, group_size: int, eps: float = 1e-6) -
     return torch.where(std > eps, adv, torch.zeros_like(adv)).view(-1)
 
 
-def policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, adv: torch.Tensor, mask: torch.Tensor,
-                eps_clip: float = 0.2) -> torch.Tensor:
-    """PPO clipped surrogate, token-level mean over real tokens (to minimise)."""
-    ratio = torch.exp(logp - old_logp)
-    surrogate = torch.minimum(ratio * adv, torch.clamp(ratio, 1 - eps_clip, 1 + eps_clip) * adv)
-    return -(surrogate * mask).sum() / mask.sum().clamp(min=1.0)
+def choice_advantages(adv: torch.Tensor, decided: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Per-token advantages [B, T] for answers drawn from q(c) = softmax(mean log-prob of c's
+    decided tokens / temperature): each decided token gets A / (temperature * n_decided), so the
+    token-level policy gradient sum_t A_t grad log p_t equals A grad(score(c) / temperature), the
+    gradient of log q(c) up to its normaliser (which a centred advantage cancels in expectation).
+    Without it a long answer would get n_decided * temperature times the push of a short one.
+    ``decided`` float [B, T]: 1 on tokens that tell the allowed answers apart."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    n = decided.sum(dim=1, keepdim=True).clamp(min=1.0)
+    return adv * decided / (temperature * n)
 
 
 def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
@@ -76,9 +82,3 @@ def value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Te
         clipped = old_values + torch.clamp(values - old_values, -value_clip, value_clip)
         err = torch.maximum(err, (clipped - returns) ** 2)
     return 0.5 * (err * mask).sum() / mask.sum().clamp(min=1.0)
-
-
-def kl_k3(logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """k3 estimator of KL(policy || reference), mean over real tokens: exp(d) - d - 1, d = ref - logp."""
-    d = ref_logp - logp
-    return ((torch.exp(d) - d - 1) * mask).sum() / mask.sum().clamp(min=1.0)

@@ -1,14 +1,17 @@
 """Rollouts: ``n`` responses per prompt, as token ids, from vLLM or transformers.
 
 Two answer modes (``ppo.answer_mode``):
-- ``free``: sample up to ``max_tokens`` tokens (stop at EOS).
-- ``choice``: the response is one of the prompt's allowed answers
-  (``</think>\\n<answer>CANDIDATE</answer>`` + EOS, each in its own tokenisation), drawn from the
-  policy's scores of them: p(c) proportional to exp(mean token log-prob of answer c / T), the
-  mean taken past the tokens all answers share. The engine scores every allowed answer (prompt
-  computed once: vLLM's prefix cache, or one packed batch in transformers), then
-  ``sample_choices`` draws. Whatever the engine, this is the distribution the collectors' LLM
-  prior is made of (length-normalised scores of the same candidate texts after the same prompt).
+- ``free``: sample up to ``max_tokens`` tokens (stop at EOS) after the generation prompt.
+- ``choice``: the prompt is the prior's scoring prompt (ending ``</think>\n<answer>``) and the
+  response is one of the allowed answers, ``CANDIDATE</answer>`` + EOS, encoded by
+  ``pzstream.llm.tokens`` exactly as the collectors' prior scores it. It is drawn from
+  q(c) = softmax(score(c) / T), score = the mean token log-prob past the tokens all answers
+  share: the length-normalised distribution the collectors' prior is made of. The engine scores
+  every allowed answer (prompt computed once: vLLM's prefix cache, or one packed batch in
+  transformers), then ``sample_choices`` draws. PPO then trains that same q, not the
+  token-level sequence probability: ``ppo_math.choice_advantages`` spreads an answer's advantage
+  over its decided tokens as A / (T * n), so the token-level update moves score(c) / T by A
+  whatever the answer's length (unweighted, a long answer got len(c) * T times that push).
 
     lps = engine_choice_logprobs(...)                          # [P][K_i] token log-prob arrays
     picks = sample_choices(choice_scores(lps, skip), n=4, temperature=1.0, seed=0)   # [P][n] indices
@@ -25,10 +28,6 @@ def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
     if eos is not None and eos in ids:
         return ids[:ids.index(eos) + 1]
     return ids
-
-
-def choice_token_ids(tokenizer: Any, choices: Sequence[str]) -> list[list[int]]:
-    return [tokenizer(c, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id] for c in choices]
 
 
 def shared_prefix_len(seqs: Sequence[Sequence[int]]) -> int:
@@ -109,7 +108,8 @@ def vllm_choice_logprobs(llm: Any, prompt_ids: Sequence[list[int]],
 
 def choice_scores(token_logprobs: Sequence[Sequence[np.ndarray]], skip: Sequence[int]) -> list[np.ndarray]:
     """Per prompt, each allowed answer's mean token log-prob past the ``skip`` shared tokens: the
-    length-normalised score the collectors' prior uses (a sum would make short answers win)."""
+    length-normalised score the collectors' prior uses (a sum would make short answers win), and
+    the one PPO trains in choice mode (``ppo_math.choice_advantages``)."""
     return [np.array([float(np.mean(lp[k:])) if len(lp) > k else 0.0 for lp in row]) for row, k in zip(token_logprobs, skip)]
 
 

@@ -3,7 +3,7 @@
 Both runtimes offer the same calls, used by ``episode.run_episode``:
 
     rt.sample(prompt_ids, n, max_tokens, temperature, seed) -> responses   (free answers)
-    rt.choice_logprobs(prompt_ids, choices) -> summed log-probs per allowed answer (choice mode)
+    rt.choice_logprobs(prompt_ids, choices) -> token log-probs of each allowed answer (choice mode)
     rt.forward(seqs) -> (old_logprobs, ref_logprobs | None, values | None)
     rt.train(seqs, old_logprobs, advantages, ref_logprobs, old_values, returns) -> metrics
     rt.sync() -> bytes        # policy weights into the rollout engines, in place; returned for publishing

@@ -63,6 +63,46 @@ class _Trace:
     actions: list[str] | None
 
 
+@dataclass(frozen=True)
+class SegmentSteps:
+    """The prompt samples of one segment, built only when asked for (``steps[t]``): the hub
+    queues every step but an episode takes a few, so most are never built.
+
+    history / prefix: the episode's history and action prefix before the segment's first step.
+    """
+
+    seg: Segment
+    seed: int | None
+    history: tuple[tuple[str, str, float], ...]
+    prefix: tuple[str, ...] | None
+    history_len: int
+    max_prefix: int
+
+    def __len__(self) -> int:
+        return self.seg.n_steps
+
+    def __getitem__(self, t: int) -> PromptSample:
+        seg, h = self.seg, self.seg.header
+        if not 0 <= t < seg.n_steps:
+            raise IndexError(t)
+        lo, hi = int(seg.cand_offsets[t]), int(seg.cand_offsets[t + 1])
+        # the prefix outgrew max_prefix after len(prefix) + t actions: unknown from there on
+        prefix = (list(self.prefix) + list(seg.action_text[:t])
+                  if self.prefix is not None and len(self.prefix) + t <= self.max_prefix else None)
+        k = self.history_len
+        history = (list(self.history) + [(seg.observations[s], seg.action_text[s], float(seg.reward[s]))
+                                         for s in range(max(0, t - k), t)])[-k:] if k else []
+        return PromptSample(
+            game=h.game, observation=seg.observations[t], candidates=list(seg.candidates[lo:hi]),
+            truth=seg.action_text[t], history=history, visits=[float(v) for v in seg.visits[lo:hi]],
+            reward=float(seg.reward[t]), collector_id=h.collector_id, episode_id=h.episode_id,
+            step=h.step0 + t, seed=self.seed if prefix is not None else None, prefix=prefix,
+            wm_version=h.wm_version, llm_version=h.llm_version)
+
+    def all(self) -> list[PromptSample]:
+        return [self[t] for t in range(len(self))]
+
+
 class EpisodeTracker:
     """Follows every (collector, episode) across its segments to give each step its history and
     action prefix. Bounded: the least recently seen episodes are forgotten beyond ``max_episodes``
@@ -78,6 +118,11 @@ class EpisodeTracker:
         return len(self._traces)
 
     def add(self, seg: Segment, seed_base: int | None = None) -> list[PromptSample]:
+        """One PromptSample per step of ``seg``."""
+        return self.advance(seg, seed_base).all()
+
+    def advance(self, seg: Segment, seed_base: int | None = None) -> SegmentSteps:
+        """Follow the episode past ``seg``; its samples are built on demand (O(steps) here)."""
         h = seg.header
         key = (h.collector_id, h.episode_id)
         trace = self._traces.pop(key, None)
@@ -85,29 +130,23 @@ class EpisodeTracker:
             trace = _Trace(next_step=0, history=[], actions=[])
         if h.step0 != trace.next_step:  # the stream skipped steps: history and prefix are unknown
             trace = _Trace(next_step=h.step0, history=[], actions=None)
-        seed = None if seed_base is None else seed_base + h.episode_id
-        out = []
-        for t in range(seg.n_steps):
-            lo, hi = int(seg.cand_offsets[t]), int(seg.cand_offsets[t + 1])
-            prefix = list(trace.actions) if trace.actions is not None else None
-            out.append(PromptSample(
-                game=h.game, observation=seg.observations[t], candidates=list(seg.candidates[lo:hi]),
-                truth=seg.action_text[t], history=list(trace.history), visits=[float(v) for v in seg.visits[lo:hi]],
-                reward=float(seg.reward[t]), collector_id=h.collector_id, episode_id=h.episode_id,
-                step=h.step0 + t, seed=seed if prefix is not None else None, prefix=prefix,
-                wm_version=h.wm_version, llm_version=h.llm_version))
-            trace.history = (trace.history + [(seg.observations[t], seg.action_text[t], float(seg.reward[t]))])[
-                -self.history_len:] if self.history_len else []
-            if trace.actions is not None:
-                trace.actions.append(seg.action_text[t])
-                if len(trace.actions) > self.max_prefix:
-                    trace.actions = None
-        trace.next_step = h.step0 + seg.n_steps
+        steps = SegmentSteps(seg=seg, seed=None if seed_base is None else seed_base + h.episode_id,
+                             history=tuple(trace.history), prefix=None if trace.actions is None else tuple(trace.actions),
+                             history_len=self.history_len, max_prefix=self.max_prefix)
+        k, n = self.history_len, seg.n_steps
+        if k:
+            trace.history = (trace.history + [(seg.observations[t], seg.action_text[t], float(seg.reward[t]))
+                                              for t in range(max(0, n - k), n)])[-k:]
+        if trace.actions is not None:
+            trace.actions.extend(seg.action_text)
+            if len(trace.actions) > self.max_prefix:
+                trace.actions = None
+        trace.next_step = h.step0 + n
         if not bool(seg.done[-1]):
             self._traces[key] = trace
             while len(self._traces) > self.max_episodes:
                 self._traces.popitem(last=False)
-        return out
+        return steps
 
 
 def searched(seg: Segment) -> bool:
@@ -126,6 +165,19 @@ def render_prompt(sample: PromptSample, tokenizer: Any, prompt_max_len: int, his
     """The ORZ generation prompt of a sample (candidates listed), fitted to ``prompt_max_len`` tokens."""
     cfg = orz_prompt_config(history_len, prompt_max_len)
     return fit_prompt(tokenizer, cfg, sample.history, sample.observation, sample.candidates, generation=True)
+
+
+def render_choice_prompt(sample: PromptSample, tokenizer: Any, prompt_max_len: int, history_len: int = 3) -> str:
+    """The choice-mode prompt of a sample: the ORZ scoring prompt (candidates listed, an empty
+    thought, ending ``</think>\n<answer>``), fitted to ``prompt_max_len`` tokens. An allowed answer
+    follows it as ``CANDIDATE</answer>``, encoded by ``pzstream.llm.tokens`` as the prior scores it."""
+    cfg = orz_prompt_config(history_len, prompt_max_len)
+    return fit_prompt(tokenizer, cfg, sample.history, sample.observation, sample.candidates)
+
+
+def choice_opening(history_len: int = 3, prompt_max_len: int = 512) -> str:
+    """The part of a choice-mode response that its prompt already holds: ``</think>\n<answer>``."""
+    return orz_prompt_config(history_len, prompt_max_len).score_suffix.format(thought="")
 
 
 def answer_choices(candidates: list[str]) -> list[str]:

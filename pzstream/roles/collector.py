@@ -19,8 +19,8 @@ from pzstream.llm.factory import LocalPrior, PriorSource
 from pzstream.config import Config
 from pzstream.env import open_game
 from pzstream.stream.transport import CurveKeys, NoticeSubscriber, SegmentSender, SendAbandoned, endpoints_for
-from pzstream.stream.weights import WeightsError
-from pzstream.stream.wire import Hello, Weights
+from pzstream.stream.weights_client import Install, WeightsClient
+from pzstream.stream.wire import Hello
 
 log = logging.getLogger("pzstream.collector")
 
@@ -36,8 +36,27 @@ def make_prior_source(cfg: Config, curve: CurveKeys | None = None) -> PriorSourc
         from pzstream.llm.factory import prompt_config
         from pzstream.roles.prior_server import RemotePrior
 
-        return RemotePrior(lc.prior_server, lc.prior_timeout_s, prompt_config(lc), curve, lc.list_candidates)
+        return RemotePrior(lc.prior_server, lc.prior_timeout_s, prompt_config(lc), curve, lc.list_candidates, model=lc.model)
     return LocalPrior(lc)
+
+
+def weights_client_for(cfg: Config, policy: Policy, prior: PriorSource | None, cid: str) -> WeightsClient | None:
+    """What this collector loads: the world model for its search (swapped in at the next move)
+    and the LLM when it runs in process (a prior server loads its own). Random play loads nothing."""
+    if not isinstance(policy, MctsPolicy):
+        return None
+
+    def install_wm(data: bytes, version: int) -> None:
+        from pzstream.model.world_model import load_weights_bytes, untrained_world_model
+
+        model = untrained_world_model(cfg.world_model())
+        load_weights_bytes(model, data)
+        policy.offer(model, version)
+
+    installers: dict[str, Install] = {"wm": install_wm}
+    if isinstance(prior, LocalPrior):
+        installers["llm"] = prior.load
+    return WeightsClient(installers, who=f"collector {cid}")
 
 
 async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None = None) -> dict[str, object]:
@@ -48,6 +67,10 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
     log.info("collector %s opening game %r", cid, cc.game)
     game = await anyio.to_thread.run_sync(lambda: open_game(
         cc.game, games_dir=cfg.env.games_dir, cache_dir=cfg.env.cache_dir, seed=cc.seed))
+    from pzstream.model.support import support_warning
+
+    if (why := support_warning(game.max_score, cfg.world_model().value_support)) is not None:
+        log.warning("collector %s, game %s: %s", cid, game.name, why)
     policy: Policy
     prior = None
     if cc.policy == "mcts":
@@ -57,7 +80,7 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
     else:
         policy = RandomPolicy(cc.seed)
     player = GamePlayer(game, policy, cid, cc.segment_steps, cc.max_episode_steps, cc.seed)
-    weights_rejected = 0
+    weights = weights_client_for(cfg, policy, prior, cid)
 
     def stats() -> dict[str, float]:
         cs = game.cache_stats()
@@ -69,12 +92,12 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
                 **({"wm_version": float(policy.wm_version)} if policy.name == "mcts" else {}),
                 **({"llm_version": float(prior.version), "prior_failures": float(getattr(prior, "failures", 0))}
                    if prior is not None else {}),
-                "weights_rejected": float(weights_rejected),
+                "weights_rejected": float(weights.stats.rejected if weights is not None else 0),
                 "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0}
 
     ctx = zmq.asyncio.Context()
     hello = Hello(collector_id=cid, game=game.name, host=socket.gethostname(), pid=os.getpid(),
-                  capabilities=(f"policy:{policy.name}", f"seed:{cc.seed}"))
+                  capabilities=(f"policy:{policy.name}", "reject_seq"), seed=cc.seed)
     sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats,
                            timeout_heartbeats=cfg.hub.peer_timeout_heartbeats)
     notices = NoticeSubscriber(ctx, ep.weights, curve)
@@ -82,45 +105,9 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
     conversation_done = anyio.Event()
     log.info("collector %s playing %s against %s", cid, game.name, cc.learner)
 
-    async def install(note: Weights) -> None:
-        """Fetch, check and load new weights; on any fault keep the old ones."""
-        nonlocal weights_rejected
-        from pzstream.model.world_model import WorldModel, load_weights_bytes
-
-        current = policy.wm_version if note.model == "wm" else prior.version  # type: ignore[union-attr]
-        try:
-            data = await sender.fetch(note)
-            if note.model == "wm":
-                model = WorldModel(cfg.world_model())
-                await anyio.to_thread.run_sync(load_weights_bytes, model, data)
-            else:
-                await anyio.to_thread.run_sync(prior.load, data, note.version)  # type: ignore[union-attr]
-        except (WeightsError, ValueError, TimeoutError) as e:
-            weights_rejected += 1
-            log.error("rejected %s v%d, keeping v%d: %s", note.model, note.version, current, e)
-            return
-        if note.model == "wm":
-            policy.offer(model, note.version)  # type: ignore[attr-defined]
-            log.info("world model v%d fetched (%d bytes, sha256 ok); swapping in at the next move", note.version, note.nbytes)
-        else:
-            log.info("llm v%d fetched (%d bytes, sha256 ok) and loaded in place", note.version, note.nbytes)
-
-    def wanted(note: Weights) -> bool:
-        if not note.uri or not isinstance(policy, MctsPolicy):
-            return False
-        if note.model == "wm":
-            return note.version > policy.wm_version
-        # a prior server updates its own weights; only an in-process LLM loads them here
-        return note.model == "llm" and isinstance(prior, LocalPrior) and note.version > prior.version
-
     async def follow_weights() -> None:
-        tried: set[tuple[str, int]] = set()
-        while True:
-            note = await notices.recv()
-            if not wanted(note) or (note.model, note.version) in tried:
-                continue
-            tried.add((note.model, note.version))
-            await install(note)
+        if weights is not None:
+            await weights.follow(notices.recv, sender.fetch)
 
     async def watch_stop() -> None:
         await stop.wait()

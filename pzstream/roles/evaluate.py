@@ -2,12 +2,18 @@
 LLM prior mixed in, and the LLM alone (its top-scored candidate).
 
 Weights come from a run's mirror directory (``runs/<run.name>/weights``, written by the hub);
-where a model has no published weights the untrained one is used, and the output says so.
+where a model has no published weights the untrained one is used, and the output says so. A
+weights directory that does not exist is an error, not an evaluation of untrained models.
+
+Every mode of every game starts from the same seeds (torch, numpy, random, the game's reset
+seed, the search's generator), so two calls with the same weights and seed give the same scores.
 """
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import random
 import threading
 import time
 from pathlib import Path
@@ -18,44 +24,64 @@ from pzstream.agent import GamePlayer, LlmPolicy, mcts_policy
 from pzstream.llm.factory import LocalPrior
 from pzstream.config import Config
 from pzstream.env import open_game
-from pzstream.stream.weights import latest_on_disk
+from pzstream.stream.weights import WeightsError
+from pzstream.stream.weights_client import WeightsClient
 
 log = logging.getLogger("pzstream.eval")
 
 MODES = ("wm", "wm_llm", "llm")
 
 
-def load_models(cfg: Config, weights_dir: Path):
-    """(world model, its version, LocalPrior) from the newest weights in ``weights_dir``."""
+def seed_everything(seed: int) -> None:
     import torch
 
-    from pzstream.model.world_model import WorldModel, load_weights_bytes
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
 
-    torch.manual_seed(0)
-    wm = WorldModel(cfg.world_model()).eval()
-    wm_version = 0
-    if (found := latest_on_disk(weights_dir, "wm")) is not None:
-        load_weights_bytes(wm, found[1].read_bytes())
-        wm_version = found[0]
+
+def load_models(cfg: Config, weights_dir: Path | None):
+    """(world model, its version, LocalPrior) from the newest weights in ``weights_dir``
+    (None: the untrained models, which the fixed seed makes the same in every call)."""
+    from pzstream.model.world_model import load_weights_bytes, untrained_world_model
+
+    if weights_dir is not None and not weights_dir.is_dir():
+        raise FileNotFoundError(f"weights directory {str(weights_dir)!r} does not exist (a run's weights are in "
+                                f"runs/<run.name>/weights; pass --weights DIR or run.name=NAME)")
+    wm = untrained_world_model(cfg.world_model()).eval()
     prior = LocalPrior(cfg.llm)
-    if (found := latest_on_disk(weights_dir, "llm")) is not None:
-        prior.load(found[1].read_bytes(), found[0])
+    wm_version = 0
+    if weights_dir is not None:
+        client = WeightsClient({"wm": lambda data, _v: load_weights_bytes(wm, data), "llm": prior.load}, who="eval")
+        wm_version = client.load_mirror(weights_dir)["wm"]
+        if client.stats.rejected:  # evaluating other weights than asked for would be a wrong answer
+            raise WeightsError(f"weights in {weights_dir} failed their checks: {'; '.join(client.stats.errors)}")
     return wm, wm_version, prior
 
 
-def evaluate(cfg: Config, games: list[str], episodes: int, weights_dir: Path, seed: int = 1000) -> dict[str, object]:
+def evaluate(cfg: Config, games: list[str], episodes: int, weights_dir: Path | None,
+             seed: int = 1000) -> dict[str, object]:
+    """Scores per mode and game; ``weights_dir`` None evaluates the untrained models.
+    Raises FileNotFoundError for a ``weights_dir`` that does not exist."""
     import torch
 
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # also makes the CPU kernels' reduction order, and so the scores, repeatable
     wm, wm_version, prior = load_models(cfg, weights_dir)
+    untrained = [n for n, v in (("world model", wm_version), ("LLM", prior.version)) if v == 0]
+    if untrained:
+        log.warning("no published %s weights %s: evaluating %s untrained", " or ".join(untrained),
+                    f"in {weights_dir}" if weights_dir is not None else "(no weights directory)",
+                    "them" if len(untrained) > 1 else "it")
     search = dataclasses.replace(cfg.search_config(), root_noise_fraction=0.0, temperature=0.0)
     log.info("evaluating %s x %d episodes with wm v%d, llm v%d (weights from %s)", ",".join(games), episodes,
              wm_version, prior.version, weights_dir)
     scores: dict[str, dict[str, float]] = {m: {} for m in MODES}
     max_scores: dict[str, dict[str, int]] = {m: {} for m in MODES}
     returns: dict[str, dict[str, float]] = {m: {} for m in MODES}
+    plays: dict[str, dict[str, str]] = {m: {} for m in MODES}
     for game_name in games:
         for mode in MODES:
+            seed_everything(seed)  # each mode alike, whichever ran before it
             if mode == "llm":
                 policy = LlmPolicy(prior)
             else:
@@ -65,25 +91,41 @@ def evaluate(cfg: Config, games: list[str], episodes: int, weights_dir: Path, se
             player = GamePlayer(game, policy, "eval", cfg.collector.segment_steps, cfg.collector.max_episode_steps, seed)
             t = time.monotonic()
             stop = threading.Event()
+            # the actions played, as a digest: equal scores can hide different play, equal digests can't
+            digest = hashlib.sha256()
             while player.stats.episodes < episodes:
-                player.play_segment(stop)
+                if (seg := player.play_segment(stop)) is not None:
+                    digest.update("\n".join(seg.action_text).encode() + b"\n")
             game.close()
             s = player.stats
             name = game.name
             scores[mode][name] = round(float(np.mean(s.scores)), 3)
             max_scores[mode][name] = int(max(s.scores))
             returns[mode][name] = round(float(np.mean(s.returns)), 3)
+            plays[mode][name] = digest.hexdigest()[:16]
             log.info("%s %s: mean score %.2f, max %d over %d episodes (%.0f s)", name, mode, scores[mode][name],
                      max_scores[mode][name], episodes, time.monotonic() - t)
-    return {"scores": scores, "max_scores": max_scores, "returns": returns, "episodes": episodes,
-            "weights": {"wm": wm_version, "llm": prior.version, "from": str(weights_dir)}}
+    return {"scores": scores, "max_scores": max_scores, "returns": returns, "plays": plays, "episodes": episodes,
+            "seed": seed, "weights": {"wm": wm_version, "llm": prior.version,
+                                      "from": str(weights_dir) if weights_dir is not None else None}}
+
+
+def format_table(result: dict[str, object]) -> str:
+    """The scores as a text table: one row per game, a mean and a max column per mode, every
+    column at least two spaces from the next whatever the lengths of game names and headers."""
+    scores, maxes = result["scores"], result["max_scores"]  # type: ignore[index]
+    games = sorted({g for m in MODES for g in scores[m]})  # type: ignore[index]
+    header = ["game"] + [f"{m} {stat}" for m in MODES for stat in ("mean", "max")]
+    rows = [[g] + [cell for m in MODES for cell in (f"{scores[m][g]:.2f}", f"{maxes[m][g]:d}")]  # type: ignore[index]
+            for g in games]
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
+             for r in [header, *rows]]
+    w = result["weights"]  # type: ignore[index]
+    lines.append(f"{result['episodes']} episodes per game and mode, no exploration noise, seed {result.get('seed')}; "
+                 f"world model v{w['wm']}, llm v{w['llm']}")
+    return "\n".join(lines)
 
 
 def print_table(result: dict[str, object]) -> None:
-    scores, maxes = result["scores"], result["max_scores"]  # type: ignore[index]
-    games = sorted({g for m in MODES for g in scores[m]})  # type: ignore[index]
-    print(f"{'game':<16}" + "".join(f"{m + ' mean':>12}{m + ' max':>10}" for m in MODES))
-    for g in games:
-        print(f"{g:<16}" + "".join(f"{scores[m][g]:12.2f}{maxes[m][g]:10d}" for m in MODES))  # type: ignore[index]
-    w = result["weights"]  # type: ignore[index]
-    print(f"{result['episodes']} episodes per game and mode, no exploration noise; world model v{w['wm']}, llm v{w['llm']}")
+    print(format_table(result))

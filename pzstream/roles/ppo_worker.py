@@ -6,13 +6,10 @@ traceback. The hub never waits for an episode: it keeps ingesting and the world-
 keeps training; a failed episode is counted and the next threshold fires a new attempt (the
 runtime restarts dead actors first).
 
-Messages on this local channel are msgpack maps (both ends are this program):
-    hub -> worker   {"kind": "episode", "episode": k, "samples": [PromptSample.to_dict(), ...]}
-                    b"STOP"
-    worker -> hub   {"kind": "ready", "runtime": name, "describe": text}
-                    {"kind": "result", "episode": k, "ok": true, "metrics": {...}, "games": {...}}, weights
-                    {"kind": "result", "episode": k, "ok": false, "error": traceback text}
-                    {"kind": "fatal", "error": text}           (the runtime could not start)
+Messages on this local channel are the typed ones of ``pzstream.stream.internal``:
+    hub -> worker   EpisodeRequest (episode k, its prompt samples), Stop
+    worker -> hub   WorkerReady, EpisodeResult (ok: the new policy weights as payload;
+                    otherwise the error and its traceback), WorkerFatal (the runtime could not start)
 """
 from __future__ import annotations
 
@@ -24,46 +21,40 @@ import sys
 import traceback
 from pathlib import Path
 
-import msgpack
 import zmq
 
 from pzstream.config import Config, PPOSection
+from pzstream.stream import internal
+from pzstream.stream.internal import EpisodeRequest, EpisodeResult, Stop, WorkerFatal, WorkerReady
 from pzstream.orz.episode import RewardFn, run_episode
 from pzstream.orz.rewards import combine, parse_answer, parse_reward_specs, text_rewards
 from pzstream.orz.samples import PromptSample
 
 log = logging.getLogger("pzstream.orz")
 
-STOP = b"STOP"
-
 
 class WorldModelValue:
-    """The world model's value of a state, from the newest weights the hub mirrored to disk
-    (``runs/<name>/weights``): the bootstrap term of the progress reward."""
+    """The world model's value of a state, from the newest weights in the hub's mirror of this run
+    (``runs/<name>/weights``), read by the same checked client as every reader of weights: the
+    bootstrap term of the progress reward. The worker is the hub's own helper on the same host,
+    so the mirror is its channel; a file being replaced or damaged keeps the old weights."""
 
     def __init__(self, cfg: Config, weights_dir: Path):
-        import torch
-
         from pzstream.model.inference import SearchAdapter
-        from pzstream.model.world_model import WorldModel
+        from pzstream.model.world_model import load_weights_bytes, untrained_world_model
+        from pzstream.stream.weights_client import WeightsClient
 
-        torch.manual_seed(0)
-        self.model = WorldModel(cfg.world_model()).eval()
+        self.model = untrained_world_model(cfg.world_model()).eval()
         self.adapter = SearchAdapter(self.model)
         self.weights_dir = weights_dir
-        self.version = 0
+        self.client = WeightsClient({"wm": lambda data, _v: load_weights_bytes(self.model, data)}, who="PPO worker")
+
+    @property
+    def version(self) -> int:
+        return self.client.version("wm")
 
     def refresh(self) -> None:
-        from pzstream.model.world_model import load_weights_bytes
-        from pzstream.stream.weights import latest_on_disk
-
-        found = latest_on_disk(self.weights_dir, "wm")
-        if found is not None and found[0] != self.version:
-            try:
-                load_weights_bytes(self.model, found[1].read_bytes())
-                self.version = found[0]
-            except (OSError, ValueError) as e:  # a file being replaced: keep the old weights
-                log.warning("world-model weights v%d not loaded for the progress reward: %s", found[0], e)
+        self.client.load_mirror(self.weights_dir)
 
     def __call__(self, observation: str, valid: list[str]) -> float:
         self.adapter.reset()
@@ -139,35 +130,37 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
             reward_fn, _ = build_reward_fn(pc, cfg.env.games_dir, cfg.env.cache_dir, wm_value)
         except Exception as e:  # noqa: BLE001 - reported to the hub, which logs and counts it
             log.error("PPO runtime failed to start:\n%s", traceback.format_exc())
-            push.send(msgpack.packb({"kind": "fatal", "error": f"{type(e).__name__}: {e}"}))
+            push.send_multipart(internal.encode(WorkerFatal(error=f"{type(e).__name__}: {e}")))
             return
         log.info("PPO runtime %s ready: %s", runtime.name, runtime.describe)
-        push.send(msgpack.packb({"kind": "ready", "runtime": runtime.name, "describe": runtime.describe}))
+        push.send_multipart(internal.encode(WorkerReady(runtime=runtime.name, describe=runtime.describe)))
         while True:
             if not pull.poll(1000):
                 if os.getppid() != parent:
                     log.warning("hub process is gone; PPO worker exits")
                     return
                 continue
-            frame = pull.recv()
-            if frame == STOP:
+            req = internal.decode(pull.recv_multipart())
+            if isinstance(req, Stop):
                 return
-            req = msgpack.unpackb(frame)
-            k = int(req["episode"])
+            if not isinstance(req, EpisodeRequest):
+                log.error("PPO worker got an unexpected %s", type(req).__name__)
+                continue
+            k = req.episode
             try:
                 if wm_value is not None:
                     wm_value.refresh()
-                samples = [PromptSample.from_dict(d) for d in req["samples"]]
+                samples = [PromptSample.from_dict(d) for d in req.samples]
                 result = run_episode(runtime, samples, pc, reward_fn, history_len=cfg.llm.history_len,
                                      seed=pc.seed + 1000 * k)
             except Exception as e:  # noqa: BLE001 - isolation: the episode fails, the worker lives on
                 tb = traceback.format_exc()
                 log.error("PPO episode %d failed: %s\n%s", k, e, tb)
-                push.send(msgpack.packb({"kind": "result", "episode": k, "ok": False,
-                                         "error": f"{type(e).__name__}: {e}", "traceback": tb[-4000:]}))
+                push.send_multipart(internal.encode(EpisodeResult(episode=k, ok=False, error=f"{type(e).__name__}: {e}",
+                                                                  traceback=tb[-4000:])))
                 continue
-            push.send_multipart([msgpack.packb({"kind": "result", "episode": k, "ok": True, "metrics": result.metrics,
-                                                "games": result.games, "rewards": result.rewards}), result.weights])
+            push.send_multipart(internal.encode(EpisodeResult(episode=k, ok=True, metrics=result.metrics, games=result.games,
+                                                              rewards=result.rewards, payload=result.weights)))
     finally:
         _shutdown(runtime)
         pull.close(0)

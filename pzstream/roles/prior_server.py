@@ -22,6 +22,7 @@ from pzstream.stream import wire
 from pzstream.llm.factory import History
 from pzstream.config import Config
 from pzstream.stream.transport import CurveKeys, NoticeSubscriber, SegmentSender, endpoints_for, recv_batch
+from pzstream.stream.weights_client import WeightsClient
 
 log = logging.getLogger("pzstream.prior")
 
@@ -30,9 +31,16 @@ class RemotePrior:
     """Asks a prior server; returns None (and logs once per outage) when it does not answer."""
 
     def __init__(self, address: str, timeout_s: float, prompt_cfg, curve: CurveKeys | None = None,
-                 list_candidates: bool = False):
+                 list_candidates: bool = False, *, model: str):
+        from transformers import AutoTokenizer
+
+        from pzstream.llm.tiny import resolve_model
+
         self.address, self.timeout_s, self.prompt_cfg, self.curve = address, timeout_s, prompt_cfg, curve
         self.list_candidates = list_candidates
+        # prompts are fitted here, by the rule the local prior uses, with the server's tokenizer
+        # (``model`` is the server's llm.model): both priors then score the same ids
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model))
         self.version = 0
         self.net_s = 0.0
         self.failures = 0
@@ -51,16 +59,19 @@ class RemotePrior:
             self.curve.make_client(self._sock)
         self._sock.connect(self.address)
 
-    def prior(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> list[np.ndarray] | None:
-        from pzstream.llm.prompts import build_prompt
+    def request(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> wire.ScoreRequest:
+        from pzstream.llm.prompts import scoring_prompts
 
-        t = time.perf_counter()
         self._next_id += 1
-        req = wire.ScoreRequest(request_id=self._next_id,
-                                prompts=tuple(build_prompt(self.prompt_cfg, h, o, c if self.list_candidates else None)
-                                              for h, o, c in zip(histories, observations, candidates)),
-                                candidates=tuple(c for cs in candidates for c in cs),
-                                counts=tuple(len(cs) for cs in candidates))
+        return wire.ScoreRequest(request_id=self._next_id,
+                                 prompts=tuple(scoring_prompts(self.tokenizer, self.prompt_cfg, histories, observations,
+                                                               candidates, self.list_candidates)),
+                                 candidates=tuple(c for cs in candidates for c in cs),
+                                 counts=tuple(len(cs) for cs in candidates))
+
+    def prior(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> list[np.ndarray] | None:
+        t = time.perf_counter()
+        req = self.request(histories, observations, candidates)
         reply = None
         try:
             self._sock.send(wire.encode(req), flags=zmq.NOBLOCK)  # type: ignore[union-attr]
@@ -93,10 +104,17 @@ class RemotePrior:
         return out
 
 
-def _fit_tokens(tokenizer, prompt: str, max_tokens: int) -> str:
-    """Keep the end of a prompt that is too long (its instruction and current observation)."""
-    ids = tokenizer(prompt, add_special_tokens=False).input_ids
-    return prompt if len(ids) <= max_tokens else tokenizer.decode(ids[-max_tokens:])
+def request_roots(tokenizer, req: wire.ScoreRequest, max_prompt_tokens: int) -> tuple[list[str], list[list[str]]]:
+    """(prompt, candidates) of every root of a request. Collectors fit their prompts by the local
+    prior's rule (``RemotePrior.request``); the cap only guards against peers that did not."""
+    from pzstream.llm.tokens import cap_prompt
+
+    prompts, cands, at = [], [], 0
+    for p, n in zip(req.prompts, req.counts):
+        prompts.append(cap_prompt(tokenizer, p, max_prompt_tokens))
+        cands.append(list(req.candidates[at:at + n]))
+        at += n
+    return prompts, cands
 
 
 async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: CurveKeys | None = None,
@@ -136,11 +154,9 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
                 continue
             prompts, cands = [], []
             for _, r in reqs:
-                at = 0
-                for p, n in zip(r.prompts, r.counts):
-                    prompts.append(_fit_tokens(backend.tokenizer, p, lc.max_prompt_tokens))
-                    cands.append(list(r.candidates[at:at + n]))
-                    at += n
+                p, c = request_roots(backend.tokenizer, r, lc.max_prompt_tokens)
+                prompts += p
+                cands += c
             logps = await anyio.to_thread.run_sync(backend.score, prompts, cands)
             i = 0
             for ident, r in reqs:
@@ -152,19 +168,11 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
             stats["roots"] += len(prompts)
             stats["batches"] += 1
 
-    async def follow_weights(sender: SegmentSender, notices: NoticeSubscriber) -> None:
-        while True:
-            note = await notices.recv()
-            if note.model != "llm" or not note.uri or note.version <= stats["llm_version"]:
-                continue
-            try:
-                data = await sender.fetch(note)
-                await anyio.to_thread.run_sync(backend.load_state_dict_bytes, data)
-            except (ValueError, TimeoutError) as e:
-                log.error("rejected llm v%d, keeping v%d: %s", note.version, int(stats["llm_version"]), e)
-                continue
-            stats["llm_version"] = float(note.version)
-            log.info("llm v%d loaded in place", note.version)
+    def install_llm(data: bytes, version: int) -> None:
+        backend.load_state_dict_bytes(data)
+        stats["llm_version"] = float(version)
+
+    weights = WeightsClient({"llm": install_llm}, who="prior server")
 
     async def report() -> None:
         last, t_last = 0.0, time.monotonic()
@@ -184,13 +192,13 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
             if hub_address:
                 ep = endpoints_for(hub_address)
                 hello = wire.Hello(collector_id=f"prior-{socket.gethostname()}-{os.getpid()}", game="",
-                                   host=socket.gethostname(), pid=os.getpid(), capabilities=("role:prior",))
+                                   host=socket.gethostname(), pid=os.getpid(), role="reader")
                 sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve,
                                        stats_fn=lambda: dict(stats))
                 notices = NoticeSubscriber(ctx, ep.weights, curve)
                 done = anyio.Event()
                 tg.start_soon(sender.run, done)
-                tg.start_soon(follow_weights, sender, notices)
+                tg.start_soon(weights.follow, notices.recv, sender.fetch)
             await stop.wait()
             tg.cancel_scope.cancel()
     finally:

@@ -3,8 +3,9 @@
 The hub forwards every accepted segment frame to the trainer (PUSH -> PULL, never blocking the
 hub: a full pipe is counted as dropped); the trainer keeps its own bounded replay, trains
 continuously, and sends new weights back (PUSH -> PULL, reliable) every ``publish_every``
-updates together with its metrics. Separate processes keep a slow trainer from stalling
-ingestion through the GIL, and the reverse.
+updates together with its metrics, in the typed messages of ``pzstream.stream.internal``. The
+hub numbers the versions: the trainer only says which model the bytes are. Separate processes
+keep a slow trainer from stalling ingestion through the GIL, and the reverse.
 """
 from __future__ import annotations
 
@@ -19,12 +20,11 @@ from pathlib import Path
 import numpy as np
 import zmq
 
-from pzstream.stream import wire
 from pzstream.config import Config
+from pzstream.stream import internal, wire
+from pzstream.stream.internal import NewWeights, SegmentFrame, Stop, TrainerStats
 
 log = logging.getLogger("pzstream.trainer")
-
-STOP = b"STOP"
 
 
 class SegmentReplay:
@@ -81,9 +81,10 @@ class LLMTraining:
         self.trainer = LLMTrainer(self.backend.model, self.backend.tokenizer, lr=lc.lr, mode=lc.train_mode,
                                   device=lc.device, max_prompt_tokens=lc.max_prompt_tokens,
                                   continuation=self.prompt_cfg.continuation_template)
+        self.wm_cfg = cfg.world_model()
         self.batch_size = lc.batch_size
         self.updates = 0
-        self.version = 0
+        self.published = 0
         self.last: dict[str, float] = {}
 
     def step(self, segments: list, rng: random.Random) -> dict[str, float]:
@@ -94,7 +95,9 @@ class LLMTraining:
         if not searched:
             return {}
         picked = [searched[rng.randrange(len(searched))] for _ in range(4)]
-        samples = samples_from_segments(picked, self.prompt_cfg, tokenizer=self.backend.tokenizer)
+        wm = self.wm_cfg  # the root values were searched at the world model's discount: z must use it too
+        samples = samples_from_segments(picked, self.prompt_cfg, tokenizer=self.backend.tokenizer,
+                                        discount=wm.discount, td_steps=wm.td_steps)
         if not samples:
             return {}
         batch = [samples[rng.randrange(len(samples))] for _ in range(self.batch_size)]
@@ -104,7 +107,7 @@ class LLMTraining:
 
 
 def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: str | None) -> None:
-    """Process entry point: train until the hub sends STOP or goes away."""
+    """Process entry point: train until the hub sends Stop or goes away."""
     import torch
 
     from pzstream.stream.logstream import setup_helper_logging
@@ -134,7 +137,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     replay = SegmentReplay(tc.replay_capacity_steps)
     rng = random.Random(0)
     parent = os.getppid()
-    updates, version, received = 0, 0, 0
+    updates, published, received = 0, 0, 0
     t0 = time.monotonic()
     last_rebuild = -10**9
     log.info("trainer up: world model %d parameters, batch %d, publish every %d updates",
@@ -144,15 +147,19 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
             # ingest everything waiting, then one update: data never waits behind training
             for _ in range(1024):
                 try:
-                    frame = pull.recv(zmq.NOBLOCK)
+                    frames = pull.recv_multipart(zmq.NOBLOCK)
                 except zmq.Again:
                     break
-                if frame == STOP:
+                note = internal.decode(frames)
+                if isinstance(note, Stop):
                     return
+                if not isinstance(note, SegmentFrame):
+                    log.error("trainer got an unexpected %s", type(note).__name__)
+                    continue
                 try:
-                    msg = wire.decode(frame)
+                    msg = wire.decode(note.payload)
                 except wire.WireError as e:  # the hub validated it; this would be a bug, not input
-                    log.error("trainer got an undecodable frame: %s", e)
+                    log.error("trainer got an undecodable segment: %s", e)
                     continue
                 if isinstance(msg, wire.Segment):
                     replay.add(msg)
@@ -175,17 +182,13 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
             if tc.max_updates_per_s > 0:
                 time.sleep(max(0.0, 1.0 / tc.max_updates_per_s - (time.monotonic() - t_step)))
             if updates % tc.publish_every == 0:
-                version += 1
-                data = weights_bytes(trainer.model)
-                notice = wire.Weights(model="wm", version=version, uri="", sha256="", nbytes=len(data))
-                push.send_multipart([wire.encode(notice), data])
+                published += 1
+                push.send_multipart(internal.encode(NewWeights(model="wm", payload=weights_bytes(trainer.model))))
             if llm is not None and updates % cfg.llm.train_every == 0:
                 llm_metrics = llm.step(list(replay.segments), rng)
                 if llm_metrics and llm.updates % cfg.llm.publish_every == 0:
-                    llm.version += 1
-                    data = llm.backend.state_dict_bytes()
-                    push.send_multipart([wire.encode(wire.Weights(model="llm", version=llm.version, uri="", sha256="",
-                                                                  nbytes=len(data))), data])
+                    llm.published += 1
+                    push.send_multipart(internal.encode(NewWeights(model="llm", payload=llm.backend.state_dict_bytes())))
                 if llm_metrics:
                     metrics.update(llm_metrics)
             if updates % tc.log_every == 0:
@@ -193,13 +196,13 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 if llm is not None:
                     metrics.update(llm.last)
                     metrics["llm_updates"] = float(llm.updates)
-                    metrics["llm_version"] = float(llm.version)
-                stats = {"updates": float(updates), "updates_per_s": rate, "version": float(version),
+                    metrics["llm_published"] = float(llm.published)
+                stats = {"updates": float(updates), "updates_per_s": rate, "published": float(published),
                          "replay_steps": float(replay.steps), "windows": float(len(replay.windows)),
                          "segments_received": float(received), **{k: float(v) for k, v in metrics.items()}}
-                push.send_multipart([wire.encode(wire.Heartbeat(sender="trainer", time=time.time(), stats=stats))])
-                log.info("wm update %d (%.1f/s) v%d: loss %.3f (reward %.3f, value %.3f, policy %.3f, latent %.3f), replay %d steps",
-                         updates, rate, version, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
+                push.send_multipart(internal.encode(TrainerStats(stats=stats)))
+                log.info("wm update %d (%.1f/s), %d published: loss %.3f (reward %.3f, value %.3f, policy %.3f, latent %.3f), replay %d steps",
+                         updates, rate, published, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
                          metrics["loss/policy"], metrics["loss/latent"], replay.steps)
                 if writer is not None:
                     for k, v in metrics.items():

@@ -16,19 +16,23 @@ ROOT's candidate set (``legal`` [B, K]) for its children, and recurrent_fn's log
 are masked with it at every depth.
 """
 from .lightzero_tree import lightzero_available
-from .mixing import adaptive_llm_weight, softmax_masked
+from .mixing import (MIX_MODES, entropy_llm_weight, priorzero_llm_weight, root_llm_weight,
+                     softmax_masked)
 from .search import mix_root_prior, run_search
 from .types import RecurrentFn, RecurrentFnOutput, RootFnOutput, SearchConfig, SearchOutput
 
 __all__ = [
+    "MIX_MODES",
     "RecurrentFn",
     "RecurrentFnOutput",
     "RootFnOutput",
     "SearchConfig",
     "SearchOutput",
-    "adaptive_llm_weight",
-    "softmax_masked",
+    "entropy_llm_weight",
     "lightzero_available",
     "mix_root_prior",
+    "priorzero_llm_weight",
+    "root_llm_weight",
     "run_search",
+    "softmax_masked",
 ]

@@ -31,6 +31,32 @@ class WeightsError(ValueError):
     """Fetched weights that cannot be used: wrong checksum, wrong size, gone from the store."""
 
 
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+
+
+def read_mirrored(directory: Path, model: str) -> tuple[int, bytes] | None:
+    """(version, bytes) of the newest ``model`` weights in a store's mirror directory, checked
+    against the sha256 the store wrote beside them; None when there are none.
+
+    Raises WeightsError when the bytes do not match their checksum (a damaged or foreign file).
+    A file without a checksum (written by an older hub) is read unchecked.
+    """
+    found = latest_on_disk(directory, model)
+    if found is None:
+        return None
+    version, path = found
+    data = path.read_bytes()
+    digest_file = path.with_suffix(".sha256")
+    if digest_file.is_file():
+        want = digest_file.read_text().strip()
+        if sha256_hex(data) != want:
+            raise WeightsError(f"{path}: sha256 {sha256_hex(data)[:12]} != recorded {want[:12]}")
+    return version, data
+
+
 def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
@@ -59,11 +85,12 @@ class WeightsStore:
             old, _ = versions.popitem(last=False)
             if self.directory is not None:
                 (self.directory / f"{model}-v{old}.pt").unlink(missing_ok=True)
+                (self.directory / f"{model}-v{old}.sha256").unlink(missing_ok=True)
         if self.directory is not None:  # a mirror that --role eval (or a restarted hub) can read
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp = self.directory / f".{model}-v{version}.pt.tmp"
-            tmp.write_bytes(data)
-            tmp.replace(self.directory / f"{model}-v{version}.pt")
+            # the checksum first, then the bytes: a reader that sees the .pt also sees its .sha256
+            _write_atomic(self.directory / f"{model}-v{version}.sha256", entry.sha256.encode())
+            _write_atomic(self.directory / f"{model}-v{version}.pt", data)
         return Weights(model=model, version=version, uri=HUB_URI, sha256=entry.sha256, nbytes=len(data))
 
     def latest(self, model: str) -> StoredWeights | None:

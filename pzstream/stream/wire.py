@@ -1,26 +1,31 @@
 """Wire format of pzstream: every message is one msgpack map in one ZeroMQ frame.
 
 The format is specified in docs/wire.md; this module is its reference
-implementation.  `encode` turns a message dataclass into bytes, `decode` turns
-untrusted bytes back into a dataclass or raises `WireError` -- never any other
-exception, whatever the input.  Nothing from the network is ever pickled or
-evaluated; numeric columns travel as a small msgpack ext type (code 1) holding
-a dtype code, the shape and the raw little-endian element bytes, and are
-decoded with `np.frombuffer` (no copy beyond msgpack's own ext payload).
+implementation.  `encode` turns a message dataclass into bytes (msgpack),
+`decode` turns untrusted bytes back into a dataclass or raises `WireError` --
+never any other exception, whatever the input.  Decoding is declarative: a
+typed msgspec schema, derived from the message dataclasses, states every
+field's type and range and is read in one pass in C; only the rules between a
+segment's columns are checked by hand.  Nothing from the network is ever
+pickled or evaluated; numeric columns travel as a small msgpack ext type
+(code 1) holding a dtype code, the shape and the raw little-endian element
+bytes, and are decoded with `np.frombuffer` (no copy beyond the decoder's own
+ext payload).
 """
 
 from __future__ import annotations
 
 import math
-import operator
 import re
 import struct
 import threading
 from dataclasses import dataclass, fields
-from typing import Any, Callable, Union
+from typing import Annotated, Any, Callable, Literal, Union
 
 import msgpack
+import msgspec
 import numpy as np
+from msgspec import Meta, Struct
 
 PROTOCOL_VERSION: int = 1
 ARRAY_EXT_CODE: int = 1
@@ -78,22 +83,35 @@ _SUM_TOLERANCE = 1e-3
 # ---------------------------------------------------------------- messages
 
 
+HELLO_ROLES = ("collector", "reader")
+
+
 @dataclass(frozen=True)
 class Hello:
-    """kind "hello", collector -> hub, first on every connection; pid: OS process id."""
+    """kind "hello", collector -> hub, first on every connection; pid: OS process id.
+
+    collector_id: 1 to MAX_ID_CHARS characters, no control characters.
+    seed: the collector's environment reset seed (episodes replay from it); None = not told.
+    role: one of HELLO_ROLES; None = "collector" (plays and sends segments). A "reader" (a prior
+    or search server) only follows weights: it fetches and heartbeats, never sends segments, and
+    the hub does not count it as a collector.
+    """
 
     collector_id: str
     game: str
     host: str
     pid: int
     capabilities: tuple[str, ...] = ()
+    seed: int | None = None
+    role: str | None = None
 
 
 @dataclass(frozen=True)
 class Welcome:
     """kind "welcome", hub -> collector, reply to an accepted hello.
 
-    window: initial credits (segments allowed in flight); heartbeat_s: seconds.
+    window: initial credits (segments allowed in flight); heartbeat_s: seconds;
+    versions: 0 <= v < MAX_VERSION (as every model version on the wire).
     """
 
     hub_id: str
@@ -109,6 +127,7 @@ class Reject:
 
     reason: str
     detail: str
+    seq: int | None = None  # the segment this answers (its credit is freed); None for other messages
 
 
 @dataclass(frozen=True)
@@ -290,9 +309,6 @@ _ARRAY_COLUMNS: dict[str, np.dtype] = {
     "prior": np.dtype("<f4"),
     "root_value": np.dtype("<f4"),
 }
-_COLUMN_NAMES = frozenset(f.name for f in fields(Segment)) - {"header"}
-_HEADER_NAMES = frozenset(f.name for f in fields(SegmentHeader))
-_SEGMENT_KEYS = frozenset({"v", "kind", "header", "columns"})
 
 # ---------------------------------------------------------------- array ext
 
@@ -303,7 +319,7 @@ _DTYPE_OF_CODE: dict[int, np.dtype] = {
 }
 _CODE_OF_DTYPE: dict[np.dtype, int] = {dt: code for code, dt in _DTYPE_OF_CODE.items()}
 # Header: dtype u8, ndim u8, 2 zero bytes, ndim x dim u32, zero bytes up to a
-# multiple of 8.  The msgpack ext payload is a fresh bytes object whose data
+# multiple of 8.  The decoded ext payload is a fresh bytes object whose data
 # CPython aligns to 16, so the elements that follow the header are 8-byte
 # aligned and numpy takes its fast aligned paths on them.
 _HEAD_LEN = [8 * (ndim // 2 + 1) for ndim in range(5)]
@@ -365,25 +381,6 @@ def _parse_array(code: int, data: bytes, max_elements: int) -> np.ndarray:
     return a if ndim == 1 else a.reshape(shape)
 
 
-def _make_ext_hook(limits: WireLimits) -> Callable[[int, bytes], Any]:
-    max_elements = limits.max_array_elements
-    fast = {code: (dt, dt.itemsize, dt.kind == "b") for code, dt in _DTYPE_OF_CODE.items()}
-
-    def ext_hook(code: int, data: bytes) -> Any:
-        # Fast path for what segments carry: a well-formed 1-d array (8-byte
-        # header).  Anything else, including every error, goes through _parse_array.
-        if code == ARRAY_EXT_CODE and len(data) >= 8:
-            dtype_code, ndim, pad, count = _HEAD1.unpack_from(data)
-            spec = fast.get(dtype_code)
-            if ndim == 1 and pad == 0 and spec is not None and count <= max_elements \
-                    and len(data) == 8 + count * spec[1] \
-                    and not (spec[2] and data[8:].translate(None, b"\x00\x01")):
-                return np.frombuffer(data, spec[0], count, 8)
-        return _parse_array(code, data, max_elements)
-
-    return ext_hook
-
-
 # ---------------------------------------------------------------- encode
 
 # A Packer per thread: reusing one saves its setup per call, but a Packer is
@@ -418,6 +415,8 @@ _KIND_OF: dict[type, str] = {
     ScoreRequest: "score", ScoreReply: "prior",
 }
 _FIELDS_OF: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KIND_OF}
+_OPTIONAL_OF: dict[type, tuple[str, ...]] = {Hello: ("seed", "role"), Reject: ("seq",)}
+_KINDS = frozenset(_KIND_OF.values())
 
 
 def encode(msg: Message) -> bytes:
@@ -455,108 +454,182 @@ def encode(msg: Message) -> bytes:
         body = {"v": PROTOCOL_VERSION, "kind": kind}
         for name in _FIELDS_OF[cls]:
             body[name] = getattr(msg, name)
+        # an unset optional field is left out, so a message that does not use
+        # it has the bytes it had before the field existed
+        for name in _OPTIONAL_OF.get(cls, ()):
+            if body[name] is None:
+                del body[name]
     return _packer().pack(body)
 
 
 # ---------------------------------------------------------------- decode
+#
+# The happy path is one typed msgspec decode: the schema below declares every
+# field's type and every range, so a well-formed frame costs one pass in C.
+# When that decode fails, `_explain` re-reads the frame slowly to name the
+# first broken rule in the order docs/wire.md gives; only bad frames pay for it.
+
+# Collector ids are logged and used as keys: bounded, and free of characters
+# that rewrite a terminal or a log line (C0/C1 controls such as NUL and ESC,
+# DEL, Unicode line separators and bidi overrides).
+MAX_ID_CHARS = 128
+_ID_PATTERN = "^[^\x00-\x1f\x7f-\x9f\u2028\u2029\u202a-\u202e\u2066-\u2069]*\\Z"
+# Peers report model versions; the hub counts them from 0 one at a time, so
+# anything past a signed 32-bit counter is a broken or hostile peer.
+MAX_VERSION = 2**31
 
 
-def _str(x: Any) -> str:
-    if type(x) is not str:
-        raise TypeError("str")
-    return x
-
-
-def _int(x: Any) -> int:
-    if type(x) is not int:  # excludes bool on purpose
-        raise TypeError("int")
-    return x
-
-
-def _float(x: Any) -> float:
-    if type(x) is not float and type(x) is not int:
-        raise TypeError("float")
-    return float(x)
-
-
-def _str_tuple(x: Any) -> tuple[str, ...]:
-    if type(x) is not list or not all(type(s) is str for s in x):
-        raise TypeError("array of str")
-    return tuple(x)
-
-
-def _int_tuple(x: Any) -> tuple[int, ...]:
-    if type(x) is not list or not all(type(i) is int for i in x):
-        raise TypeError("array of int")
-    return tuple(x)
-
-
-def _float_tuple(x: Any) -> tuple[float, ...]:
-    if type(x) is not list or not all(type(f) is float or type(f) is int for f in x):
-        raise TypeError("array of float")
-    return tuple(float(f) for f in x)
-
-
-def _bytes(x: Any) -> bytes:
-    if type(x) is not bytes:
-        raise TypeError("bin")
-    return x
-
-
-def _stats(x: Any) -> dict[str, float]:
-    if type(x) is not dict:
-        raise TypeError("map")
-    for k, val in x.items():
-        if type(k) is not str or (type(val) is not int and type(val) is not float):
-            raise TypeError("map of str to number")
-    return x
-
-
-# Field converters by annotation (annotations are strings under __future__).
-_CONVERTERS: dict[str, Callable[[Any], Any]] = {
-    "str": _str, "int": _int, "float": _float, "tuple[str, ...]": _str_tuple, "dict[str, float]": _stats,
-    "bytes": _bytes, "tuple[int, ...]": _int_tuple, "tuple[float, ...]": _float_tuple,
+# Ranges beyond the type, by "kind.field" (the segment header's as "segment.field").
+_RANGES: dict[str, Meta] = {
+    "hello.pid": Meta(ge=0), "welcome.window": Meta(ge=0), "welcome.heartbeat_s": Meta(gt=0),
+    "reject.seq": Meta(ge=0), "credit.n": Meta(ge=0), "credit.ack": Meta(ge=-1), "weights.nbytes": Meta(ge=0),
+    "fetch.offset": Meta(ge=0), "fetch.length": Meta(ge=1), "blob.offset": Meta(ge=0), "blob.total": Meta(ge=0),
+    "segment.seq": Meta(ge=0), "segment.step0": Meta(ge=0),
 }
-_Spec = tuple[tuple[str, Callable[[Any], Any]], ...]
+_VERSION = Meta(ge=0, lt=MAX_VERSION)
+_COLLECTOR_ID = Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=_ID_PATTERN)
 
 
-def _spec_of(cls: type) -> _Spec:
-    return tuple((f.name, _CONVERTERS[f.type]) for f in fields(cls))
+_Builders = dict[type, Callable[[Any], Message]]
 
 
-_SPECS: dict[str, tuple[type, _Spec]] = {
-    kind: (cls, _spec_of(cls)) for cls, kind in _KIND_OF.items() if cls is not Segment
-}
-_KEYS_OF: dict[str, frozenset[str]] = {
-    kind: frozenset({"v", "kind", *(name for name, _ in spec)}) for kind, (_, spec) in _SPECS.items()
-}
-_HEADER_SPEC = _spec_of(SegmentHeader)
-# Smallest accepted value of integer fields of the small messages.
-_MINIMA: dict[str, tuple[tuple[str, int], ...]] = {
-    "hello": (("pid", 0),), "welcome": (("window", 0),), "credit": (("n", 0), ("ack", -1)),
-    "weights": (("nbytes", 0),), "fetch": (("version", 0), ("offset", 0), ("length", 1)),
-    "blob": (("version", 0), ("offset", 0), ("total", 0)),
-}
+def _schema(limits: WireLimits, lengths: bool) -> tuple[msgspec.msgpack.Decoder, _Builders]:
+    """The typed decoder for `limits` and, per schema type, the builder of its public message.
+
+    The schema is derived from the message dataclasses (their fields and
+    annotations) plus `_RANGES`, so a field is declared once.  Without
+    `lengths` it leaves out the caps on str, bin and array lengths, which
+    cost about a tenth of a segment's decode: `decode` uses it only for frames
+    too short to hold anything over those caps.
+    """
+    items = limits.max_steps * limits.max_candidates_per_step
+
+    def capped(typ: Any, cap: int) -> Any:
+        return Annotated[typ, Meta(max_length=cap)] if lengths else typ
+
+    Text = capped(str, limits.max_string_bytes)
+    wire_type: dict[str, Any] = {
+        "str": Text, "int": int, "float": float, "int | None": int, "str | None": Text,
+        "bytes": capped(bytes, limits.max_string_bytes),
+        "tuple[str, ...]": capped(tuple[Text, ...], items),
+        "tuple[int, ...]": capped(tuple[int, ...], items),
+        "tuple[float, ...]": capped(tuple[float, ...], items),
+        "dict[str, float]": Annotated[dict[Text, int | float], Meta(max_length=_MAX_MAP_LEN)],
+    }
+
+    def schema_fields(kind: str, cls: type) -> list[tuple]:
+        out: list[tuple] = []
+        for f in fields(cls):
+            typ = wire_type[f.type]
+            if f.name == "collector_id":
+                typ = Annotated[str, _COLLECTOR_ID]
+            elif kind == "hello" and f.name == "role":
+                typ = Literal[HELLO_ROLES]  # type: ignore[valid-type]
+            elif f.name in ("version", "wm_version", "llm_version"):
+                typ = Annotated[int, _VERSION]
+            elif f"{kind}.{f.name}" in _RANGES:
+                typ = Annotated[typ, _RANGES[f"{kind}.{f.name}"]]
+            # only the optional fields have a None default; a tuple default does not make a field optional
+            out.append((f.name, typ | None, None) if f.type in ("int | None", "str | None") else (f.name, typ))
+        return out
+
+    # gc=False: these hold only str, numbers and bytes, so they cannot be in a
+    # reference cycle, and untracked instances are cheaper to make and free
+    class _Message(Struct, forbid_unknown_fields=True, tag_field="kind", gc=False):
+        v: Literal[1]  # type: ignore[valid-type]
+
+    builders: _Builders = {}
+    for cls, kind in _KIND_OF.items():
+        if cls is not Segment:
+            schema = msgspec.defstruct(f"_{cls.__name__}", schema_fields(kind, cls), bases=(_Message,), tag=kind)
+            builders[schema] = _builder(cls)
+    header = msgspec.defstruct("_Header", schema_fields("segment", SegmentHeader), forbid_unknown_fields=True, gc=False)
+    texts = capped(list[Text], items)
+    columns = msgspec.defstruct(
+        "_Columns", [(f.name, msgspec.msgpack.Ext if f.name in _ARRAY_COLUMNS else texts)
+                     for f in fields(Segment) if f.name != "header"], forbid_unknown_fields=True, gc=False)
+    segment = msgspec.defstruct("_Segment", [("header", header), ("columns", columns)], bases=(_Message,),
+                                tag="segment")
+    max_elements = limits.max_array_elements
+    builders[segment] = lambda s: _segment_of(s, max_elements, limits)
+    return msgspec.msgpack.Decoder(Union[tuple(builders)]), builders  # type: ignore[arg-type]
 
 
-def _check_keys(where: str, got: dict, expected: frozenset[str]) -> None:
-    if got.keys() != expected:
-        missing = sorted(expected - got.keys())
-        extra = sorted(repr(k) for k in got.keys() - expected)
-        raise WireError("bad_field", f"{where}: missing {missing}, unexpected {extra}")
+def _builder(cls: type) -> Callable[[Any], Message]:
+    names = _FIELDS_OF[cls]
+    return lambda s: cls(*[getattr(s, name) for name in names])
 
 
-def _convert(where: str, m: dict, spec: _Spec) -> dict[str, Any]:
-    out = {}
-    for name, conv in spec:
-        try:
-            out[name] = conv(m[name])
-        except TypeError as e:
-            raise WireError("bad_field", f"{where}.{name}: expected {e}, got {type(m[name]).__name__}") from None
-    return out
+_HEADER_FIELDS = tuple(f.name for f in fields(SegmentHeader))
+# (column, dtype code, dtype, itemsize, is bool) of every numeric column, in wire order
+_COLUMN_SPECS = tuple((name, _CODE_OF_DTYPE[dt], dt, dt.itemsize, dt.kind == "b") for name, dt in _ARRAY_COLUMNS.items())
 
 
-_LIMIT_ERROR = re.compile(r"exceeds max_(str|bin|array|map|ext)_len\((\d+)\)")
+def _segment_of(s: Any, max_elements: int, limits: WireLimits) -> Segment:
+    # The segment and header are filled straight into their __dict__: a frozen
+    # dataclass's __init__ sets each field through object.__setattr__, which
+    # costs a few microseconds per segment, and the schema has checked the
+    # fields already.
+    header = object.__new__(SegmentHeader)
+    header.__dict__.update(zip(_HEADER_FIELDS, msgspec.structs.astuple(s.header)))
+    c = s.columns
+    seg = object.__new__(Segment)
+    values = seg.__dict__
+    values["header"] = header
+    values["observations"] = c.observations
+    values["candidates"] = c.candidates
+    values["action_text"] = c.action_text
+    for name, want, dtype, itemsize, is_bool in _COLUMN_SPECS:
+        ext = getattr(c, name)
+        data = ext.data
+        # fast path: a well-formed 1-d array of the column's own dtype (8-byte header)
+        if ext.code == ARRAY_EXT_CODE and len(data) >= 8:
+            code, ndim, pad, count = _HEAD1.unpack_from(data)
+            if code == want and ndim == 1 and pad == 0 and count <= max_elements \
+                    and len(data) == 8 + count * itemsize \
+                    and not (is_bool and data[8:].translate(None, b"\x00\x01")):
+                values[name] = np.frombuffer(data, dtype, count, 8)
+                continue
+        a = _parse_array(ext.code, data, max_elements)  # raises the exact reason, if any
+        if a.dtype != dtype:
+            raise WireError("bad_dtype", f"column {name} is {a.dtype}, must be {dtype}")
+        raise WireError("bad_shape", f"column {name} has shape {a.shape}, must be 1-d")
+    _check_segment(seg, limits)
+    return seg
+
+
+# Per WireLimits (frozen, hashable), built on first use: the typed decoder with
+# length caps, the one without, the largest frame the latter may read, and the
+# builders of both.
+_decoders: dict[WireLimits, tuple[msgspec.msgpack.Decoder, msgspec.msgpack.Decoder, int, _Builders]] = {}
+
+
+def _decoders_for(limits: WireLimits) -> tuple[msgspec.msgpack.Decoder, msgspec.msgpack.Decoder, int, _Builders]:
+    capped, capped_builders = _schema(limits, lengths=True)
+    free, free_builders = _schema(limits, lengths=False)
+    # A str of n characters, a bin of n bytes and an array of n items each take
+    # at least n bytes of the frame, so no frame this short can break a cap.
+    short = min(limits.max_string_bytes, limits.max_steps * limits.max_candidates_per_step)
+    return capped, free, short, {**capped_builders, **free_builders}
+
+
+def decode(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> Message:
+    """Parse and fully validate one frame.  Raises only `WireError`."""
+    try:
+        size = memoryview(data).nbytes
+    except TypeError:
+        raise WireError("malformed", f"not a bytes-like object: {type(data).__name__}") from None
+    if size > limits.max_message_bytes:
+        raise WireError("too_large", f"{size} bytes > {limits.max_message_bytes}")
+    schema = _decoders.get(limits)
+    if schema is None:
+        schema = _decoders[limits] = _decoders_for(limits)
+    capped, free, short, builders = schema
+    try:
+        s = (free if size <= short else capped).decode(data)
+    except Exception as e:  # msgspec raises DecodeError, ValidationError and, on deep nesting, RecursionError
+        raise _explain(data, limits, e) from None
+    return builders[type(s)](s)
 
 
 def _caps(limits: WireLimits) -> dict[str, tuple[int, str]]:
@@ -570,148 +643,107 @@ def _caps(limits: WireLimits) -> dict[str, tuple[int, str]]:
     }
 
 
-# ext hook and caps per WireLimits (frozen, hashable), built on first use
-_decoders: dict[WireLimits, tuple[Callable[[int, bytes], Any], dict[str, tuple[int, str]]]] = {}
+_LIMIT_ERROR = re.compile(r"exceeds max_(str|bin|array|map|ext)_len\((\d+)\)")
+# msgspec's validation messages, by the reason they mean; the first match wins
+_VALIDATION_REASONS = (
+    (re.compile(r"^Object (missing required|contains unknown) field"), "bad_field"),
+    (re.compile(r" - at `key` in `"), "bad_field"),  # a bin map key: msgpack refused every other non-str key
+    (re.compile(r"^Expected `\w+` of length <= "), "too_large"),
+    (re.compile(r"^Expected `\w+` (>|<|of length >=|matching regex)"), "bad_value"),
+    (re.compile(r"^Invalid enum value"), "bad_value"),
+)
+_AT_COLLECTOR_ID = re.compile(r"`\$\.(header\.)?collector_id`$")
+_MAX_DETAIL_CHARS = 300
 
 
-def decode(data: bytes | memoryview, limits: WireLimits = DEFAULT_LIMITS) -> Message:
-    """Parse and fully validate one frame.  Raises only `WireError`."""
+def _shown(text: str) -> str:
+    """Peer-chosen text (a key, a kind) made safe to log: escaped where not printable, and short."""
+    if not text.isprintable():
+        text = repr(text)[1:-1]
+    return text if len(text) <= _MAX_DETAIL_CHARS else text[:_MAX_DETAIL_CHARS] + "..."
+
+
+def _explain(data: bytes | memoryview, limits: WireLimits, error: Exception) -> WireError:
+    """The WireError for a frame the typed decoder refused.
+
+    msgspec stops at the first field it cannot use, before it has read the
+    rest of the frame, so a truncated frame may first look like a wrong type.
+    The frame is therefore parsed again with msgpack (bounded by the same
+    limits) to find framing faults, the version and the kind first, as the
+    documented order wants; what remains is in msgspec's message.
+    """
+    size = memoryview(data).nbytes
+    caps = _caps(limits)
     try:
-        size = memoryview(data).nbytes
-    except TypeError:
-        raise WireError("malformed", f"not a bytes-like object: {type(data).__name__}") from None
-    if size > limits.max_message_bytes:
-        raise WireError("too_large", f"{size} bytes > {limits.max_message_bytes}")
-    cached = _decoders.get(limits)
-    if cached is None:
-        cached = _decoders[limits] = (_make_ext_hook(limits), _caps(limits))
-    hook, caps = cached
-    # Container and ext lengths are also capped by the frame size: a header
-    # declaring more items than there are bytes is truncated, not merely big,
-    # and msgpack would otherwise preallocate room for all of them.
-    try:
+        # Container and ext lengths are also capped by the frame size: a
+        # header declaring more items than there are bytes is truncated, not
+        # merely big, and msgpack would otherwise preallocate room for them.
         obj = msgpack.unpackb(
-            data, raw=False, strict_map_key=True, ext_hook=hook, use_list=True,
+            data, raw=False, strict_map_key=True, use_list=True,
             max_str_len=caps["str"][0], max_bin_len=caps["bin"][0],
             max_array_len=min(size, caps["array"][0]), max_map_len=min(size, caps["map"][0]),
             max_ext_len=min(size, caps["ext"][0]),
         )
-    except WireError:
-        raise
     except Exception as e:  # msgpack documents that it may raise other types too
         # msgpack reports a broken limit only in its message: "N exceeds max_array_len(L)"
         match = _LIMIT_ERROR.search(str(e)) if type(e) is ValueError else None
         if match:
             cap, reason = caps[match.group(1)]
-            raise WireError(reason if int(match.group(2)) >= cap else "malformed", str(e)) from None
-        raise WireError("malformed", f"{type(e).__name__}: {e}") from None
+            return WireError(reason if int(match.group(2)) >= cap else "malformed", _shown(str(e)))
+        return WireError("malformed", _shown(f"{type(e).__name__}: {e}"))
     if type(obj) is not dict:
-        raise WireError("not_a_map", f"top level is {type(obj).__name__}")
+        return WireError("not_a_map", f"top level is {type(obj).__name__}")
     v = obj.get("v")
     if type(v) is not int or v != PROTOCOL_VERSION:
-        raise WireError("bad_version", f"v={v!r}, expected {PROTOCOL_VERSION}")
+        return WireError("bad_version", _shown(f"v={v!r}, expected {PROTOCOL_VERSION}"))
     kind = obj.get("kind")
-    if kind == "segment":
-        return _decode_segment(obj, limits)
-    spec = _SPECS.get(kind) if type(kind) is str else None
-    if spec is None:
-        raise WireError("unknown_kind", f"kind={kind!r}")
-    cls, field_spec = spec
-    _check_keys(kind, obj, _KEYS_OF[kind])
-    kwargs = _convert(kind, obj, field_spec)
-    for name, minimum in _MINIMA.get(kind, ()):
-        if kwargs[name] < minimum:
-            raise WireError("bad_value", f"{kind}.{name}={kwargs[name]} < {minimum}")
-    if kind == "welcome" and not kwargs["heartbeat_s"] > 0:
-        raise WireError("bad_value", f"welcome.heartbeat_s={kwargs['heartbeat_s']} must be > 0")
-    return cls(**kwargs)
-
-
-def _decode_segment(obj: dict, limits: WireLimits) -> Segment:
-    _check_keys("segment", obj, _SEGMENT_KEYS)
-    header, columns = obj["header"], obj["columns"]
-    if type(header) is not dict or type(columns) is not dict:
-        raise WireError("bad_field", "segment header and columns must be maps")
-    _check_keys("segment.header", header, _HEADER_NAMES)
-    _check_keys("segment.columns", columns, _COLUMN_NAMES)
-    seg = _filled(Segment, columns)
-    seg.__dict__["header"] = _filled(SegmentHeader, _convert("segment.header", header, _HEADER_SPEC))
-    _validate_columns(seg, limits)
-    return seg
-
-
-def _filled(cls: type, values: dict[str, Any]) -> Any:
-    # A frozen dataclass's __init__ sets every field through object.__setattr__,
-    # which costs a few microseconds per segment; the keys were checked to be
-    # exactly the fields, so they can go straight into the instance __dict__.
-    obj = object.__new__(cls)
-    obj.__dict__.update(values)
-    return obj
+    if type(kind) is not str or kind not in _KINDS:
+        return WireError("unknown_kind", _shown(f"kind={kind!r}"))
+    if not isinstance(error, msgspec.ValidationError):
+        # msgpack read what msgspec could not (a nesting depth, say): still not a frame we take
+        return WireError("malformed", _shown(f"{type(error).__name__}: {error}"))
+    text = _shown(str(error))
+    reason = next((r for pattern, r in _VALIDATION_REASONS if pattern.search(text)), "bad_field")
+    if reason == "bad_field" and "`$.columns.action_text[" in text:
+        # a non-str entry cannot equal the str candidate it must repeat: the documented bad_value
+        return WireError("bad_value", f"segment: action_text differs from candidates[off[t] + action_index[t]]: {text}")
+    if reason != "bad_field" and _AT_COLLECTOR_ID.search(text):
+        return WireError("bad_value", f"{kind}: collector_id must be 1 to {MAX_ID_CHARS} characters with no "
+                                      f"control characters (NUL, ESC, ...): {text}")
+    return WireError(reason, f"{kind}: {text}")
 
 
 # ---------------------------------------------------------------- validation
 
 
-def _is_int(x: Any) -> bool:
-    return (type(x) is int) or isinstance(x, np.integer)
-
-
-def _is_float(x: Any) -> bool:
-    return type(x) is float or type(x) is int or isinstance(x, (np.floating, np.integer))
-
-
-def _all_str(xs: Any) -> bool:
-    if type(xs) is not list and type(xs) is not tuple:
-        return False
-    try:
-        # str.join type-checks every item in C, far faster than a Python loop
-        "".join(xs)
-    except TypeError:
-        return False
-    return True
-
-
-_min, _max = np.minimum.reduce, np.maximum.reduce
-
-
 def validate_segment(seg: Segment, limits: WireLimits = DEFAULT_LIMITS) -> None:
     """Check every invariant of a segment; raise `WireError` on the first broken one.
 
-    Called by `decode`; collectors may call it before sending.  Column checks
-    are vectorised so the cost stays small next to unpacking the strings.
+    Collectors may call it before sending.  The segment is checked exactly as
+    the hub will check it, by encoding it and decoding the bytes, so there is
+    one set of rules.
     """
-    h = seg.header
-    if type(h) is not SegmentHeader:
+    if type(seg.header) is not SegmentHeader:
         raise WireError("bad_field", "segment header is not a SegmentHeader")
-    for name, conv in _HEADER_SPEC:
-        value = getattr(h, name)
-        ok = type(value) is str if conv is _str else _is_int(value) if conv is _int else _is_float(value)
-        if not ok:
-            raise WireError("bad_field", f"header.{name} has type {type(value).__name__}")
-    _validate_columns(seg, limits)
+    try:
+        data = encode(seg)
+    except TypeError as e:  # a value msgpack cannot carry at all
+        raise WireError("bad_field", str(e)) from None
+    decode(data, limits)
 
 
-def _validate_columns(seg: Segment, limits: WireLimits) -> None:
-    # decode has type-checked the header already; only its values remain
-    h = seg.header
-    if h.seq < 0 or h.step0 < 0:
-        raise WireError("bad_value", f"negative seq ({h.seq}) or step0 ({h.step0})")
-    # action_text is not scanned here: it must equal a slice of candidates below
-    for name in ("observations", "candidates"):
-        if not _all_str(getattr(seg, name)):
-            raise WireError("bad_field", f"column {name} must be an array of str")
-    if type(seg.action_text) is not list and type(seg.action_text) is not tuple:
-        raise WireError("bad_field", "column action_text must be an array of str")
-    for name, dtype in _ARRAY_COLUMNS.items():
-        a = getattr(seg, name)
-        if not isinstance(a, np.ndarray):
-            raise WireError("bad_field", f"column {name} must be an array, got {type(a).__name__}")
-        # decoded arrays carry the very dtype object of _ARRAY_COLUMNS; `is` skips a slow ==
-        if a.dtype is not dtype and a.dtype != dtype:
-            raise WireError("bad_dtype", f"column {name} is {a.dtype}, must be {dtype}")
-        if a.ndim != 1:
-            raise WireError("bad_shape", f"column {name} has shape {a.shape}, must be 1-d")
+_min, _max, _all = np.minimum.reduce, np.maximum.reduce, np.logical_and.reduce
+_U32, _F64 = np.dtype("<u4"), np.dtype("<f8")
+_INF32 = (np.float32(np.inf).tobytes(), np.float32(-np.inf).tobytes())
 
+
+def _check_segment(seg: Segment, limits: WireLimits) -> None:
+    """The rules between columns, which no per-field type can state.
+
+    Each numpy call costs one to three microseconds here, whatever the array
+    size (decoding has just pushed numpy's code out of the CPU caches), which
+    is most of the cost of these checks: the work is arranged to need few.
+    """
     T = len(seg.observations)
     if not 1 <= T <= limits.max_steps:
         raise WireError("bad_value", f"{T} steps, must be 1..{limits.max_steps}")
@@ -719,41 +751,40 @@ def _validate_columns(seg: Segment, limits: WireLimits) -> None:
         if len(getattr(seg, name)) != T + (name == "cand_offsets"):
             raise WireError("column_length", f"{name} has {len(getattr(seg, name))} entries for {T} steps")
 
-    # Every distinct numpy operation costs one to three microseconds here,
-    # whatever the array size: unpacking has just evicted numpy's code from
-    # the CPU caches.  So the T-length columns are turned into lists once
-    # (.tolist() is cheap) and checked with Python builtins over map(), and
-    # numpy is kept for the N-length visit/prior checks.
-    off = seg.cand_offsets.tolist()
+    off = seg.cand_offsets
     starts = off[:-1]
-    counts = list(map(operator.sub, off[1:], starts))
-    if off[0] != 0 or min(counts) < 1 or max(counts) > limits.max_candidates_per_step:
+    counts = off[1:] - starts
+    # As uint32 a negative action index is huge, so one comparison checks
+    # 0 <= a < count, which also proves count >= 1 (offsets strictly increase).
+    # int32 wrap-around cannot fake this: with T <= max_steps and counts <=
+    # max_candidates_per_step every true offset stays far below 2**31.
+    if off[0] != 0 or not _all(seg.action_index.view(_U32) < counts) \
+            or _max(counts) > limits.max_candidates_per_step:
         raise WireError("bad_value", "cand_offsets must start at 0 and increase by 1.."
-                        f"{limits.max_candidates_per_step} candidates per step")
-    N = off[-1]
-    for name in ("candidates", "visits", "prior"):
-        if len(getattr(seg, name)) != N:
-            raise WireError("column_length", f"{name} has {len(getattr(seg, name))} entries, offsets say {N}")
-
-    ai = seg.action_index.tolist()
-    if min(ai) < 0 or any(map(operator.ge, ai, counts)):
-        raise WireError("bad_value", "action_index outside its step's candidates")
-    cands, text = seg.candidates, seg.action_text
-    if list(map(cands.__getitem__, map(operator.add, starts, ai))) != (text if type(text) is list else list(text)):
+                        f"{limits.max_candidates_per_step} candidates per step, and 0 <= action_index[t] < "
+                        "off[t+1] - off[t]")
+    N = len(seg.candidates)
+    if off[-1] != N or len(seg.visits) != N or len(seg.prior) != N:
+        raise WireError("column_length", f"offsets say {off[-1]} candidates; candidates, visits and prior have "
+                        f"{N}, {len(seg.visits)} and {len(seg.prior)}")
+    if list(map(seg.candidates.__getitem__, (starts + seg.action_index).tolist())) != seg.action_text:
         raise WireError("bad_value", "action_text differs from candidates[off[t] + action_index[t]]")
 
     # summed in float64, which cannot overflow for T float32 terms: the sum is
     # finite exactly when every term is
-    if not math.isfinite(sum(seg.reward.tolist())):
+    if not math.isfinite(np.add.reduce(seg.reward, dtype=_F64)):
         raise WireError("bad_value", "reward must be finite")
-    root = seg.root_value.tolist()
-    if math.inf in root or -math.inf in root:
+    # NaN is allowed and infinity is not; searching the bytes for the two
+    # infinities is far cheaper than a numpy pass, and a hit that straddles
+    # two elements is settled by the exact test
+    raw = seg.root_value.tobytes()
+    if (_INF32[0] in raw or _INF32[1] in raw) and np.isinf(seg.root_value).any():
         raise WireError("bad_value", "root_value must be finite or NaN")
     # visits and prior side by side: one copy serves both checks
     dist = np.concatenate((seg.visits, seg.prior)).reshape(2, N)
     if not _min(dist, axis=None) >= 0:  # NaN fails too
         raise WireError("bad_value", "visits and prior must be non-negative")
-    sums = np.add.reduceat(dist, seg.cand_offsets[:-1], axis=1)
+    sums = np.add.reduceat(dist, starts, axis=1)
     # inf and NaN sums fail these bounds
     if not (_min(sums, axis=None) >= 1 - _SUM_TOLERANCE and _max(sums, axis=None) <= 1 + _SUM_TOLERANCE):
         raise WireError("bad_value", f"visits and prior must sum to 1 per step (within {_SUM_TOLERANCE})")

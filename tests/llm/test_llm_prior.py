@@ -265,12 +265,17 @@ def test_odd_text_does_not_crash(backend):
 
 
 def test_batched_tokenisation_matches_single(backend):
-    from pzstream.llm.prior import _encode, _prepare
+    from pzstream.llm.prior import _prepare
+    from pzstream.llm.tokens import encode_pair
+
     t = backend.tokenizer
     odd = "\ufffd\x00\x01\x07\x1b[31m caf\u00e9 e\u0301 \U0001F600 \t\r\n"
     prompts = ["You are here. Action:", "", odd * 3]
     cands = [["go north", "take the brass lantern", odd], [""], ["x", "open mailbox"]]
     p_ids, c_ids = _prepare(backend.model, t, prompts, cands, " {action}", 32)
     eos = t.eos_token_id
-    assert p_ids == [_encode(t, p) or [eos] for p in prompts]
-    assert c_ids == [[_encode(t, " " + c)[:32] or [eos] for c in cs] for cs in cands]
+    single = [[encode_pair(t, p, c) for c in cs] for p, cs in zip(prompts, cands)]
+    assert p_ids == [row[0][0] for row in single]
+    assert c_ids == [[a for _, a in row] for row in single]
+    assert p_ids[1] == [eos] and c_ids[1] == [[t(" ", add_special_tokens=False)["input_ids"][0], eos]]
+    assert all(a[-1] == eos for row in c_ids for a in row)  # the end of every answer is scored

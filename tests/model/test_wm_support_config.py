@@ -2,8 +2,15 @@ import pytest
 import torch
 
 from pzstream.model.config import WorldModelConfig
-from pzstream.model.support import (h_inverse, h_transform, logits_to_scalar, probs_to_scalar,
-                                    scalar_to_two_hot, support_for, support_limit)
+from pzstream.model.support import (
+    h_inverse,
+    h_transform,
+    logits_to_scalar,
+    probs_to_scalar,
+    scalar_to_two_hot,
+    support_for,
+    support_limit,
+)
 
 
 def test_h_inverse_round_trip():
@@ -88,3 +95,12 @@ def test_default_config_is_valid():
     assert cfg.value_bins == 2 * cfg.value_support + 1 and cfg.reward_bins == 2 * cfg.reward_support + 1
     # the defaults cover the Jericho suite: returns to ~1000, per-step rewards to ~100
     assert support_limit(cfg.value_support, cfg.h_eps) >= 1000 and support_limit(cfg.reward_support, cfg.h_eps) >= 100
+
+
+def test_support_warning_names_the_setting_that_covers_the_game():
+    from pzstream.model.support import support_for, support_warning
+
+    assert support_warning(350, 32) is None  # the default covers zork1
+    assert support_warning(0, 1) is None  # a game without a score
+    msg = support_warning(350, 10)
+    assert msg is not None and f"model.value_support={support_for(350)}" in msg and "350" in msg

@@ -99,3 +99,27 @@ def test_progress_reward_adds_the_world_models_value_of_the_result(tmp_path):
     total, parts = reward_fn(s, f"</think>\n<answer>{s.truth}</answer>")
     assert np.isfinite(v) and parts["progress"] != 1.0 and np.isfinite(total)
     progress.close()
+
+
+def test_choice_mode_trains_the_distribution_it_samples_from():
+    """Answers are drawn from softmax(mean token log-prob / T); the token-level PPO update must move
+    that score by the answer's advantage whatever its length (the old update pushed a 6-token
+    answer 6 x T times as hard as a 1-token one)."""
+    from pzstream.llm.losses import ppo_clip_loss
+    from pzstream.orz.ppo_math import choice_advantages
+
+    T = 2.0
+    mask = torch.tensor([[1.0] * 7, [1.0, 1.0, 0, 0, 0, 0, 0]])  # a long and a short answer
+    decided = mask.clone()
+    decided[:, 0] = 0.0  # the first token is shared by every allowed answer
+    adv = choice_advantages(torch.ones(2, 7) * decided, decided, T)
+    logp = torch.full((2, 7), -1.0, requires_grad=True)
+    ppo_clip_loss(logp, logp.detach(), adv, 0.2, mask).backward()  # the first (on-policy) step
+    # the update is -dL/dlogp = c * d score / d logp for the sampling score mean(decided log-probs) / T:
+    # the coefficient c (the push on the score) must be the same for both answers
+    dscore = decided / (decided.sum(1, keepdim=True) * T)
+    push = -logp.grad[decided.bool()] / dscore[decided.bool()]
+    assert torch.allclose(push, push[0].expand_as(push)), push
+    assert torch.all(adv[:, 0] == 0) and torch.all(adv[1, 2:] == 0)
+    with pytest.raises(ValueError, match="temperature"):
+        choice_advantages(adv, decided, 0.0)

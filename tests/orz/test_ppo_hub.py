@@ -15,6 +15,8 @@ import pytest
 from pzstream.orz.runtime import ray_stack_available
 from support import free_base_port, launch
 
+pytestmark = pytest.mark.slow  # whole --role all runs with PPO episodes, 1.5-4 minutes each
+
 PPO = ["collector.segment_steps=5", "search.num_simulations=2", "llm.max_prompt_tokens=128", "trainer.min_replay_steps=20",
        "trainer.publish_every=5", "ppo.fire_threshold=16", "ppo.rollout_batch_size=8", "ppo.n_samples_per_prompt=4",
        "ppo.micro_train_batch_size=16", "ppo.prompt_max_len=192"]

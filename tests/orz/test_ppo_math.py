@@ -1,4 +1,4 @@
-"""PPO/GRPO math against values computed by hand."""
+"""PPO/GRPO math against values computed by hand (the policy losses are pzstream.llm.losses, shared with RFT)."""
 from __future__ import annotations
 
 import math
@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 
-from pzstream.orz.ppo_math import (gae, grpo_advantages, kl_k3, last_token_scores, normalize_advantages,
-                                   policy_loss, value_loss)
+from pzstream.llm.losses import k3_kl, masked_mean, ppo_clip_loss
+from pzstream.orz.ppo_math import gae, grpo_advantages, last_token_scores, normalize_advantages, value_loss
 
 MASK = torch.tensor([[1.0, 1.0, 1.0], [1.0, 1.0, 0.0]])
 
@@ -50,10 +50,10 @@ def test_policy_loss_clips_both_ways():
     mask = torch.ones(1, 2)
     old = torch.zeros(1, 2)
     up = torch.full((1, 2), math.log(1.5))  # ratio 1.5
-    assert torch.isclose(policy_loss(up, old, torch.ones(1, 2), mask, 0.2), torch.tensor(-1.2))  # clipped at 1.2
-    assert torch.isclose(policy_loss(up, old, -torch.ones(1, 2), mask, 0.2), torch.tensor(1.5))  # min keeps 1.5 * -1
+    assert torch.isclose(ppo_clip_loss(up, old, torch.ones(1, 2), 0.2, mask), torch.tensor(-1.2))  # clipped at 1.2
+    assert torch.isclose(ppo_clip_loss(up, old, -torch.ones(1, 2), 0.2, mask), torch.tensor(1.5))  # min keeps 1.5 * -1
     down = torch.full((1, 2), math.log(0.5), requires_grad=True)
-    loss = policy_loss(down, old, torch.ones(1, 2), mask, 0.2)
+    loss = ppo_clip_loss(down, old, torch.ones(1, 2), 0.2, mask)
     assert torch.isclose(loss, torch.tensor(-0.5))
     loss.backward()
     assert torch.all(down.grad != 0)  # below the clip with a positive advantage: still pushed up
@@ -65,6 +65,7 @@ def test_value_loss_and_k3():
     assert torch.isclose(value_loss(v, old, ret, mask, value_clip=None), torch.tensor(0.5))
     assert torch.isclose(value_loss(v, old, ret, mask, value_clip=0.2), torch.tensor(0.5 * 1.8 ** 2))
     lp = torch.tensor([[-1.0, -2.0]])
-    assert kl_k3(lp, lp, torch.ones(1, 2)) == 0
+    assert masked_mean(k3_kl(lp, lp), torch.ones(1, 2)) == 0
     d = 0.5
-    assert torch.isclose(kl_k3(torch.tensor([[-1.0]]), torch.tensor([[-1.0 + d]]), mask), torch.tensor(math.exp(d) - d - 1))
+    assert torch.isclose(masked_mean(k3_kl(torch.tensor([[-1.0]]), torch.tensor([[-1.0 + d]])), mask),
+                         torch.tensor(math.exp(d) - d - 1))

@@ -14,7 +14,7 @@ from pzstream.orz.runtime import ray_stack_available
 from pzstream.roles.ppo_worker import build_reward_fn
 
 ok, why = ray_stack_available()
-pytestmark = pytest.mark.skipif(not ok, reason=f"PPO Ray stack not installed: {why}")
+pytestmark = [pytest.mark.skipif(not ok, reason=f"PPO Ray stack not installed: {why}"), pytest.mark.slow]
 
 CFG = dict(enabled=True, runtime="ray", rollout_batch_size=4, fire_threshold=4, n_samples_per_prompt=4,
            micro_train_batch_size=8, policy_update_steps=2, critic_update_steps=2, actor_learning_rate=3e-3,

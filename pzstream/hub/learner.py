@@ -1,0 +1,176 @@
+"""The learner hub: wires the ingest core, its parts and the helper processes, and serves.
+
+    collectors -> ROUTER -> Ingest -> parts: TrainerLink (-> trainer process),
+                                             PPOEpisodes (-> PPO worker process),
+                                             ReturnTracker, any extra part
+    trainer / PPO worker -> Supervisor -> PublishedVersions -> weights notices (PUB) -> collectors
+
+This module only builds and runs; each hop lives in the module named for it.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import anyio
+import zmq
+import zmq.asyncio
+
+from pzstream.config import Config
+from pzstream.hub.ingest import Ingest
+from pzstream.hub.parts import SegmentPart
+from pzstream.hub.ppo import PPOEpisodes
+from pzstream.hub.publisher import PublishedVersions
+from pzstream.hub.report import HubReport, ReturnTracker, ingest_summary
+from pzstream.hub.status import HubStatus, lag_summary
+from pzstream.hub.supervisor import HelperSpec, StartFn, Supervisor
+from pzstream.hub.trainer_link import TrainerLink
+from pzstream.stream.transport import (
+    CurveKeys,
+    HubRouter,
+    LogRelay,
+    NoticePublisher,
+    check_bind_security,
+    endpoints_for,
+)
+from pzstream.stream.weights import WeightsStore
+from pzstream.stream.wire import WireLimits
+
+log = logging.getLogger("pzstream.learner")
+
+
+class LearnerHub:
+    """Serve collectors until ``stop`` is set; :meth:`status` and :meth:`summary` say what happened.
+
+    helpers: name -> start function of the helper processes to run ("trainer", "ppo"); None
+    starts those the config enables. A part whose helper is not started still sees every
+    segment (the trainer link forwards nothing, the PPO queue fills and never fires).
+    extra_parts: more subscribers to accepted segments (tests record them this way).
+    """
+
+    def __init__(self, cfg: Config, curve: CurveKeys | None = None, run_dir: Path | None = None,
+                 helpers: dict[str, StartFn] | None = None, extra_parts: Sequence[SegmentPart] = ()):
+        self.cfg = cfg
+        self.run_dir = run_dir or Path(cfg.run.out_dir) / cfg.run.name
+        self.curve = curve
+        self.endpoints = endpoints_for(cfg.hub.address)
+        self.hub_id = f"{socket.gethostname()}-{os.getpid()}"
+        self.weights = WeightsStore(keep=3, directory=self.run_dir / "weights")
+        self.versions = PublishedVersions(self.weights)
+        self.trainer = TrainerLink(self.versions)
+        w = cfg.wire
+        limits = WireLimits(max_message_bytes=w.max_message_bytes, max_array_elements=w.max_array_elements,
+                            max_steps=w.max_steps, max_candidates_per_step=w.max_candidates_per_step)
+        self.ppo = PPOEpisodes(cfg, self.versions, self.run_dir, limits) if cfg.ppo.enabled else None
+        self.returns = ReturnTracker()
+        parts: list[SegmentPart] = [self.trainer, self.returns, *([self.ppo] if self.ppo else []), *extra_parts]
+        self.ingest = Ingest(cfg.hub, limits, self.hub_id, self.versions, self.weights, cfg.trainer.max_wm_lag, parts)
+        self.helpers = helpers if helpers is not None else self._default_helpers()
+        self._t0 = time.monotonic()
+        self._t_end: float | None = None
+        self._notices: NoticePublisher | None = None
+        self.ready = anyio.Event()
+
+    def _default_helpers(self) -> dict[str, StartFn]:
+        from pzstream.stream.logstream import local_address
+
+        logs_in = None if self.curve else local_address(self.endpoints.logs_in)
+        out: dict[str, StartFn] = {}
+        if self.cfg.trainer.enabled:
+            from pzstream.roles.trainer import start_trainer
+
+            out["trainer"] = lambda inbox, outbox: start_trainer(self.cfg, inbox, outbox, self.run_dir, logs_in)
+        if self.ppo is not None:
+            from pzstream.roles.ppo_worker import start_worker
+
+            out["ppo"] = lambda inbox, outbox: start_worker(self.cfg, inbox, outbox, self.run_dir, logs_in)
+        return out
+
+    def _supervise(self, ctx: zmq.asyncio.Context) -> Supervisor:
+        sup = Supervisor(ctx)
+        if "trainer" in self.helpers:
+            self.trainer.helper = sup.add(HelperSpec("trainer", "world-model trainer", self.helpers["trainer"], hwm=2000),
+                                          self.trainer)
+        if "ppo" in self.helpers and self.ppo is not None:
+            self.ppo.helper = sup.add(HelperSpec("ppo", "PPO worker", self.helpers["ppo"], hwm=4, stop_grace_s=20.0),
+                                      self.ppo)
+        return sup
+
+    async def serve(self, stop: anyio.Event) -> dict[str, object]:
+        check_bind_security(self.cfg.hub.address, self.curve, self.cfg.security.allow_insecure)
+        ctx = zmq.asyncio.Context()
+        sync_ctx = zmq.Context.shadow(ctx.underlying)
+        auth = self.curve.start_authenticator(sync_ctx) if self.curve else None
+        router = HubRouter(ctx, self.endpoints.segments, self.curve, self.cfg.wire.max_message_bytes)
+        self.versions.notices = NoticePublisher(ctx, self.endpoints.weights, self.curve)
+        relay = LogRelay(sync_ctx, self.endpoints.logs_in, self.endpoints.logs_out, self.curve)
+        supervisor = self._supervise(ctx)
+        tb = self.run_dir / "tb" / "hub" if self.cfg.trainer.tensorboard else None
+        report = HubReport(self.cfg.hub.report_every_s, self.status, self.returns, lambda: self.trainer.updates, tb)
+        self._t0 = time.monotonic()
+        log.info("hub %s listening: segments %s, weights %s, logs in %s, monitor %s%s", self.hub_id,
+                 self.endpoints.segments, self.endpoints.weights, self.endpoints.logs_in, self.endpoints.logs_out,
+                 " (CURVE)" if self.curve else "")
+        self.ready.set()
+        try:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(self.ingest.serve, router)
+                tg.start_soon(self.ingest.housekeeping, router)
+                tg.start_soon(self.ingest.watch_handshakes, router)
+                tg.start_soon(self.versions.run, self.cfg.hub.heartbeat_s)
+                tg.start_soon(report.run)
+                tg.start_soon(supervisor.run)
+                if self.ppo is not None:
+                    tg.start_soon(self.ppo.run)
+                await stop.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            self._t_end = time.monotonic()
+            supervisor.close()  # the parts keep their helpers: the summary reads their restart counts
+            router.close()
+            self.versions.notices.close()
+            self.versions.notices = None
+            relay.close()
+            if auth is not None:
+                auth.stop()
+            ctx.destroy(linger=0)
+        return self.summary()
+
+    async def publish(self, model: str, data: bytes) -> int:
+        """Publish ``data`` as the next version of ``model`` (as the trainer and PPO do); returns the version."""
+        return (await self.versions.publish(model, data)).version
+
+    # ------------------------------------------------------------------ results
+
+    def status(self) -> HubStatus:
+        c = self.ingest.counters
+        return HubStatus(
+            segments_accepted=c.accepted, env_steps=c.accepted_steps, accepted_bytes=c.accepted_bytes,
+            rejected_by_reason=dict(c.rejected), connections_rejected=dict(c.connections_rejected),
+            collectors=self.ingest.collectors(), readers=self.ingest.collectors(readers=True),
+            collectors_lost=c.collectors_lost,
+            per_game={g: dict(v) for g, v in sorted(c.per_game.items())},
+            lag_wm=lag_summary(c.lag_wm), lag_llm=lag_summary(c.lag_llm),
+            wm_version=self.versions.wm, llm_version=self.versions.llm,
+            elapsed_s=(self._t_end or time.monotonic()) - self._t0)
+
+    def summary(self) -> dict[str, object]:
+        """The JSON summary ``launch.py`` prints last."""
+        ppo = self.ppo
+        return {
+            **ingest_summary(self.status()),
+            "wm_updates": self.trainer.updates,
+            "trainer": self.trainer.stats,
+            "trainer_dropped": self.trainer.dropped,
+            "episode_returns": self.returns.summary(),
+            "ppo_episodes_fired": ppo.state.fired if ppo else 0,
+            "ppo_episodes_failed": ppo.state.failed if ppo else 0,
+            "ppo_episodes_ok": ppo.state.ok if ppo else 0,
+            "prompt_queue_size": len(ppo.queue) if ppo else 0,
+            "ppo": ppo.summary() if ppo else {"runtime": None, "worker_restarts": 0, "unsearched_steps": 0, "last": {},
+                                              "errors": [], "queue": None},
+        }

@@ -1,0 +1,201 @@
+"""PPO episodes on the hub: prompt samples from accepted segments, a full queue fires an episode
+on the PPO worker, and the policy it returns becomes the next LLM version.
+
+The hub never waits for an episode: samples are queued whatever the worker does, one episode is
+in flight at a time, and a failed, hung or crashed one is counted and the next threshold fires
+a new attempt.
+"""
+from __future__ import annotations
+
+import logging
+import random
+import time
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import anyio
+
+from pzstream.config import Config
+from pzstream.hub.parts import AcceptedSegment
+from pzstream.hub.peers import printable
+from pzstream.hub.prompt_queue import PromptQueue
+from pzstream.hub.publisher import PublishedVersions
+from pzstream.stream import internal, wire
+from pzstream.stream.internal import (
+    EpisodeRequest,
+    EpisodeResult,
+    WorkerFatal,
+    WorkerReady,
+)
+from pzstream.stream.wire import WireLimits
+
+log = logging.getLogger("pzstream.learner")
+
+
+class StoredSteps:
+    """A segment's lazy prompt samples (``SegmentSteps``) kept as the segment's wire bytes while
+    they wait in the queue: one bytes object is far cheaper to hold and to free than the ~1,000
+    objects of a decoded segment, and an episode takes only a few. Decoded again on first read."""
+
+    __slots__ = ("_data", "_limits", "_n", "_steps")
+
+    def __init__(self, steps, data, limits: WireLimits):
+        self._steps, self._data, self._limits, self._n = replace(steps, seg=None), data, limits, len(steps)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def __getitem__(self, t: int):
+        if self._steps.seg is None:  # the hub validated these bytes: decoding them again cannot fail
+            self._steps = replace(self._steps, seg=wire.decode(self._data, self._limits))
+        return self._steps[t]
+
+
+@dataclass
+class PPOState:
+    """Episode counters and the one episode in flight."""
+
+    fired: int = 0
+    ok: int = 0
+    failed: int = 0
+    unsearched_steps: int = 0  # steps of random play: no search decision to learn, not queued
+    running: int | None = None  # episode number in flight
+    started: float = 0.0
+    runtime: str | None = None
+    ready: bool = False
+    last: dict[str, float] = field(default_factory=dict)
+    errors: list[str] = field(default_factory=list)
+
+
+class PPOEpisodes:
+    """Part (segments -> prompt queue) and helper client (the PPO worker)."""
+
+    def __init__(self, cfg: Config, versions: PublishedVersions, run_dir: Path, limits: WireLimits):
+        from pzstream.orz.samples import EpisodeTracker
+
+        pc = cfg.ppo
+        self.cfg, self.versions, self.run_dir, self.limits = cfg, versions, run_dir, limits
+        self.queue = PromptQueue(pc.queue_capacity, pc.fire_threshold)
+        self.state = PPOState()
+        self.helper = None  # the supervisor's Helper; without one, samples queue and nothing fires
+        self._tracker = EpisodeTracker(cfg.llm.history_len)
+        self._rng = random.Random(pc.seed)
+        self._writer = None
+
+    # -- the part ----------------------------------------------------------------------
+
+    def on_segment(self, accepted: AcceptedSegment) -> None:
+        """Every searched step becomes a prompt sample; a full queue fires an episode (never waits)."""
+        from pzstream.orz.samples import searched
+
+        seg = accepted.segment
+        steps = self._tracker.advance(seg, seed_base=accepted.seed)  # samples are built when an episode takes them
+        if not searched(seg):
+            self.state.unsearched_steps += len(steps)
+            return
+        self.queue.extend(StoredSteps(steps, accepted.data, self.limits))
+        self.maybe_fire()
+
+    def maybe_fire(self) -> None:
+        st = self.state
+        if self.helper is None or not st.ready or st.running is not None or not self.queue.ready():
+            return
+        samples = self.queue.take(self.cfg.ppo.rollout_batch_size, self._rng)
+        k = st.fired + 1
+        if not self.helper.send(EpisodeRequest(episode=k, samples=[s.to_dict() for s in samples])):
+            log.warning("PPO worker is not taking requests; episode %d not fired", k)
+            return
+        st.fired, st.running, st.started = k, k, time.monotonic()
+        games = Counter(s.game for s in samples)
+        log.info("PPO episode %d fired: %d prompts (%s), queue %s", k, len(samples),
+                 ", ".join(f"{printable(g)} {100 * n / len(samples):.0f}%" for g, n in sorted(games.items())), self.queue.summary())
+
+    # -- the helper client ---------------------------------------------------------------
+
+    def on_start(self, pid: int) -> None:
+        self.state.ready = False
+        log.info("PPO worker pid %d: runtime %s", pid, self.cfg.ppo.runtime)
+
+    def on_exit(self, why: str) -> None:
+        self.state.ready = False
+        if self.state.running is not None:
+            self.failed(why)
+
+    async def on_message(self, msg: internal.Internal) -> None:
+        st = self.state
+        if isinstance(msg, WorkerReady):
+            st.ready, st.runtime = True, msg.runtime
+            log.info("PPO runtime %s: %s", msg.runtime, msg.describe)
+        elif isinstance(msg, WorkerFatal):
+            self.failed(f"runtime did not start: {msg.error}")
+            if self.helper is not None:
+                self.helper.restart("its runtime did not start", delay_s=5.0)  # a broken setup: retry, slowly
+        elif isinstance(msg, EpisodeResult):
+            await self._result(msg)
+        self.maybe_fire()
+
+    def failed(self, why: str) -> None:
+        st = self.state
+        st.failed += 1
+        st.errors = (st.errors + [why])[-5:]
+        log.error("PPO episode %s failed (%d failed so far): %s; ingestion and world-model training go on",
+                  st.running if st.running is not None else "-", st.failed, why.splitlines()[0] if why else "")
+        st.running = None
+
+    async def _result(self, msg: EpisodeResult) -> None:
+        st = self.state
+        if not msg.ok:
+            self.failed(msg.error or "unknown error")
+            return
+        if not msg.payload:
+            self.failed("result without weights")
+            return
+        st.ok += 1
+        st.running = None
+        m = {k: float(v) for k, v in msg.metrics.items()}
+        st.last = m
+        notice = await self.versions.publish("llm", msg.payload)
+        log.info("PPO episode %d done: reward %.3f (std %.3f, >0 %.0f%%), response %.1f tokens, policy loss %.4f, "
+                 "value loss %.4f, kl %.4f; time generate %.2fs reward %.2fs forward %.2fs train %.2fs sync %.2fs; "
+                 "games %s; published llm v%d", msg.episode, m["reward_mean"], m["reward_std"],
+                 100 * m["reward_frac_positive"], m["response_length"], m.get("policy_loss", 0.0), m.get("value_loss", 0.0),
+                 m.get("kl", 0.0), m["time_generate"], m["time_reward"], m["time_forward"], m["time_train"], m["time_sync"],
+                 msg.games, notice.version)
+        if self._writer is not None:
+            for k, v in m.items():
+                self._writer.add_scalar(f"orz/{k}", v, st.ok)
+            if msg.rewards:
+                import numpy as np
+
+                self._writer.add_histogram("orz/rewards", np.asarray(msg.rewards, dtype=np.float32), st.ok)
+            self._writer.flush()
+
+    # -- the watch -----------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Fire when the worker becomes free; restart a worker whose episode runs past its timeout."""
+        if self.cfg.trainer.tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.run_dir / "tb" / "orz"))
+        try:
+            while True:
+                await anyio.sleep(1.0)
+                st = self.state
+                timeout = self.cfg.ppo.episode_timeout_s
+                if self.helper is not None and st.running is not None and time.monotonic() - st.started > timeout:
+                    log.error("PPO episode %d ran past ppo.episode_timeout_s=%.0f; restarting the worker", st.running, timeout)
+                    self.failed("timeout")
+                    self.helper.restart("episode timeout")
+                else:
+                    self.maybe_fire()
+        finally:
+            if self._writer is not None:
+                self._writer.close()
+
+    def summary(self) -> dict[str, object]:
+        st = self.state
+        return {"runtime": st.runtime, "worker_restarts": self.helper.restarts if self.helper is not None else 0,
+                "unsearched_steps": st.unsearched_steps, "last": st.last, "errors": st.errors,
+                "queue": self.queue.summary()}

@@ -1,0 +1,129 @@
+"""What the hub tells people: episode returns per collector, periodic log lines and TensorBoard
+scalars while it runs, and the summary dict when it stops."""
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import anyio
+
+from pzstream.hub.parts import AcceptedSegment
+from pzstream.hub.peers import printable
+from pzstream.hub.status import HubStatus
+
+log = logging.getLogger("pzstream.learner")
+
+SERIES_KEPT = 200  # (time, return) pairs per collector in the summary: the newest ones
+
+
+class ReturnTracker:
+    """Part: the return of every finished episode, per collector, summed across its segments."""
+
+    def __init__(self) -> None:
+        self._t0 = time.monotonic()
+        self._partial: dict[tuple[str, int], float] = {}
+        self.returns: dict[str, list[tuple[float, float]]] = {}  # collector -> [(seconds since start, return)]
+        self.policies: dict[str, str] = {}
+
+    def on_segment(self, accepted: AcceptedSegment) -> None:
+        seg = accepted.segment
+        h = seg.header
+        key = (h.collector_id, h.episode_id)
+        total = self._partial.pop(key, 0.0) + float(seg.reward.sum(dtype="float64"))
+        if bool(seg.done[-1]):
+            self.returns.setdefault(h.collector_id, []).append((round(time.monotonic() - self._t0, 2), total))
+            self.policies[h.collector_id] = accepted.policy
+        else:
+            self._partial[key] = total
+
+    def recent_means(self, last: int = 10) -> dict[str, float]:
+        return {cid: sum(r for _, r in s[-last:]) / len(s[-last:]) for cid, s in self.returns.items()}
+
+    def summary(self) -> dict[str, dict[str, object]]:
+        out = {}
+        for cid, series in sorted(self.returns.items()):
+            rets = [r for _, r in series]
+            half = len(rets) // 2
+            out[cid] = {"policy": self.policies.get(cid, "unknown"), "episodes": len(rets),
+                        "mean": round(sum(rets) / len(rets), 3),
+                        "first_half_mean": round(sum(rets[:half]) / half, 3) if half else None,
+                        "second_half_mean": round(sum(rets[half:]) / (len(rets) - half), 3),
+                        "series": series[-SERIES_KEPT:],
+                        "series_truncated_to": SERIES_KEPT if len(series) > SERIES_KEPT else None}
+        return out
+
+
+class HubReport:
+    """A log line (and TensorBoard scalars) every ``every_s`` seconds."""
+
+    def __init__(self, every_s: float, status: Callable[[], HubStatus], returns: ReturnTracker,
+                 wm_updates: Callable[[], int], tensorboard_dir: Path | None):
+        self.every_s, self.status, self.returns, self.wm_updates = every_s, status, returns, wm_updates
+        self.tensorboard_dir = tensorboard_dir
+
+    async def run(self) -> None:
+        writer = None
+        if self.tensorboard_dir is not None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            writer = SummaryWriter(str(self.tensorboard_dir))
+        t0 = last_t = time.monotonic()
+        last, last_steps = 0, 0
+        try:
+            while True:
+                await anyio.sleep(self.every_s)
+                now, s = time.monotonic(), self.status()
+                dt = max(now - last_t, 1e-9)
+                rate, step_rate = (s.segments_accepted - last) / dt, (s.env_steps - last_steps) / dt
+                last, last_t, last_steps = s.segments_accepted, now, s.env_steps
+                lag_mean = float(s.lag_wm.get("mean", 0.0))
+                log.info("segments %d (%.1f/s), steps %d, rejected %s, collectors live %d, cache hit %.1f%%, "
+                         "wm v%d (updates %d, lag mean %.1f)", s.segments_accepted, rate, s.env_steps,
+                         s.rejected_by_reason or 0, s.live_collectors, 100 * s.cache_hit_rate(), s.wm_version,
+                         self.wm_updates(), lag_mean)
+                means = self.returns.recent_means()
+                for cid, mean in means.items():
+                    log.info("returns %s (%s): last %d episodes mean %.2f", printable(cid),
+                             printable(self.returns.policies.get(cid, "unknown")), min(10, len(self.returns.returns[cid])), mean)
+                if writer is not None:
+                    t = round(now - t0)
+                    writer.add_scalar("ingest/segments_per_s", rate, t)
+                    writer.add_scalar("ingest/steps_per_s", step_rate, t)
+                    writer.add_scalar("lag/wm_mean", lag_mean, t)
+                    writer.add_scalar("weights/wm_version", s.wm_version, t)
+                    for cid, mean in means.items():
+                        writer.add_scalar(f"returns/{cid}", mean, t)
+                    writer.flush()
+        finally:
+            if writer is not None:
+                writer.close()
+
+
+def ingest_summary(s: HubStatus) -> dict[str, object]:
+    """The ingest half of the hub's summary (the parts add theirs)."""
+    elapsed = s.elapsed_s
+    return {
+        "segments_accepted": s.segments_accepted,
+        "segments_rejected": s.segments_rejected,
+        "rejected_by_reason": s.rejected_by_reason,
+        "connections_rejected": s.connections_rejected,
+        "env_steps": s.env_steps,
+        "segments_per_s": round(s.segments_accepted / elapsed, 3) if elapsed > 0 else 0.0,
+        "steps_per_s": round(s.env_steps / elapsed, 3) if elapsed > 0 else 0.0,
+        "valid_action_cache_hit_rate": round(s.cache_hit_rate(), 4),
+        "elapsed_s": round(elapsed, 2),
+        "collectors_seen": len(s.collectors),
+        "collectors_lost": s.collectors_lost,
+        "per_game": s.per_game,
+        "per_collector": {cid: c.summary() for cid, c in s.collectors.items()},
+        "readers": {rid: {"lost": r.lost, "closed": r.closed, **r.stats} for rid, r in s.readers.items()},
+        "collector_stats": {cid: c.stats for cid, c in s.collectors.items() if c.stats},
+        "lag": {"wm": s.lag_wm, "llm": s.lag_llm},
+        "megabytes": round(s.accepted_bytes / 1e6, 3),
+        "wm_version_published": s.wm_version,
+        "min_collector_wm_version": s.min_collector_version("wm"),
+        "llm_version_published": s.llm_version,
+        "min_collector_llm_version": s.min_collector_version("llm"),
+    }

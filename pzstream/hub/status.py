@@ -1,0 +1,87 @@
+"""What the hub counts, and the typed snapshot of it that tests, the report and the summary read."""
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+
+@dataclass
+class HubCounters:
+    """Ingest's running totals. lag_*: histogram of (published version - version played with)."""
+
+    accepted: int = 0
+    accepted_steps: int = 0
+    accepted_bytes: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    connections_rejected: Counter[str] = field(default_factory=Counter)
+    per_game: dict[str, Counter[str]] = field(default_factory=dict)
+    lag_wm: Counter[int] = field(default_factory=Counter)
+    lag_llm: Counter[int] = field(default_factory=Counter)
+    collectors_lost: int = 0
+
+
+@dataclass(frozen=True)
+class CollectorStatus:
+    """One collector id. lost: went silent past the timeout; closed: said goodbye (not a loss)."""
+
+    collector_id: str
+    game: str
+    policy: str
+    accepted: int
+    rejected: int
+    steps: int
+    lost: bool
+    closed: bool
+    stats: dict[str, float]  # its last heartbeat's numbers
+
+    def summary(self) -> dict[str, object]:
+        return {"game": self.game, "accepted": self.accepted, "rejected": self.rejected, "steps": self.steps,
+                "lost": self.lost, "closed": self.closed}
+
+
+@dataclass(frozen=True)
+class HubStatus:
+    """A snapshot of the hub, taken on its event loop (``LearnerHub.status()``)."""
+
+    segments_accepted: int
+    env_steps: int
+    accepted_bytes: int
+    rejected_by_reason: dict[str, int]
+    connections_rejected: dict[str, int]
+    collectors: dict[str, CollectorStatus]
+    readers: dict[str, CollectorStatus]  # prior/search servers that follow weights and send no segments
+    collectors_lost: int
+    per_game: dict[str, dict[str, int]]
+    lag_wm: dict[str, float]
+    lag_llm: dict[str, float]
+    wm_version: int  # newest published
+    llm_version: int
+    elapsed_s: float
+
+    @property
+    def segments_rejected(self) -> int:
+        return sum(self.rejected_by_reason.values())
+
+    @property
+    def live_collectors(self) -> int:
+        return sum(not (c.lost or c.closed) for c in self.collectors.values())
+
+    def cache_hit_rate(self) -> float:
+        hits = sum(c.stats.get("cache_hits", 0.0) for c in self.collectors.values())
+        misses = sum(c.stats.get("cache_misses", 0.0) for c in self.collectors.values())
+        return hits / (hits + misses) if hits + misses else 0.0
+
+    def min_collector_version(self, model: str) -> int | None:
+        """Lowest weights version any collector reported playing with (its last heartbeat)."""
+        key = f"{model}_version"
+        versions = [int(c.stats[key]) for c in self.collectors.values() if key in c.stats]
+        return min(versions) if versions else None
+
+
+def lag_summary(hist: Counter[int]) -> dict[str, float]:
+    """n, mean, p50, p90, max of a histogram of version lags."""
+    n = sum(hist.values())
+    if not n:
+        return {"n": 0}
+    lags = sorted(hist.elements())
+    return {"n": n, "mean": sum(lags) / n, "p50": lags[n // 2], "p90": lags[min(n - 1, int(n * 0.9))], "max": lags[-1]}

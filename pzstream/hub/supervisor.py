@@ -1,0 +1,161 @@
+"""The hub's helper processes (world-model trainer, PPO worker, any later one): start, watch,
+restart, stop, all alike.
+
+Each helper talks to the hub over a pair of ipc sockets in a fresh directory, in the typed
+messages of ``pzstream.stream.internal``: the hub PUSHes to the helper's inbox without ever
+blocking (``hwm`` bounds what waits) and PULLs what it sends back. A helper that dies, or that
+its client asks to restart (a hung episode, a runtime that did not start), is stopped and
+started again after ``restart_delay_s``; ingestion never waits for any of it.
+"""
+from __future__ import annotations
+
+import logging
+import multiprocessing as mp
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+import anyio
+import zmq
+import zmq.asyncio
+
+from pzstream.stream import internal
+
+log = logging.getLogger("pzstream.learner")
+
+# (inbox address, outbox address) -> the started process
+StartFn = Callable[[str, str], mp.process.BaseProcess]
+
+
+@dataclass(frozen=True)
+class HelperSpec:
+    """How to run one helper. title: its name in log lines; stop_grace_s: how long it may take
+    to finish after Stop before it is terminated."""
+
+    name: str
+    title: str
+    start: StartFn
+    hwm: int = 1000
+    stop_grace_s: float = 5.0
+    restart_delay_s: float = 1.0
+
+
+class HelperClient(Protocol):
+    """The hub part a helper serves: it hears what the helper sends and when it comes and goes."""
+
+    async def on_message(self, msg: internal.Internal) -> None: ...
+
+    def on_start(self, pid: int) -> None: ...
+
+    def on_exit(self, why: str) -> None: ...
+
+
+class Helper:
+    """One supervised helper process and its channel."""
+
+    def __init__(self, spec: HelperSpec, ctx: zmq.asyncio.Context, client: HelperClient):
+        self.spec, self.client = spec, client
+        self._dir = tempfile.mkdtemp(prefix=f"pzstream-{spec.name}-")
+        self.inbox, self.outbox = f"ipc://{self._dir}/in", f"ipc://{self._dir}/out"
+        # a plain (sync) socket: parts send from the event loop without awaiting
+        self._push = zmq.Context.shadow(ctx.underlying).socket(zmq.PUSH)
+        self._push.setsockopt(zmq.SNDHWM, spec.hwm)
+        self._push.setsockopt(zmq.LINGER, 0)
+        self._push.bind(self.inbox)
+        self._pull = ctx.socket(zmq.PULL)
+        self._pull.setsockopt(zmq.LINGER, 0)
+        self._pull.bind(self.outbox)
+        self.proc: mp.process.BaseProcess | None = None
+        self.restarts = 0
+        self._restart: tuple[str, float] | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.proc.pid if self.proc is not None else None
+
+    def send(self, msg: internal.Internal) -> bool:
+        """Queue ``msg`` for the helper without waiting; False when its inbox is full."""
+        try:
+            self._push.send_multipart(internal.encode(msg), flags=zmq.NOBLOCK, copy=False)
+            return True
+        except zmq.Again:
+            return False
+
+    def restart(self, why: str, delay_s: float | None = None) -> None:
+        """Ask for the helper to be stopped and started again (within a second)."""
+        self._restart = (why, self.spec.restart_delay_s if delay_s is None else delay_s)
+
+    async def run(self) -> None:
+        delay = 0.0
+        while True:
+            if self.proc is None:
+                await anyio.sleep(delay)
+                self.proc = self.spec.start(self.inbox, self.outbox)
+                log.info("%s started (pid %d)", self.spec.title, self.proc.pid)
+                self.client.on_start(self.proc.pid)
+            frames = None
+            with anyio.move_on_after(1.0):
+                frames = await self._pull.recv_multipart()
+            if frames is not None:
+                await self.client.on_message(internal.decode(frames))
+            if self._restart is not None:
+                (why, delay), self._restart = self._restart, None
+                log.warning("%s (pid %d) restarting: %s", self.spec.title, self.proc.pid, why)
+                proc, self.proc = self.proc, None
+                self.send(internal.Stop())  # here, not in the thread: zmq sockets are not thread-safe
+                await anyio.to_thread.run_sync(_join_or_kill, proc, self.spec.stop_grace_s)
+                self.restarts += 1
+                self.client.on_exit(why)
+            elif frames is None and not self.proc.is_alive():
+                why = f"{self.spec.title} died (exit code {self.proc.exitcode})"
+                log.error("%s; restarting it", why)
+                self.proc, delay = None, self.spec.restart_delay_s
+                self.restarts += 1
+                self.client.on_exit(why)
+
+    def close(self) -> None:
+        """Stop the process and remove the channel (the hub is shutting down)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            self.send(internal.Stop())
+            _join_or_kill(proc, self.spec.stop_grace_s)
+        self._push.close(0)
+        self._pull.close(0)
+        shutil.rmtree(self._dir, ignore_errors=True)
+
+
+def _join_or_kill(proc: mp.process.BaseProcess, grace_s: float) -> None:
+    """Wait ``grace_s`` for a helper told to stop, then terminate it, then kill it."""
+    proc.join(timeout=grace_s)
+    if proc.is_alive():  # busy (starting up, in an episode): SIGTERM still lets it clean up
+        proc.terminate()
+        proc.join(timeout=30)
+    if proc.is_alive():
+        proc.kill()
+        proc.join(timeout=5)
+
+
+class Supervisor:
+    """Every helper process of one hub."""
+
+    def __init__(self, ctx: zmq.asyncio.Context):
+        self.ctx = ctx
+        self.helpers: dict[str, Helper] = {}
+
+    def add(self, spec: HelperSpec, client: HelperClient) -> Helper:
+        helper = self.helpers[spec.name] = Helper(spec, self.ctx, client)
+        return helper
+
+    async def run(self) -> None:
+        async with anyio.create_task_group() as tg:
+            for helper in self.helpers.values():
+                tg.start_soon(helper.run)
+
+    def close(self) -> None:
+        for helper in self.helpers.values():
+            helper.close()
+
+    def summary(self) -> dict[str, dict[str, object]]:
+        return {name: {"pid": h.pid, "restarts": h.restarts} for name, h in self.helpers.items()}

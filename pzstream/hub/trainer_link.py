@@ -1,0 +1,53 @@
+"""The hub's link to the world-model trainer: every accepted segment goes to it, its weights
+come back and are published.
+
+A full pipe never stalls ingestion: the segment is dropped for the trainer and counted
+(it samples from its own replay anyway).
+"""
+from __future__ import annotations
+
+import logging
+
+from pzstream.hub.parts import AcceptedSegment
+from pzstream.hub.publisher import PublishedVersions
+from pzstream.stream import internal
+from pzstream.stream.internal import NewWeights, SegmentFrame, TrainerStats
+
+log = logging.getLogger("pzstream.learner")
+
+
+class TrainerLink:
+    """Part (segments to the trainer) and helper client (weights and stats from it)."""
+
+    def __init__(self, versions: PublishedVersions):
+        self.versions = versions
+        self.helper = None  # the supervisor's Helper, attached when the hub starts one
+        self.dropped = 0
+        self.forwarded = 0
+        self.stats: dict[str, float] = {}
+
+    def on_segment(self, accepted: AcceptedSegment) -> None:
+        if self.helper is None:
+            return
+        if self.helper.send(SegmentFrame(accepted.data)):
+            self.forwarded += 1
+        else:  # the trainer is behind: say how much it missed
+            self.dropped += 1
+
+    async def on_message(self, msg: internal.Internal) -> None:
+        if isinstance(msg, NewWeights):
+            await self.versions.publish(msg.model, msg.payload)
+        elif isinstance(msg, TrainerStats):
+            self.stats = dict(msg.stats)
+        else:
+            log.error("trainer sent an unexpected %s", type(msg).__name__)
+
+    def on_start(self, pid: int) -> None:
+        pass
+
+    def on_exit(self, why: str) -> None:
+        pass
+
+    @property
+    def updates(self) -> int:
+        return int(self.stats.get("updates", 0))

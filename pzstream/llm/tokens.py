@@ -1,0 +1,131 @@
+"""Token ids of (prompt, answer): the one encoding that the prior scores and SFT, RFT and PPO train.
+
+Every part that reads or trains the LLM on a candidate action turns text into ids here, so a
+gradient always lands on the very token path the MCTS root prior reads:
+
+* the local prior (transformers and vLLM backends, ``prior.py``) and the central prior server;
+* built-in SFT / RFT (``train.py``);
+* PPO in choice mode (``pzstream.orz``: its prompt is the scoring prompt, its response the answer).
+
+The rule (``encode_pair``):
+
+* ``prompt ids`` = the prompt text tokenised on its own (no special tokens); an empty prompt
+  becomes ``[eos]`` (something must predict the first answer token); a prompt longer than a
+  limit keeps its LAST tokens (``keep_last``), the last step of the one truncation rule
+  (``prompts.fit_prompt`` drops history and cuts the observation first).
+* ``answer ids`` = ``continuation.format(action=candidate)`` tokenised on its own, cut to
+  ``max_answer_tokens``, then the end of the answer, ``eos``. Tokenising the answer apart from
+  the prompt keeps BPE from merging across the boundary (with Qwen2's pre-tokenizer ``>open``
+  is one piece of ``<answer>open`` but never of ``open`` alone), so the answer's ids are the same
+  after every prompt. The trailing ``eos`` is scored as PriorZero scores ``Action: a<eos>``: an
+  answer says that it is complete, so "go" is not a mere prefix of "go north".
+"""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+DEFAULT_CONTINUATION = " {action}"
+MAX_ANSWER_TOKENS = 32
+
+
+def eos_id(tokenizer: Any) -> int:
+    """The token that ends an answer (eos, else pad, else bos, else 0)."""
+    for attr in ("eos_token_id", "pad_token_id", "bos_token_id"):
+        v = getattr(tokenizer, attr, None)
+        if v is not None:
+            return int(v)
+    return 0
+
+
+def pad_id(tokenizer: Any) -> int:
+    v = getattr(tokenizer, "pad_token_id", None)
+    return int(v) if v is not None else eos_id(tokenizer)
+
+
+def encode_many(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
+    """Each text tokenised on its own (no special tokens), in one batched call."""
+    if not texts:
+        return []
+    return [list(x) for x in tokenizer([str(t) for t in texts], add_special_tokens=False)["input_ids"]]
+
+
+def keep_last(ids: Sequence[int], max_tokens: int | None) -> list[int]:
+    """The last ``max_tokens`` ids (all when ``max_tokens`` is None): the prompt's end holds the
+    instruction and the current observation, its start only the oldest history."""
+    ids = list(ids)
+    if max_tokens is not None:
+        if max_tokens < 1:
+            raise ValueError(f"max_tokens must be >= 1, got {max_tokens}")
+        ids = ids[-max_tokens:]
+    return ids
+
+
+def cap_prompt(tokenizer: Any, prompt: str, max_tokens: int) -> str:
+    """A prompt text cut to its last ``max_tokens`` tokens (unchanged when it fits): the last
+    step of ``prompts.fit_prompt``, and the prior server's guard on what peers send."""
+    ids = encode_many(tokenizer, [prompt])[0]
+    return prompt if len(ids) <= max_tokens else tokenizer.decode(keep_last(ids, max_tokens))
+
+
+def answer_ids(tokenizer: Any, candidate: str, continuation: str = DEFAULT_CONTINUATION,
+               max_answer_tokens: int = MAX_ANSWER_TOKENS) -> list[int]:
+    """The answer's ids: continuation text cut to ``max_answer_tokens``, then ``eos``."""
+    return encode_answers(tokenizer, [candidate], continuation, max_answer_tokens)[0]
+
+
+def encode_answers(tokenizer: Any, candidates: Sequence[str], continuation: str = DEFAULT_CONTINUATION,
+                   max_answer_tokens: int = MAX_ANSWER_TOKENS) -> list[list[int]]:
+    """``answer_ids`` of many candidates in one tokenizer call."""
+    if max_answer_tokens < 1:
+        raise ValueError(f"max_answer_tokens must be >= 1, got {max_answer_tokens}")
+    if isinstance(candidates, str):
+        raise TypeError("candidates must be a list of strings, not a string")
+    end = eos_id(tokenizer)
+    enc = encode_many(tokenizer, [continuation.format(action=str(c)) for c in candidates])
+    return [x[:max_answer_tokens] + [end] for x in enc]
+
+
+def prompt_ids(tokenizer: Any, prompt: str, max_tokens: int | None = None) -> list[int]:
+    """The prompt's ids (``[eos]`` when it has none), cut to its last ``max_tokens``."""
+    return keep_last(encode_many(tokenizer, [prompt])[0] or [eos_id(tokenizer)], max_tokens)
+
+
+def encode_pair(tokenizer: Any, prompt: str, candidate: str, continuation: str = DEFAULT_CONTINUATION,
+                max_prompt_tokens: int | None = None,
+                max_answer_tokens: int = MAX_ANSWER_TOKENS) -> tuple[list[int], list[int]]:
+    """(prompt ids, answer ids) of one candidate after one prompt, by the rule in the module docstring."""
+    return (prompt_ids(tokenizer, prompt, max_prompt_tokens),
+            answer_ids(tokenizer, candidate, continuation, max_answer_tokens))
+
+
+def encode_roots(tokenizer: Any, prompts: Sequence[str], candidates: Sequence[Sequence[str]],
+                 continuation: str = DEFAULT_CONTINUATION, max_answer_tokens: int = MAX_ANSWER_TOKENS,
+                 max_total_tokens: int | None = None) -> tuple[list[list[int]], list[list[list[int]]]]:
+    """``encode_pair`` for every candidate of every root, in one tokenizer call.
+
+    Returns (prompt ids per root, answer ids per candidate per root). With ``max_total_tokens``
+    (a model's context) each prompt keeps its last tokens so that it and its longest answer fit.
+    """
+    if isinstance(prompts, str):
+        raise TypeError("prompts must be a list of strings (one per root), not a string")
+    if len(prompts) != len(candidates):
+        raise ValueError(f"{len(prompts)} prompts but {len(candidates)} candidate lists: need one list per prompt")
+    for i, cands in enumerate(candidates):
+        if isinstance(cands, str):
+            raise TypeError(f"root {i}: candidates must be a list of strings, not a string")
+        if len(cands) == 0:
+            raise ValueError(f"root {i}: empty candidate list; every root needs at least one candidate action")
+    end = eos_id(tokenizer)
+    flat = [c for cands in candidates for c in cands]
+    answers = encode_answers(tokenizer, flat, continuation, max_answer_tokens)
+    p_enc = encode_many(tokenizer, list(prompts))
+    p_ids: list[list[int]] = []
+    a_ids: list[list[list[int]]] = []
+    at = 0
+    for p, cands in zip(p_enc, candidates):
+        cs = answers[at:at + len(cands)]
+        at += len(cands)
+        keep = None if max_total_tokens is None else max(1, max_total_tokens - max(len(x) for x in cs))
+        p_ids.append(keep_last(p or [end], keep))
+        a_ids.append(cs)
+    return p_ids, a_ids

@@ -1,0 +1,36 @@
+"""One lifecycle for every long-running role: start, serve until stopped, return a summary.
+
+A role is an ``async serve(stop) -> summary`` function: it starts its sockets and helpers, serves
+until the ``stop`` event is set, shuts down cleanly and returns what it did as a JSON-able dict.
+``serve_until_stopped`` sets ``stop`` on SIGINT, SIGTERM or after ``max_seconds``, so every role
+(hub, collector, prior server, monitor) stops the same way from a terminal, a deadline or a
+supervisor. Helper processes (trainer, PPO worker) are stopped by their supervisor in the hub.
+"""
+from __future__ import annotations
+
+import signal
+from typing import Awaitable, Callable, TypeVar
+
+import anyio
+
+Summary = TypeVar("Summary")
+
+
+async def stop_on_signal_or_deadline(stop: anyio.Event, max_seconds: float | None) -> None:
+    """Set ``stop`` at the first SIGINT/SIGTERM or after ``max_seconds`` (None: no deadline)."""
+    with anyio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        with anyio.move_on_after(max_seconds if max_seconds else float("inf")):
+            async for _ in signals:
+                break
+    stop.set()
+
+
+async def serve_until_stopped(serve: Callable[[anyio.Event], Awaitable[Summary]],
+                              max_seconds: float | None) -> Summary:
+    """Run one role: ``serve(stop)`` until a signal or the deadline sets ``stop``; its summary."""
+    stop = anyio.Event()
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(stop_on_signal_or_deadline, stop, max_seconds)
+        summary = await serve(stop)
+        tg.cancel_scope.cancel()
+    return summary

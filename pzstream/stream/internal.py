@@ -1,0 +1,137 @@
+"""Typed messages between the hub and its helper processes (world-model trainer, PPO worker).
+
+Both ends are this program, on a local ipc channel, so these are not checked like the wire
+protocol: an undecodable message is a bug and raises ``InternalError``. One message is one
+ZeroMQ multipart message: frame 0 is a msgpack map ``{"kind": ..., fields...}``; a message
+with a ``payload`` (weights bytes, a segment frame) carries it as frame 1, never copied into
+the map.
+
+    hub -> trainer     SegmentFrame (the accepted segment's wire bytes), Stop
+    trainer -> hub     NewWeights (model, payload), TrainerStats
+    hub -> PPO worker  EpisodeRequest, Stop
+    PPO worker -> hub  WorkerReady, EpisodeResult (payload: the new policy weights), WorkerFatal
+
+Weights carry no version: the hub's ``PublishedVersions`` numbers every version it publishes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+import msgpack
+
+
+class InternalError(ValueError):
+    """A helper-channel message that does not decode: a bug in one end, not bad input."""
+
+
+@dataclass(frozen=True)
+class Stop:
+    """hub -> helper: finish what is in hand and exit."""
+
+
+@dataclass(frozen=True)
+class SegmentFrame:
+    """hub -> trainer: one accepted segment; payload: its wire bytes exactly as the hub received them."""
+
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class NewWeights:
+    """trainer -> hub: new weights of ``model`` ("wm" or "llm"); payload: the serialised state."""
+
+    model: str
+    payload: bytes = b""
+
+
+@dataclass(frozen=True)
+class TrainerStats:
+    """trainer -> hub: the trainer's counters and last losses (name -> number)."""
+
+    stats: dict[str, float]
+
+
+@dataclass(frozen=True)
+class EpisodeRequest:
+    """hub -> PPO worker: run episode ``episode`` on these prompt samples (``PromptSample.to_dict()`` each)."""
+
+    episode: int
+    samples: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class WorkerReady:
+    """PPO worker -> hub: the runtime is up; ``describe`` says what it runs on."""
+
+    runtime: str
+    describe: str
+
+
+@dataclass(frozen=True)
+class WorkerFatal:
+    """PPO worker -> hub: the runtime could not start (the worker exits)."""
+
+    error: str
+
+
+@dataclass(frozen=True)
+class EpisodeResult:
+    """PPO worker -> hub: one finished episode. ok: the payload holds the new policy weights;
+    otherwise ``error`` (one line) and ``traceback`` say why."""
+
+    episode: int
+    ok: bool
+    metrics: dict[str, float] = field(default_factory=dict)
+    games: dict[str, int] = field(default_factory=dict)
+    rewards: list[float] = field(default_factory=list)
+    error: str = ""
+    traceback: str = ""
+    payload: bytes = b""
+
+
+Internal = Stop | SegmentFrame | NewWeights | TrainerStats | EpisodeRequest | WorkerReady | WorkerFatal | EpisodeResult
+
+_KINDS: dict[str, type] = {
+    "stop": Stop, "segment": SegmentFrame, "new_weights": NewWeights, "trainer_stats": TrainerStats,
+    "episode": EpisodeRequest, "ready": WorkerReady, "fatal": WorkerFatal, "result": EpisodeResult,
+}
+_KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
+_FIELDS = {cls: tuple(f.name for f in fields(cls) if f.name != "payload") for cls in _KINDS.values()}
+_HAS_PAYLOAD = {cls: any(f.name == "payload" for f in fields(cls)) for cls in _KINDS.values()}
+_SEGMENT_HEAD = msgpack.packb({"kind": "segment"})
+
+
+def encode(msg: Internal) -> list[bytes]:
+    """The frames of one message (send them with ``send_multipart``)."""
+    cls = type(msg)
+    if cls is SegmentFrame:  # the hot path: one per accepted segment
+        return [_SEGMENT_HEAD, msg.payload]
+    kind = _KIND_OF.get(cls)
+    if kind is None:
+        raise TypeError(f"not a helper-channel message: {cls.__name__}")
+    head = msgpack.packb({"kind": kind, **{name: getattr(msg, name) for name in _FIELDS[cls]}})
+    return [head, msg.payload] if _HAS_PAYLOAD[cls] else [head]
+
+
+def decode(frames: list[bytes] | list[Any]) -> Internal:
+    """The message these frames carry; raises InternalError if they carry none."""
+    if not frames:
+        raise InternalError("no frames")
+    try:
+        head = msgpack.unpackb(frames[0])
+    except Exception as e:  # noqa: BLE001 - msgpack raises several types
+        raise InternalError(f"frame 0 is not msgpack: {e}") from None
+    cls = _KINDS.get(head.pop("kind", None)) if isinstance(head, dict) else None
+    if cls is None:
+        raise InternalError(f"unknown helper-channel message: {head!r:.200}")
+    if _HAS_PAYLOAD[cls]:
+        if len(frames) != 2:
+            raise InternalError(f"{cls.__name__} needs 2 frames, got {len(frames)}")
+        head["payload"] = bytes(frames[1])
+    elif len(frames) != 1:
+        raise InternalError(f"{cls.__name__} takes 1 frame, got {len(frames)}")
+    try:
+        return cls(**head)
+    except TypeError as e:
+        raise InternalError(f"{cls.__name__}: {e}") from None

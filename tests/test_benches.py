@@ -1,0 +1,75 @@
+"""Every benchmark the README lists runs with its documented command and ends with its JSON line.
+
+The commands are read from README.md's Benchmarks section, so a bench added there is covered
+here without a change. ``PZSTREAM_BENCH_SMOKE=1`` makes a bench that honours it tinier than its
+--quick mode: this checks that each bench works, not what it measures (bench/RESULTS.md does).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import subprocess
+import sys
+
+import pytest
+
+from support import REPO
+
+COMMAND = re.compile(r"^\s+\.venv/bin/python (bench/[\w-]+\.py)([^#\n]*)(#.*)?$")
+
+
+def readme_bench_commands(readme: str) -> list[list[str]]:
+    """The bench commands of README.md's Benchmarks section: [script, arg, ...] each."""
+    section = readme.split("\n## Benchmarks", 1)[1].split("\n## ", 1)[0]
+    return [[m.group(1), *shlex.split(m.group(2))] for line in section.splitlines() if (m := COMMAND.match(line))]
+
+
+COMMANDS = readme_bench_commands((REPO / "README.md").read_text())
+
+
+def test_the_readme_lists_every_bench():
+    listed = {c[0] for c in COMMANDS}
+    benches = {f"bench/{p.name}" for p in (REPO / "bench").glob("*.py") if '__name__ == "__main__"' in p.read_text()}
+    assert listed and benches - listed == set(), f"benches missing from README's Benchmarks: {sorted(benches - listed)}"
+    assert all(c[1:2] == ["--quick"] for c in COMMANDS), "each README bench command runs its --quick mode"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("command", COMMANDS, ids=[c[0].removeprefix("bench/") for c in COMMANDS])
+def test_bench_runs_with_its_readme_command_and_prints_json_last(command):
+    env = {**os.environ, "PZSTREAM_BENCH_SMOKE": "1", "PYTHONUNBUFFERED": "1"}
+    try:
+        p = subprocess.run([sys.executable, *command], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    except subprocess.TimeoutExpired as e:
+        pytest.fail(f"{' '.join(command)} ran past 300 s:\n{(e.stderr or b'')[-2000:]!r}")
+    assert p.returncode == 0, f"{' '.join(command)} exited {p.returncode}:\n{p.stderr[-3000:]}"
+    lines = p.stdout.strip().splitlines()
+    assert len(lines) >= 2, f"no table before the JSON line:\n{p.stdout[-2000:]}"
+    figures = json.loads(lines[-1])
+    assert isinstance(figures, dict) and figures, lines[-1][:500]
+
+
+def test_learn_bench_names_a_story_file_that_does_not_exist(tmp_path):
+    missing = tmp_path / "story.z5"
+    p = subprocess.run([sys.executable, "bench/learn.py", "--quick", "--game", str(missing)], cwd=REPO,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr[-2000:]
+    assert "not found" in p.stderr and str(missing) in p.stderr
+
+
+@pytest.mark.slow
+def test_learn_bench_plays_a_story_file_path_at_the_hub_address_it_is_given():
+    from pzstream.env.sources import ensure_default_game
+    from pzstream.stream.transport import free_base_port
+
+    story = ensure_default_game()  # a story file on disk (the default game's), named by its path as launch.py takes it
+    address = f"tcp://127.0.0.1:{free_base_port()}"
+    env = {**os.environ, "PZSTREAM_BENCH_SMOKE": "1"}
+    p = subprocess.run([sys.executable, "bench/learn.py", "--quick", "--game", str(story), f"hub.address={address}"],
+                       cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    result = json.loads(p.stdout.strip().splitlines()[-1])
+    assert result["game"] == str(story) and result["games"][0]["hub_address"] == address
+    assert result["games"][0]["env_steps"] > 0 and result["episodes"]["random"] > 0, result

@@ -1,0 +1,197 @@
+"""The hub's parts on their own: typed helper messages, the supervisor restarting a helper,
+the prompt queue reading only what an episode takes, the returns summary."""
+from __future__ import annotations
+
+import multiprocessing as mp
+import random
+
+import anyio
+import msgpack
+import pytest
+import zmq
+import zmq.asyncio
+
+from pzstream.hub.parts import AcceptedSegment
+from pzstream.hub.prompt_queue import PromptQueue
+from pzstream.hub.report import SERIES_KEPT, ReturnTracker
+from pzstream.hub.supervisor import HelperSpec, Supervisor
+from pzstream.stream import internal, wire
+from pzstream.stream.internal import (
+    EpisodeRequest,
+    EpisodeResult,
+    InternalError,
+    NewWeights,
+    SegmentFrame,
+    Stop,
+    TrainerStats,
+    WorkerFatal,
+    WorkerReady,
+)
+
+
+@pytest.mark.parametrize("msg", [
+    Stop(), SegmentFrame(b"\x81segment bytes"), NewWeights("wm", b"\x00" * 1000), TrainerStats({"updates": 3.0}),
+    EpisodeRequest(7, [{"game": "g", "history": [["o", "a", 1.0]]}]), WorkerReady("inprocess", "torch"),
+    WorkerFatal("ImportError: no ray"),
+    EpisodeResult(2, True, {"reward_mean": 0.5}, {"g": 8}, [0.0, 1.0], payload=b"weights"),
+    EpisodeResult(3, False, error="ValueError: x", traceback="Traceback ..."),
+])
+def test_helper_messages_round_trip(msg):
+    frames = internal.encode(msg)
+    assert internal.decode(frames) == msg
+    assert len(frames) == (2 if hasattr(msg, "payload") else 1)  # bytes ride in a frame of their own
+
+
+@pytest.mark.parametrize("frames, words", [
+    ([], "no frames"), ([b"\xc1"], "not msgpack"), ([msgpack.packb({"kind": "teleport"})], "unknown"),
+    ([internal.encode(NewWeights("wm", b"x"))[0]], "needs 2 frames"),
+    ([internal.encode(Stop())[0], b"extra"], "takes 1 frame"),
+])
+def test_a_broken_helper_message_is_an_error_naming_why(frames, words):
+    with pytest.raises(InternalError, match=words):
+        internal.decode(frames)
+
+
+def _exit_at_once(inbox: str, outbox: str) -> None:
+    raise SystemExit(3)
+
+
+def _start_dying(inbox: str, outbox: str) -> mp.process.BaseProcess:
+    proc = mp.get_context("spawn").Process(target=_exit_at_once, args=(inbox, outbox), daemon=True)
+    proc.start()
+    return proc
+
+
+class Recorder:
+    def __init__(self) -> None:
+        self.starts: list[int] = []
+        self.exits: list[str] = []
+
+    async def on_message(self, msg) -> None:
+        pass
+
+    def on_start(self, pid: int) -> None:
+        self.starts.append(pid)
+
+    def on_exit(self, why: str) -> None:
+        self.exits.append(why)
+
+
+def test_the_supervisor_restarts_a_helper_that_dies():
+    client = Recorder()
+
+    async def main() -> Supervisor:
+        ctx = zmq.asyncio.Context()
+        sup = Supervisor(ctx)
+        sup.add(HelperSpec("dying", "test helper", _start_dying, restart_delay_s=0.1), client)
+        with anyio.move_on_after(30):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sup.run)
+                while len(client.starts) < 3:
+                    await anyio.sleep(0.1)
+                tg.cancel_scope.cancel()
+        sup.close()
+        ctx.destroy(linger=0)
+        return sup
+
+    sup = anyio.run(main)
+    assert len(client.starts) >= 3 and len(set(client.starts)) == len(client.starts), "a new process each time"
+    assert sup.helpers["dying"].restarts >= 2
+    assert all("test helper died (exit code 3)" in why for why in client.exits)
+
+
+class CountingSteps:
+    """A sequence that counts how many of its items were built."""
+
+    def __init__(self, n: int, tag: str) -> None:
+        self.n, self.tag, self.built = n, tag, 0
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, i: int) -> str:
+        self.built += 1
+        return f"{self.tag}{i}"
+
+
+def test_the_prompt_queue_builds_only_the_samples_an_episode_takes():
+    q = PromptQueue(capacity=100, fire_threshold=50)
+    chunks = [CountingSteps(30, c) for c in "abcde"]  # 150 steps: the oldest 50 are evicted unread
+    for c in chunks:
+        q.extend(c)
+    assert len(q) == 100 and q.evicted == 50 and q.ready()
+    got = q.take(8, random.Random(0))
+    assert len(got) == 8 and sum(c.built for c in chunks) == 8
+    assert all(s[0] in "bcde" for s in got) and not any(s == f"b{i}" for i in range(20) for s in got)
+    assert q.taken == 8 and q.skipped == 92 and len(q) == 0
+
+
+def _episode_end(cid: str, episode: int, reward: float) -> AcceptedSegment:
+    header = wire.SegmentHeader(game="g", collector_id=cid, seq=episode, episode_id=episode, step0=0,
+                                wm_version=0, llm_version=0, t_start=1.0, t_end=2.0)
+    seg = wire.make_segment(header, ["room", "hall"], [["north", "look"]] * 2, [0, 1], [0.0, reward], [0, 1], [False, True])
+    return AcceptedSegment(seg, b"", None, "random")
+
+
+def test_the_returns_summary_says_when_its_series_is_cut():
+    """Issue 10: the summary kept the newest 200 returns of a collector without saying so."""
+    tracker = ReturnTracker()
+    for k in range(SERIES_KEPT + 50):
+        tracker.on_segment(_episode_end("long", k, float(k)))
+    for k in range(3):
+        tracker.on_segment(_episode_end("short", k, 1.0))
+    s = tracker.summary()
+    assert s["long"]["episodes"] == SERIES_KEPT + 50 and len(s["long"]["series"]) == SERIES_KEPT
+    assert s["long"]["series_truncated_to"] == SERIES_KEPT and s["long"]["series"][-1][1] == SERIES_KEPT + 49
+    assert s["long"]["mean"] == round(sum(range(SERIES_KEPT + 50)) / (SERIES_KEPT + 50), 3)  # over every episode
+    assert s["short"]["series_truncated_to"] is None and len(s["short"]["series"]) == 3
+    assert s["short"]["policy"] == "random"
+
+
+def test_queued_steps_kept_as_bytes_give_the_samples_the_tracker_gives():
+    from pzstream.hub.ppo import StoredSteps
+    from pzstream.orz.samples import EpisodeTracker
+
+    def part(step0: int, done: bool) -> wire.Segment:
+        header = wire.SegmentHeader(game="g", collector_id="c", seq=step0, episode_id=4, step0=step0,
+                                    wm_version=0, llm_version=0, t_start=1.0, t_end=2.0)
+        return wire.make_segment(header, [f"room {step0 + t}" for t in range(3)], [["north", "south", "look"]] * 3,
+                                 [t % 3 for t in range(3)], [0.5] * 3, [0] * 3, [False, False, done])
+
+    segs = [part(0, False), part(3, True)]
+    eager, lazy = EpisodeTracker(history_len=2), EpisodeTracker(history_len=2)
+    want = [s for seg in segs for s in eager.add(seg, seed_base=10)]
+    stored = [StoredSteps(lazy.advance(seg, seed_base=10), wire.encode(seg), wire.DEFAULT_LIMITS) for seg in segs]
+    got = [chunk[t] for chunk in stored for t in range(len(chunk))]
+    assert got == want and [s.prefix for s in got][-1] == ["north", "south", "look", "north", "south"]
+
+
+def test_the_hub_numbers_every_weights_version(tmp_path):
+    """One authority: helpers hand over bytes, PublishedVersions says which version they are."""
+    from pzstream.hub.publisher import PublishedVersions
+    from pzstream.stream.weights import WeightsStore, read_mirrored
+
+    versions = PublishedVersions(WeightsStore(keep=2, directory=tmp_path))
+
+    async def publish() -> list[int]:
+        return [(await versions.publish(m, d)).version for m, d in [("wm", b"a"), ("llm", b"b"), ("wm", b"c")]]
+
+    assert anyio.run(publish) == [1, 1, 2]
+    assert (versions.wm, versions.llm) == (2, 1)
+    assert read_mirrored(tmp_path, "wm") == (2, b"c")
+    with pytest.raises(ValueError, match="unknown model"):
+        anyio.run(versions.publish, "critic", b"x")
+
+
+def test_a_restarted_hub_numbers_on_from_its_mirror(tmp_path):
+    """Versions only grow within a run: collectors that outlived a hub hold versions it published."""
+    from pzstream.hub.publisher import PublishedVersions
+    from pzstream.stream.weights import WeightsStore
+
+    first = PublishedVersions(WeightsStore(directory=tmp_path))
+    for data in (b"a", b"b", b"c"):
+        anyio.run(first.publish, "wm", data)
+    again = PublishedVersions(WeightsStore(directory=tmp_path))
+    assert (again.wm, again.llm) == (3, 0)
+    assert anyio.run(again.publish, "wm", b"d").version == 4
+    assert PublishedVersions(WeightsStore(directory=tmp_path / "fresh")).wm == 0
