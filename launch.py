@@ -6,6 +6,8 @@ Examples:
   python launch.py --role collector --learner tcp://hub-host:5555 --game zork1 security.curve_dir=keys
   python launch.py --role monitor --learner tcp://hub-host:5555 --roles collector --level WARNING
   python launch.py --role prior --prior tcp://0.0.0.0:5600 --learner tcp://hub-host:5555
+  python launch.py --role search --search tcp://0.0.0.0:5700 --learner tcp://hub-host:5555
+  python launch.py --role collector --learner tcp://hub-host:5555 collector.search=server collector.search_server=tcp://search-host:5700
   python launch.py --role eval --episodes 5 [--game default,zork1]
   python launch.py --role keys --out keys
 """
@@ -30,7 +32,7 @@ from pzstream.roles.lifecycle import serve_until_stopped, stop_on_signal_or_dead
 from pzstream.stream.transport import CurveKeys, FatalReject, SecurityError, generate_keys  # noqa: E402
 from pzstream.stream.weights import WeightsError  # noqa: E402
 
-ROLES = ("learner", "collector", "monitor", "all", "prior", "eval", "keys")
+ROLES = ("learner", "collector", "monitor", "all", "prior", "search", "eval", "keys")
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
@@ -47,6 +49,8 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--level", default="INFO", help="monitor: lowest level shown")
     p.add_argument("--out", default="keys", help="keys: directory for the key files")
     p.add_argument("--prior", default=None, help="prior server address (bind for --role prior, connect for collectors)")
+    p.add_argument("--search", default=None, help="search server address (bind for --role search; for --role all, "
+                                                   "start one there and have the collectors use it)")
     p.add_argument("--episodes", type=int, default=5, help="eval: episodes per game and mode")
     p.add_argument("--weights", default=None, help="eval: weights directory (default runs/<run.name>/weights)")
     p.add_argument("--helper-output", choices=("file", "terminal"), default="file",
@@ -70,6 +74,8 @@ def build_config(args: argparse.Namespace) -> Config:
         overrides.append(f"collector.max_steps={args.max_steps}")
     if args.prior:
         overrides.append(f"llm.prior_server={args.prior}")
+    if args.search:
+        overrides.append(f"search_server.address={args.search}")
     return load_config(args.config, overrides)
 
 
@@ -141,6 +147,24 @@ async def main_prior(cfg: Config, learner_given: bool) -> dict[str, object]:
     return dict(stats)
 
 
+async def main_search(cfg: Config, learner_given: bool) -> dict[str, object]:
+    from pzstream.roles.search_server import run_search_server
+    from pzstream.stream.logstream import setup_logging
+
+    if not cfg.search_server.address:
+        raise ConfigError("--role search needs an address: --search tcp://HOST:PORT (or search_server.address=...)")
+    hub = cfg.collector.learner if learner_given else None
+    setup_logging("search", "server", cfg.run.log_level, hub, curve_keys(cfg))
+    stats = await serve_until_stopped(
+        lambda stop: run_search_server(cfg, cfg.search_server.address, stop, curve_keys(cfg), hub), cfg.run.max_seconds)
+    return dict(stats)
+
+
+def connect_address(bind: str) -> str:
+    """Where a process on this host reaches a server bound at ``bind`` (a wildcard host means loopback)."""
+    return bind.replace("://0.0.0.0:", "://127.0.0.1:").replace("://*:", "://127.0.0.1:")
+
+
 def main_eval(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     from pzstream.roles.evaluate import evaluate, print_table
     from pzstream.stream.logstream import setup_logging
@@ -169,6 +193,7 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     hub = LearnerHub(cfg, curve_keys(cfg), run_dir)
     stop = anyio.Event()
     procs: list[subprocess.Popen[bytes]] = []
+    servers: list[subprocess.Popen[bytes]] = []  # prior and search servers: stopped after the collectors they serve
     base = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "collector", "--learner", cfg.hub.address]
     if args.config:
         base += ["--config", args.config]
@@ -186,27 +211,38 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
                     cmd.append(f"collector.policy={cfg.collector.policies[i % len(cfg.collector.policies)]}")
                 if cfg.collector.max_steps:
                     cmd.append(f"collector.max_steps={cfg.collector.max_steps}")
+                if cfg.search_server.address and cfg.collector.search_server is None:
+                    cmd += ["collector.search=server",
+                            f"collector.search_server={connect_address(cfg.search_server.address)}"]
                 log_file = open(run_dir / f"collector-{i}.log", "wb")
                 procs.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT))
             if cfg.llm.prior_server and cfg.llm.enabled:
                 prior_cmd = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "prior", "--prior", cfg.llm.prior_server,
                              "--learner", cfg.hub.address] + (["--config", args.config] if args.config else []) + list(args.overrides)
-                procs.append(subprocess.Popen(prior_cmd, stdout=open(run_dir / "prior.log", "wb"), stderr=subprocess.STDOUT,
-                                              cwd=REPO_ROOT))
-            print(f"started {len(procs)} collectors; their logs: {run_dir}/collector-*.log, "
+                servers.append(subprocess.Popen(prior_cmd, stdout=open(run_dir / "prior.log", "wb"),
+                                                stderr=subprocess.STDOUT, cwd=REPO_ROOT))
+            if cfg.search_server.address:
+                search_cmd = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "search", "--search",
+                              cfg.search_server.address, "--learner", cfg.hub.address] + \
+                    (["--config", args.config] if args.config else []) + list(args.overrides)
+                servers.append(subprocess.Popen(search_cmd, stdout=open(run_dir / "search.log", "wb"),
+                                                stderr=subprocess.STDOUT, cwd=REPO_ROOT))
+            also = f" and {len(servers)} server(s)" if servers else ""
+            print(f"started {len(procs)} collectors{also}; their logs: {run_dir}/collector-*.log, "
                   f"live stream: python launch.py --role monitor --learner {cfg.hub.address}", file=sys.stderr)
 
         async def stop_collectors_first() -> None:
             await stop.wait()  # the deadline or a signal: let collectors flush before the hub stops
-            for p in procs:
-                if p.poll() is None:
-                    p.send_signal(signal.SIGTERM)
-            deadline = time.monotonic() + 15
-            while time.monotonic() < deadline and any(p.poll() is None for p in procs):
-                await anyio.sleep(0.1)
-            for p in procs:
-                if p.poll() is None:
-                    p.kill()
+            for group in (procs, servers):  # servers last: collectors play their last moves with them
+                for p in group:
+                    if p.poll() is None:
+                        p.send_signal(signal.SIGTERM)
+                deadline = time.monotonic() + 15
+                while time.monotonic() < deadline and any(p.poll() is None for p in group):
+                    await anyio.sleep(0.1)
+                for p in group:
+                    if p.poll() is None:
+                        p.kill()
             hub_stop.set()
 
         hub_stop = anyio.Event()
@@ -215,6 +251,8 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
         summary = await hub.serve(hub_stop)
         tg.cancel_scope.cancel()
     summary["collector_exit_codes"] = [p.returncode for p in procs]
+    if servers:
+        summary["server_exit_codes"] = [p.returncode for p in servers]
     return summary
 
 
@@ -249,6 +287,8 @@ def main(argv: list[str] | None = None) -> int:
             result = anyio.run(main_collector, cfg)
         elif args.role == "prior":
             result = anyio.run(main_prior, cfg, bool(args.learner))
+        elif args.role == "search":
+            result = anyio.run(main_search, cfg, bool(args.learner))
         elif args.role == "eval":
             result = main_eval(cfg, args)
         elif args.role == "monitor":

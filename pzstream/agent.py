@@ -16,7 +16,7 @@ import numpy as np
 
 from pzstream.env import Game
 from pzstream.llm.factory import History, PriorSource
-from pzstream.stream.wire import Segment, SegmentHeader
+from pzstream.stream.wire import Reject, SearchReply, SearchRequest, Segment, SegmentHeader
 
 log = logging.getLogger("pzstream.agent")
 
@@ -68,7 +68,8 @@ class MctsPolicy:
     name = "mcts"
 
     def __init__(self, wm_cfg, search_cfg, seed: int, threads: int = 1, prior: PriorSource | None = None,
-                 mix: str = "fixed", fixed_weight: float = 0.5, adaptive_range: tuple[float, float] = (0.3, 0.7)):
+                 mix: str = "fixed", fixed_weight: float = 0.5, adaptive_range: tuple[float, float] = (0.3, 0.7),
+                 device: str = "cpu"):
         import torch
 
         from pzstream.model.inference import SearchAdapter
@@ -76,7 +77,8 @@ class MctsPolicy:
 
         torch.set_num_threads(threads)
         self.wm_cfg, self.search_cfg = wm_cfg, search_cfg
-        self.adapter = SearchAdapter(untrained_world_model(wm_cfg).eval())
+        self.device = device  # a search server's search_server.device; collectors search on the CPU
+        self.adapter = SearchAdapter(untrained_world_model(wm_cfg).to(device).eval(), device)
         self.rng = np.random.default_rng(seed)
         self.wm_version = 0
         self.net_s = 0.0
@@ -100,19 +102,27 @@ class MctsPolicy:
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None and pending[1] > self.wm_version:
-            self.adapter = SearchAdapter(pending[0].eval())
+            self.adapter = SearchAdapter(pending[0].to(self.device).eval(), self.device)
             self.wm_version = pending[1]
 
     def root_prior(self, root_logits: np.ndarray, legal: np.ndarray, history: History, observation: str,
                    valid: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """(mixed root prior [1, K] or None, LLM probs over the valid actions or None)."""
+        """``roots_prior`` of one root: (mixed root prior [1, K] or None, LLM probs [K] or None)."""
+        mixed, got = self.roots_prior(root_logits, legal, [history], [observation], [valid])
+        return mixed, (got[0] if got is not None else None)
+
+    def roots_prior(self, root_logits: np.ndarray, legal: np.ndarray, histories: list[History],
+                   observations: list[str], valids: list[list[str]]) -> tuple[np.ndarray | None, list[np.ndarray] | None]:
+        """(mixed root prior [B, K] or None, the LLM probs over each root's valid actions or None).
+
+        One prior call for all B roots: the LLM's packed forward is what batching pays for."""
         from pzstream.search import mix_root_prior, root_llm_weight, softmax_masked
 
         if self.prior_source is None:
             return None, None
         try:
-            got = self.prior_source.prior([history], [observation], [valid])
-        except Exception as e:  # an LLM fault costs this move its prior, never the collector
+            got = self.prior_source.prior(histories, observations, valids)
+        except Exception as e:  # an LLM fault costs these moves their prior, never the collector
             self.prior_errors += 1
             if self.prior_errors == 1:
                 log.exception("LLM prior failed (%s); playing with the world model's prior for such moves", e)
@@ -120,13 +130,19 @@ class MctsPolicy:
         if got is None:
             return None, None
         llm = np.zeros_like(root_logits, dtype=np.float32)
-        k = min(len(valid), llm.shape[1])
-        llm[0, :k] = got[0][:k]
+        for i, valid in enumerate(valids):
+            k = min(len(valid), llm.shape[1])
+            llm[i, :k] = got[i][:k]
         wm = softmax_masked(root_logits, legal)
         weight = root_llm_weight(self.mix, wm, legal, self.fixed_weight, *self.adaptive_range)
-        return mix_root_prior(wm, llm, weight, legal), got[0]
+        return mix_root_prior(wm, llm, weight, legal), list(got)
 
     def act(self, history: History, observation: str, valid: list[str]) -> Move:
+        return self.search_roots([history], [observation], [valid])[0]
+
+    def search_roots(self, histories: list[History], observations: list[str], valids: list[list[str]]) -> list[Move]:
+        """One batched search of B roots (a collector's one move, or a search server's batch);
+        new world-model weights offered before the call are swapped in first."""
         import torch
 
         from pzstream.search import RecurrentFnOutput, RootFnOutput, run_search
@@ -145,27 +161,126 @@ class MctsPolicy:
 
         try:
             with torch.inference_mode():
-                root = self.adapter.root([[(o, a) for o, a, _ in history]], [observation], [valid])
+                root = self.adapter.root([[(o, a) for o, a, _ in h] for h in histories], observations, valids)
             net += time.perf_counter() - t0
-            mixed, llm_probs = self.root_prior(root.prior_logits, root.legal, history, observation, valid)
+            mixed, llm_probs = self.roots_prior(root.prior_logits, root.legal, histories, observations, valids)
             result = run_search(RootFnOutput(prior_logits=root.prior_logits, value=root.value, handle=root.handle),
                                 recurrent, root.legal, self.search_cfg, self.rng, root_prior=mixed)
         finally:
             self.adapter.reset()
             self.net_s += net
-        k = len(valid)
-        probs = np.zeros(k, np.float32)
-        kk = min(k, result.visit_probs.shape[1])  # candidates past the model's cap get no visits
-        probs[:kk] = result.visit_probs[0, :kk]
-        probs /= probs.sum()
-        return Move(int(result.action[0]), probs, float(result.root_value[0]), llm_probs)
+        moves = []
+        for i, valid in enumerate(valids):
+            k = len(valid)
+            probs = np.zeros(k, np.float32)
+            kk = min(k, result.visit_probs.shape[1])  # candidates past the model's cap get no visits
+            probs[:kk] = result.visit_probs[i, :kk]
+            probs /= probs.sum()
+            moves.append(Move(int(result.action[i]), probs, float(result.root_value[i]),
+                              llm_probs[i] if llm_probs is not None else None))
+        return moves
 
 
-def mcts_policy(cfg, seed: int, prior: PriorSource | None = None, search_cfg=None) -> MctsPolicy:
+def mcts_policy(cfg, seed: int, prior: PriorSource | None = None, search_cfg=None, device: str = "cpu") -> MctsPolicy:
     """An MctsPolicy with the config's world model, search and LLM mixing (``search_cfg`` overrides the search)."""
     lc = cfg.llm
     return MctsPolicy(cfg.world_model(), search_cfg or cfg.search_config(), seed, prior=prior, mix=lc.mix,
-                      fixed_weight=lc.fixed_weight, adaptive_range=(lc.adaptive_low, lc.adaptive_high))
+                      fixed_weight=lc.fixed_weight, adaptive_range=(lc.adaptive_low, lc.adaptive_high), device=device)
+
+
+class SearchService(Protocol):
+    """A search server as a collector sees it (pzstream.roles.search_server.SearchClient)."""
+
+    def ask(self, req: SearchRequest, timeout_s: float) -> SearchReply | Reject | None: ...
+
+
+@dataclass
+class ServedStats:
+    served: int = 0      # moves searched by the server
+    fallbacks: int = 0   # moves searched locally because the server was down, slow or refused
+    resends: int = 0     # requests that carried the episode's recent history again
+    wait_s: float = 0.0  # time spent waiting for the server
+
+
+class ServedPolicy:
+    """MCTS by a search server, with the collector's own ``MctsPolicy`` as the fallback.
+
+    Each move asks ``service`` with what is new since the last answered request; no answer within
+    ``deadline_s`` (or a refusal) plays the move locally and counts it, and the server is not asked
+    again for ``retry_s`` (so a dead server costs one deadline, not one per move). When the server
+    lost this collector's context (a restart), the request is sent once more with the recent history.
+    """
+
+    name = "mcts"
+
+    def __init__(self, local: MctsPolicy, service: SearchService, collector_id: str, deadline_s: float,
+                 retry_s: float = 2.0, resend_steps: int = 16):
+        self.local, self.service, self.collector_id = local, service, collector_id
+        self.deadline_s, self.retry_s, self.resend_steps = deadline_s, retry_s, resend_steps
+        self.stats = ServedStats()
+        self.wm_version, self.llm_version = local.wm_version, local.llm_version
+        self._episode = 0
+        self._last_len = -1     # len(history) at the last move (-1: none yet)
+        self._synced = -1       # len(history) the server's context holds for this episode (-1: unknown)
+        self._next_id = 0
+        self._retry_at = 0.0
+        self._down = False
+
+    @property
+    def net_s(self) -> float:
+        return self.local.net_s + self.stats.wait_s
+
+    def _request(self, history: History, observation: str, valid: list[str], full: bool) -> SearchRequest:
+        self._next_id += 1
+        if not history:
+            return SearchRequest(self.collector_id, self._next_id, self._episode, True, observation, tuple(valid),
+                                 "", 0.0, (), (), ())
+        if not full and self._synced == len(history) - 1:
+            _, a, r = history[-1]
+            return SearchRequest(self.collector_id, self._next_id, self._episode, False, observation, tuple(valid),
+                                 a, float(r), (), (), ())
+        recent = history[-self.resend_steps:]
+        self.stats.resends += 1
+        return SearchRequest(self.collector_id, self._next_id, self._episode, False, observation, tuple(valid), "", 0.0,
+                             tuple(o for o, _, _ in recent), tuple(a for _, a, _ in recent),
+                             tuple(float(r) for _, _, r in recent))
+
+    def _ask(self, history: History, observation: str, valid: list[str]) -> Move | None:
+        t = time.perf_counter()
+        try:
+            reply = self.service.ask(self._request(history, observation, valid, full=False), self.deadline_s)
+            if isinstance(reply, Reject) and reply.reason == "resend_history" and history:
+                reply = self.service.ask(self._request(history, observation, valid, full=True), self.deadline_s)
+        finally:
+            self.stats.wait_s += time.perf_counter() - t
+        if not isinstance(reply, SearchReply) or len(reply.visits) != len(valid) \
+                or not 0 <= reply.action_index < len(valid) or (reply.prior and len(reply.prior) != len(valid)):
+            why = "no answer" if reply is None else (f"refused: {reply.reason}" if isinstance(reply, Reject)
+                                                     else "an answer that does not fit the move")
+            if not self._down:
+                log.warning("search server gave %s; searching locally (asking again every %.1fs)", why, self.retry_s)
+            self._down, self._synced, self._retry_at = True, -1, time.monotonic() + self.retry_s
+            return None
+        if self._down:
+            log.info("search server answers again")
+            self._down = False
+        self._synced = len(history)
+        self.wm_version, self.llm_version = reply.wm_version, reply.llm_version
+        self.stats.served += 1
+        return Move(reply.action_index, np.asarray(reply.visits, np.float32), float(reply.root_value),
+                    np.asarray(reply.prior, np.float32) if reply.prior else None)
+
+    def act(self, history: History, observation: str, valid: list[str]) -> Move:
+        # a shorter history than last move's: a new episode (the player restarts it from [])
+        if len(history) < self._last_len or (not history and self._last_len >= 0):
+            self._episode += 1
+        self._last_len = len(history)
+        move = self._ask(history, observation, valid) if time.monotonic() >= self._retry_at else None
+        if move is None:
+            self.stats.fallbacks += 1
+            move = self.local.act(history, observation, valid)
+            self.wm_version, self.llm_version = self.local.wm_version, self.local.llm_version
+        return move
 
 
 class LlmPolicy:

@@ -69,12 +69,42 @@ class CollectorConfig(_Section):
     count: int = Field(2, ge=1, le=64, description="collectors started by --role all")
     policies: list[Literal["mcts", "random"]] = Field(
         default_factory=list, description="--role all: policy of collector i is policies[i % len]; empty = collector.policy")
+    search: Literal["local", "server"] = Field(
+        "local", description="mcts: search in this process, or ask the --role search server at collector.search_server")
+    search_server: str | None = Field(None, description="tcp://host:port of this collector's --role search server")
+    search_deadline_ms: float = Field(2000.0, gt=0, description="a server answer later than this: play the move locally")
+    search_retry_s: float = Field(2.0, ge=0, description="after a fallback, search locally this long before asking again")
+
+    @model_validator(mode="after")
+    def _server_named(self) -> "CollectorConfig":
+        if self.search == "server" and not self.search_server:
+            raise ValueError("collector.search=server needs collector.search_server=tcp://HOST:PORT")
+        return self
+
+
+class SearchServerConfig(_Section):
+    """``--role search``: batched MCTS for many collectors (pzstream/roles/search_server.py)."""
+
+    address: str | None = Field(None, description="where --role search binds (tcp://0.0.0.0:PORT); --role all starts "
+                                                  "one there when set")
+    max_batch: int = Field(32, ge=1, le=1024, description="roots searched together")
+    max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for more roots once one is queued")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
+    threads: int = Field(2, ge=1, description="torch threads of the server")
+    keep_steps: int = Field(16, ge=0, le=4096, description="history steps kept per collector (>= what the world "
+                                                          "model and the LLM prompt read)")
+    seed: int = 0
 
 
 class EnvConfig(_Section):
     games_dir: str | None = Field(None, description="directory of Jericho story files; default ../shared/games/jericho")
     cache_dir: str | None = Field(None, description="where generated games live; default ~/.cache/pzstream")
     valid_action_cache_size: int = Field(100_000, ge=0)
+    valid_actions_budget_s: float | None = Field(
+        0.5, ge=0, description="seconds a collector's move waits for a valid-action miss (computed in a helper "
+        "process) before playing with fallback candidates; null: wait for it (evaluation always waits)")
+    valid_action_helpers: int = Field(1, ge=1, le=16, description="helper processes per collector computing valid "
+                                      "actions (~345 MB each); 2 keeps a move from waiting behind the state just left")
 
 
 class WireConfig(_Section):
@@ -122,7 +152,9 @@ class LLMSection(_Section):
     """The LLM prior at the MCTS root and its built-in training (PriorZero)."""
 
     enabled: bool = Field(True, description="score candidates with the LLM and mix its prior into the root")
-    model: str = Field("tiny", description="'tiny' (built locally), a local directory, or a Hugging Face name")
+    model: str = Field("tiny", description="'tiny' (built locally), 'random:qwen2.5-0.5b' / -1.5b / -7b (a real shape "
+                                           "with random weights, built locally: pzstream/llm/shapes.py), a local "
+                                           "directory, or a Hugging Face name")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="scoring engine of collectors and prior servers")
     device: str = "cpu"
     temperature: float = Field(2.0, gt=0, description="prior = log_softmax(mean token log-prob / temperature)")
@@ -311,29 +343,24 @@ class Config(_Section):
     security: SecurityConfig = SecurityConfig()
     trainer: TrainerConfig = TrainerConfig()
     search: SearchSection = SearchSection()
+    search_server: SearchServerConfig = SearchServerConfig()
     llm: LLMSection = LLMSection()
     ppo: PPOSection = PPOSection()
-    model: dict[str, Any] = Field(default_factory=dict, description="WorldModelConfig fields (pzstream/model/config.py)")
+    model: dict[str, Any] = Field(default_factory=dict, description="WorldModelConfig fields (pzstream/model/config.py), "
+                                  "and `preset` (e.g. unizero-jericho) whose fields the others override")
 
     @field_validator("model")
     @classmethod
     def _model_fields(cls, v: dict[str, Any]) -> dict[str, Any]:
-        from pzstream.model.config import WorldModelConfig
+        from pzstream.model.config import world_model_config
 
-        known = set(WorldModelConfig.__dataclass_fields__)
-        for key in v:
-            if key not in known:
-                raise ValueError(f"unknown world-model key {key!r} (known: {', '.join(sorted(known))})")
-        try:
-            WorldModelConfig(**v).validate()
-        except (TypeError, ValueError) as e:
-            raise ValueError(str(e)) from None
+        world_model_config(v)  # ValueError naming the key, value or preset
         return v
 
     def world_model(self):  # -> WorldModelConfig (imported lazily: torch is heavy)
-        from pzstream.model.config import WorldModelConfig
+        from pzstream.model.config import world_model_config
 
-        return WorldModelConfig(**self.model).validate()
+        return world_model_config(self.model)
 
     def search_config(self):  # -> pzstream.search.SearchConfig
         from pzstream.search import SearchConfig

@@ -9,6 +9,12 @@ from typing import Protocol, runtime_checkable
 #: Jericho has no bindings for): always-parseable, state-preserving-ish commands.
 FALLBACK_ACTIONS = ("look", "inventory", "wait")
 
+#: What a move past the valid-action budget plays with when its room has no known candidates:
+#: movement (the object-free templates Jericho's action generator has for every game) and the
+#: basic commands, each kept only where all its words are in the game's dictionary.
+COMMON_COMMANDS = ("north", "south", "east", "west", "northeast", "northwest", "southeast", "southwest",
+                   "up", "down", "enter", "exit", "look", "inventory", "wait")
+
 
 @dataclass(frozen=True)
 class StepResult:

@@ -101,9 +101,22 @@ class HubReport:
                 writer.close()
 
 
+def valid_action_shares(s: HubStatus) -> dict[str, dict[str, float]]:
+    """Per game, from the collectors' last heartbeats: the share of play time spent getting valid
+    actions (valid_action_share) and the share of moves that waited past the budget."""
+    sums: dict[str, list[float]] = {}
+    for c in s.collectors.values():
+        acc = sums.setdefault(c.game, [0.0, 0.0, 0.0, 0.0])
+        for i, key in enumerate(("valid_s", "play_s", "va_over_budget", "env_steps")):
+            acc[i] += float(c.stats.get(key, 0.0))
+    return {g: {"valid_action_share": round(v / p, 4) if p else 0.0,
+                "over_budget_share": round(o / n, 4) if n else 0.0} for g, (v, p, o, n) in sums.items()}
+
+
 def ingest_summary(s: HubStatus) -> dict[str, object]:
     """The ingest half of the hub's summary (the parts add theirs)."""
     elapsed = s.elapsed_s
+    shares = valid_action_shares(s)
     return {
         "segments_accepted": s.segments_accepted,
         "segments_rejected": s.segments_rejected,
@@ -116,7 +129,7 @@ def ingest_summary(s: HubStatus) -> dict[str, object]:
         "elapsed_s": round(elapsed, 2),
         "collectors_seen": len(s.collectors),
         "collectors_lost": s.collectors_lost,
-        "per_game": s.per_game,
+        "per_game": {g: {**c, **shares.get(g, {})} for g, c in s.per_game.items()},
         "per_collector": {cid: c.summary() for cid, c in s.collectors.items()},
         "readers": {rid: {"lost": r.lost, "closed": r.closed, **r.stats} for rid, r in s.readers.items()},
         "collector_stats": {cid: c.stats for cid, c in s.collectors.items() if c.stats},

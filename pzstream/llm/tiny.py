@@ -6,8 +6,11 @@ LLM ("tiny") is built here, deterministically, from nothing:
 * a byte-level BPE tokenizer trained with the ``tokenizers`` library on a built-in corpus
   (English-like sentences from a word list held in this module plus text-adventure
   commands such as "go north", "take lamp", "open mailbox", "examine leaflet");
-* a randomly initialised ``Qwen2ForCausalLM`` (hidden 64, 2 layers, 4 heads, 2 KV heads,
-  intermediate 128, tied embeddings, 2048 positions) from a fixed seed.
+* a randomly initialised ``Qwen2ForCausalLM`` (hidden 128, 2 layers, 2 heads, 1 KV head,
+  intermediate 256, tied embeddings, 2048 positions) from a fixed seed.
+
+Real architectures with random weights (``random:qwen2.5-0.5b`` and others) are built by
+``pzstream.llm.shapes`` with the same tokenizer and the same build-once machinery.
 
 Both are written with ``save_pretrained`` so that ``AutoModelForCausalLM.from_pretrained``
 and ``AutoTokenizer.from_pretrained`` load the directory like any Hugging Face model.
@@ -28,12 +31,14 @@ import os
 import random
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 TINY_NAME = "tiny-qwen2-v2"
 SEED = 1234
 VOCAB_SIZE = 3000
 EOS = "<|endoftext|>"
+RANDOM_PREFIX = "random:"  # llm.model=random:<shape>: see pzstream/llm/shapes.py
 ADDED_TOKENS = ("<think>", "</think>", "<answer>", "</answer>")
 # Larger than Hugging Face's default 0.02 so that the random model's next-token
 # distributions are far from uniform: candidate log-probs then differ by whole nats and
@@ -127,10 +132,11 @@ _SPLIT_PATTERN = (
 )
 
 
-def _default_root() -> Path:
+def models_dir() -> Path:
+    """Where locally built models live: ``$PZSTREAM_CACHE_DIR/models`` or ``~/.cache/pzstream/models``."""
     env = os.environ.get("PZSTREAM_CACHE_DIR")
     base = Path(env).expanduser() if env else Path.home() / ".cache" / "pzstream"
-    return base / "models" / TINY_NAME
+    return base / "models"
 
 
 def build_bpe_tokenizer(corpus: list[str], vocab_size: int = VOCAB_SIZE,
@@ -199,16 +205,15 @@ def _is_built(path: Path) -> bool:
     return (path / "BUILD_OK").is_file()
 
 
-def build_tiny(out_dir: Path | None = None) -> Path:
-    """Build the tiny model + tokenizer once into ``out_dir`` and return the directory.
+def build_once(out: Path, write: Callable[[Path], None], marker: str) -> Path:
+    """Run ``write(tmp_dir)`` once to fill model directory ``out``; return ``out`` (absolute).
 
-    Default directory: ``$PZSTREAM_CACHE_DIR/models/tiny-qwen2-v2``, or
-    ``~/.cache/pzstream/models/tiny-qwen2-v2``. A complete directory (one with a
-    ``BUILD_OK`` marker) is reused without touching it; concurrent callers serialise on a
-    lock file and the directory appears atomically (temporary directory + rename).
+    A complete directory (one with a ``BUILD_OK`` marker, whose text is ``marker``) is reused
+    without touching it; concurrent callers serialise on ``<out>.lock`` and the directory
+    appears atomically (temporary directory + rename), so a crashed builder leaves nothing
+    that a later caller would take for complete.
     """
-    out = Path(out_dir).expanduser() if out_dir is not None else _default_root()
-    out = out.absolute()
+    out = Path(out).expanduser().absolute()
     if _is_built(out):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -220,12 +225,8 @@ def build_tiny(out_dir: Path | None = None) -> Path:
                 return out
             tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
             try:
-                tokenizer = _build_tokenizer()
-                eos_id = tokenizer.convert_tokens_to_ids(EOS)
-                model = build_model(len(tokenizer), eos_id)
-                model.save_pretrained(tmp)
-                tokenizer.save_pretrained(tmp)
-                (tmp / "BUILD_OK").write_text(f"{TINY_NAME} seed={SEED}\n")
+                write(tmp)
+                (tmp / "BUILD_OK").write_text(marker + "\n")
                 if out.exists():  # an incomplete directory left by a crashed builder
                     shutil.rmtree(out)
                 os.rename(tmp, out)
@@ -237,10 +238,29 @@ def build_tiny(out_dir: Path | None = None) -> Path:
     return out
 
 
+def build_tiny(out_dir: Path | None = None) -> Path:
+    """Build the tiny model + tokenizer once into ``out_dir`` and return the directory.
+
+    Default directory: ``$PZSTREAM_CACHE_DIR/models/tiny-qwen2-v2``, or
+    ``~/.cache/pzstream/models/tiny-qwen2-v2`` (built by ``build_once``: reused when complete,
+    safe when processes race).
+    """
+    def write(tmp: Path) -> None:
+        tokenizer = _build_tokenizer()
+        model = build_model(len(tokenizer), tokenizer.convert_tokens_to_ids(EOS))
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+
+    return build_once(Path(out_dir) if out_dir is not None else models_dir() / TINY_NAME, write,
+                      f"{TINY_NAME} seed={SEED}")
+
+
 def resolve_model(name_or_path: str) -> str:
     """Map a model argument to something ``from_pretrained`` accepts.
 
     * ``"tiny"`` -> the locally built tiny model (built on first use);
+    * ``"random:<shape>"`` (e.g. ``"random:qwen2.5-0.5b"``) -> a real architecture with random
+      weights, built locally on first use (``pzstream.llm.shapes``);
     * an existing directory -> that directory;
     * a Hugging Face repo id such as ``"Qwen/Qwen2.5-0.5B-Instruct"`` -> passed through
       unchanged (it loads where the user has it in the Hugging Face cache);
@@ -252,6 +272,10 @@ def resolve_model(name_or_path: str) -> str:
     s = os.fspath(name_or_path)
     if s == "tiny":
         return str(build_tiny())
+    if s.startswith(RANDOM_PREFIX):
+        from .shapes import build_random  # imported here: shapes builds on this module
+
+        return str(build_random(s[len(RANDOM_PREFIX):]))
     p = Path(s).expanduser()
     if p.is_dir():
         return str(p)
@@ -262,6 +286,7 @@ def resolve_model(name_or_path: str) -> str:
                  or "\\" in s or s in (".", ".."))
     if path_like:
         raise FileNotFoundError(
-            f"model path {s!r} does not exist; pass 'tiny' for the built-in tiny model, an "
+            f"model path {s!r} does not exist; pass 'tiny' for the built-in tiny model, "
+            "'random:qwen2.5-0.5b' (or -1.5b, -7b) for a real shape with random weights, an "
             "existing model directory, or a Hugging Face repo id (e.g. 'Qwen/Qwen2.5-0.5B')")
     return s

@@ -1,7 +1,9 @@
-"""Configuration of the world model and its training (one frozen dataclass)."""
+"""Configuration of the world model and its training (one frozen dataclass), and named presets."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
+from typing import Any
 
 TEXT_ENCODERS = ("hashed", "minilm")
 
@@ -104,3 +106,96 @@ class WorldModelConfig:
         if self.weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
         return self
+
+
+# --- presets: named sets of WorldModelConfig fields. A preset fills defaults; fields given
+# beside it (the config's `model:` section, or overrides) win.
+#
+# unizero-jericho: UniZero's sizes for Jericho, from LightZero's
+# zoo/jericho/configs/jericho_unizero_config.py and the UniZero policy defaults it inherits
+# (lzero/policy/unizero.py), read at opendilab/LightZero 9f717c80 (2026-08-21; the Jericho
+# config last changed in 81db0b2c). Their names -> ours:
+#   embed_dim 768 -> latent_dim; num_layers 2 -> n_layers; num_heads 24 -> n_heads;
+#   infer_context_length 4 (context_length = 2 * 4 tokens) -> context_steps;
+#   num_unroll_steps 10 (max_tokens = 2 * 10) -> unroll_steps;
+#   embed/resid/attn_pdrop 0.1 -> dropout; group_size 8 -> simnorm_group;
+#   support_size 101 (support_scale 50) -> value_support = reward_support = 50;
+#   policy_entropy_weight 5e-2 -> w_entropy; target_update_theta 0.05 -> target_tau;
+#   learning_rate 1e-4, weight_decay 1e-4, batch_size 64, grad_clip_value 20, td_steps 5,
+#   discount_factor 0.997 -> lr, weight_decay, batch_size, grad_clip, td_steps, discount.
+# Where pzstream differs from LightZero by design: LightZero encodes observations with a BGE
+# sentence encoder (BAAI/bge-base-en-v1.5, 768 wide, ~110 M parameters) that
+# cannot be downloaded here; the preset keeps the trainable hashed encoder at the same width
+# (text_dim 768). Actions are text embeddings here, not slots of a fixed action space
+# (LightZero's Jericho action_space_size 12-55 per game; our candidate cap stays 64, above
+# zork1's 55). Jericho's config normalises latents with LayerNorm and trains them with an MSE
+# loss where UniZero's default has SimNorm and a group KL; pzstream keeps its SimNorm latents
+# (its latent-consistency loss relies on bounded latents).
+PRESETS: dict[str, dict[str, Any]] = {
+    "default": {},
+    "unizero-jericho": {
+        "latent_dim": 768, "n_layers": 2, "n_heads": 24, "context_steps": 4, "unroll_steps": 10,
+        "dropout": 0.1, "simnorm_group": 8, "text_encoder": "hashed", "text_dim": 768,
+        "value_support": 50, "reward_support": 50,
+        "w_entropy": 5e-2, "target_tau": 0.05, "lr": 1e-4, "weight_decay": 1e-4, "batch_size": 64,
+        "grad_clip": 20.0, "td_steps": 5, "discount": 0.997,
+    },
+}
+
+PRESET_KEY = "preset"
+
+
+def preset_fields(name: str) -> dict[str, Any]:
+    """The WorldModelConfig fields of preset ``name``; ValueError naming the known presets."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown world-model preset {name!r} (known: {', '.join(sorted(PRESETS))})")
+    return dict(PRESETS[name])
+
+
+_DEFAULTS = WorldModelConfig()
+
+
+def _typed(name: str, value: Any) -> Any:
+    """``value`` as the type of field ``name``'s default, or ValueError naming the field.
+
+    YAML reads ``3e-4`` (no dot) as a string, so a float field also takes a numeric string;
+    ints are accepted for floats, never the other way round (nor bools for numbers).
+    """
+    kind = type(getattr(_DEFAULTS, name))
+    if kind is float and isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise ValueError(f"{name} must be {kind.__name__}, got {value!r}")
+    return value
+
+
+def world_model_config(section: Mapping[str, Any]) -> WorldModelConfig:
+    """The config's ``model:`` section -> a validated WorldModelConfig.
+
+    ``section`` holds WorldModelConfig fields and optionally ``preset``; the preset's fields
+    come first and the section's own fields override them. Unknown keys and bad values raise
+    ValueError naming them.
+    """
+    known = {f.name for f in fields(WorldModelConfig)}
+    unknown = [k for k in section if k != PRESET_KEY and k not in known]
+    if unknown:
+        raise ValueError(f"unknown world-model key {unknown[0]!r} "
+                         f"(known: {', '.join(sorted(known | {PRESET_KEY}))})")
+    preset = section.get(PRESET_KEY)
+    merged: dict[str, Any] = {}
+    if preset is not None:
+        if not isinstance(preset, str):
+            raise ValueError(f"preset must be a name, got {preset!r} (known: {', '.join(sorted(PRESETS))})")
+        merged.update(preset_fields(preset))
+    merged.update({k: v for k, v in section.items() if k != PRESET_KEY})
+    for name, value in merged.items():
+        merged[name] = _typed(name, value)
+    try:
+        return WorldModelConfig(**merged).validate()
+    except TypeError as e:
+        raise ValueError(str(e)) from None

@@ -14,7 +14,7 @@ import anyio
 import numpy as np
 import zmq.asyncio
 
-from pzstream.agent import GamePlayer, MctsPolicy, Policy, RandomPlayer, RandomPolicy, mcts_policy  # noqa: F401
+from pzstream.agent import GamePlayer, MctsPolicy, Policy, RandomPlayer, RandomPolicy, ServedPolicy, mcts_policy  # noqa: F401
 from pzstream.llm.factory import LocalPrior, PriorSource
 from pzstream.config import Config
 from pzstream.env import open_game
@@ -66,21 +66,32 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
     ep = endpoints_for(cc.learner)
     log.info("collector %s opening game %r", cid, cc.game)
     game = await anyio.to_thread.run_sync(lambda: open_game(
-        cc.game, games_dir=cfg.env.games_dir, cache_dir=cfg.env.cache_dir, seed=cc.seed))
+        cc.game, games_dir=cfg.env.games_dir, cache_dir=cfg.env.cache_dir, seed=cc.seed,
+        valid_actions_budget_s=cfg.env.valid_actions_budget_s, valid_action_helpers=cfg.env.valid_action_helpers))
     from pzstream.model.support import support_warning
 
     if (why := support_warning(game.max_score, cfg.world_model().value_support)) is not None:
         log.warning("collector %s, game %s: %s", cid, game.name, why)
     policy: Policy
     prior = None
+    local: Policy
+    served: ServedPolicy | None = None
     if cc.policy == "mcts":
         if cfg.llm.enabled:
             prior = await anyio.to_thread.run_sync(make_prior_source, cfg, curve)
-        policy = await anyio.to_thread.run_sync(mcts_policy, cfg, cc.seed, prior)
+        policy = local = await anyio.to_thread.run_sync(mcts_policy, cfg, cc.seed, prior)
+        if cc.search == "server":
+            from pzstream.roles.search_server import SearchClient
+
+            assert cc.search_server is not None and isinstance(local, MctsPolicy)
+            policy = served = ServedPolicy(local, SearchClient(cc.search_server, curve), cid,
+                                           cc.search_deadline_ms / 1000, cc.search_retry_s)
+            log.info("collector %s searches on %s (local fallback after %.0f ms)", cid, cc.search_server,
+                     cc.search_deadline_ms)
     else:
-        policy = RandomPolicy(cc.seed)
+        policy = local = RandomPolicy(cc.seed)
     player = GamePlayer(game, policy, cid, cc.segment_steps, cc.max_episode_steps, cc.seed)
-    weights = weights_client_for(cfg, policy, prior, cid)
+    weights = weights_client_for(cfg, local, prior, cid)
 
     def stats() -> dict[str, float]:
         cs = game.cache_stats()
@@ -88,11 +99,15 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
         return {"env_steps": float(s.env_steps), "episodes": float(s.episodes),
                 "cache_hits": float(cs.get("hits", 0)), "cache_misses": float(cs.get("misses", 0)),
                 "valid_action_s": float(cs.get("valid_action_s", 0.0)), "play_s": s.play_s,
+                "va_over_budget": float(cs.get("over_budget", 0)), "va_fallbacks": float(cs.get("fallbacks", 0)),
+                "valid_action_share": s.valid_s / s.play_s if s.play_s else 0.0,
                 "env_s": s.env_s, "valid_s": s.valid_s, "policy_s": s.policy_s, "net_s": policy.net_s,
                 **({"wm_version": float(policy.wm_version)} if policy.name == "mcts" else {}),
                 **({"llm_version": float(prior.version), "prior_failures": float(getattr(prior, "failures", 0))}
                    if prior is not None else {}),
                 "weights_rejected": float(weights.stats.rejected if weights is not None else 0),
+                **({"search_served": float(served.stats.served), "search_fallbacks": float(served.stats.fallbacks),
+                    "search_resends": float(served.stats.resends)} if served is not None else {}),
                 "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0}
 
     ctx = zmq.asyncio.Context()
@@ -152,5 +167,7 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
         notices.close()
         ctx.destroy(linger=0)
         game.close()
+        if served is not None:
+            served.service.close()  # type: ignore[attr-defined]
     return {"collector_id": cid, **stats(), "segments_sent": sender.stats.sent, "segments_unsent": unsent + sender.inflight,
             "reconnects": sender.stats.reconnects}

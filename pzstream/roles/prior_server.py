@@ -1,6 +1,7 @@
 """Central LLM inference (as SEED RL does): one process scores the candidates of many collectors.
 
-Server: a ROUTER at ``llm.prior_server``; it drains every request waiting, scores all their roots
+The LLM half of ``--role search`` (pzstream/roles/search_server.py), for layouts that keep the
+search at the collectors; both serve through pzstream/roles/serving.py. Server: a ROUTER at ``llm.prior_server``; it drains every request waiting, scores all their roots
 in one batch, answers each collector, and applies new LLM weights in one place (it follows the
 hub's weights notices and fetches the bytes like a collector). Client: ``RemotePrior``, a
 blocking DEALER used from a collector's play thread; when the server does not answer in
@@ -9,8 +10,6 @@ blocking DEALER used from a collector's play thread; when the server does not an
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
 
 import anyio
@@ -21,7 +20,8 @@ import zmq.asyncio
 from pzstream.stream import wire
 from pzstream.llm.factory import History
 from pzstream.config import Config
-from pzstream.stream.transport import CurveKeys, NoticeSubscriber, SegmentSender, endpoints_for, recv_batch
+from pzstream.roles.serving import RequestRouter, client_socket, follow_hub
+from pzstream.stream.transport import CurveKeys
 from pzstream.stream.weights_client import WeightsClient
 
 log = logging.getLogger("pzstream.prior")
@@ -53,11 +53,7 @@ class RemotePrior:
     def _connect(self) -> None:
         if self._sock is not None:
             self._sock.close(0)
-        self._sock = self._ctx.socket(zmq.DEALER)
-        self._sock.setsockopt(zmq.LINGER, 0)
-        if self.curve is not None:
-            self.curve.make_client(self._sock)
-        self._sock.connect(self.address)
+        self._sock = client_socket(self._ctx, self.address, self.curve)
 
     def request(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> wire.ScoreRequest:
         from pzstream.llm.prompts import scoring_prompts
@@ -124,46 +120,35 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
     lc = cfg.llm
     backend = await anyio.to_thread.run_sync(make_backend, lc, prompt_config(lc))
     ctx = zmq.asyncio.Context()
-    router = ctx.socket(zmq.ROUTER)
-    router.setsockopt(zmq.LINGER, 0)
-    if curve is not None:
-        curve.make_server(router)
-    router.bind(address)
-    drain = zmq.Socket.shadow(router.underlying)
+    router = RequestRouter(ctx, address, curve, wire.ScoreRequest)
     stats = {"requests": 0.0, "roots": 0.0, "batches": 0.0, "bad_requests": 0.0, "llm_version": 0.0}
     log.info("prior server on %s with model %s%s", address, lc.model, f", following hub {hub_address}" if hub_address else "")
 
+    def counts_fit(r: object) -> str | None:
+        assert isinstance(r, wire.ScoreRequest)
+        if sum(r.counts) == len(r.candidates) and min(r.counts, default=0) > 0:
+            return None
+        return "expected a score request with counts matching its candidates"
+
     async def serve() -> None:
         while True:
-            batch = await recv_batch(router, drain)
-            reqs: list[tuple[bytes, wire.ScoreRequest]] = []
-            for frames in batch:
-                try:
-                    msg = wire.decode(frames[-1])
-                except wire.WireError as e:
-                    stats["bad_requests"] += 1
-                    await router.send_multipart([frames[0], wire.encode(wire.Reject(reason=e.reason, detail=e.detail))])
-                    continue
-                if isinstance(msg, wire.ScoreRequest) and sum(msg.counts) == len(msg.candidates) and min(msg.counts, default=0) > 0:
-                    reqs.append((frames[0], msg))
-                else:
-                    stats["bad_requests"] += 1
-                    await router.send_multipart([frames[0], wire.encode(wire.Reject(
-                        reason="bad_value", detail="expected a score request with counts matching its candidates"))])
+            reqs = await router.requests(counts_fit)
+            stats["bad_requests"] = float(sum(router.rejected.values()))
             if not reqs:
                 continue
             prompts, cands = [], []
             for _, r in reqs:
-                p, c = request_roots(backend.tokenizer, r, lc.max_prompt_tokens)
+                p, c = request_roots(backend.tokenizer, r, lc.max_prompt_tokens)  # type: ignore[arg-type]
                 prompts += p
                 cands += c
             logps = await anyio.to_thread.run_sync(backend.score, prompts, cands)
             i = 0
             for ident, r in reqs:
+                assert isinstance(r, wire.ScoreRequest)
                 flat = [float(x) for lp in logps[i:i + len(r.counts)] for x in lp]
                 i += len(r.counts)
-                await router.send_multipart([ident, wire.encode(wire.ScoreReply(
-                    request_id=r.request_id, llm_version=int(stats["llm_version"]), logprior=tuple(flat)))])
+                await router.send(ident, wire.ScoreReply(request_id=r.request_id, llm_version=int(stats["llm_version"]),
+                                                         logprior=tuple(flat)))
             stats["requests"] += len(reqs)
             stats["roots"] += len(prompts)
             stats["batches"] += 1
@@ -184,28 +169,15 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
                      stats["roots"] / max(1.0, stats["batches"]), stats["llm_version"])
             last, t_last = stats["roots"], now
 
-    sender = notices = None
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(serve)
             tg.start_soon(report)
             if hub_address:
-                ep = endpoints_for(hub_address)
-                hello = wire.Hello(collector_id=f"prior-{socket.gethostname()}-{os.getpid()}", game="",
-                                   host=socket.gethostname(), pid=os.getpid(), role="reader")
-                sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve,
-                                       stats_fn=lambda: dict(stats))
-                notices = NoticeSubscriber(ctx, ep.weights, curve)
-                done = anyio.Event()
-                tg.start_soon(sender.run, done)
-                tg.start_soon(weights.follow, notices.recv, sender.fetch)
+                tg.start_soon(follow_hub, ctx, cfg, hub_address, "prior", weights, lambda: dict(stats), curve, stop)
             await stop.wait()
             tg.cancel_scope.cancel()
     finally:
-        if sender is not None:
-            sender.close()
-        if notices is not None:
-            notices.close()
-        router.close(0)
+        router.close()
         ctx.destroy(linger=0)
     return stats

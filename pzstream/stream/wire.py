@@ -33,7 +33,7 @@ ARRAY_EXT_CODE: int = 1
 REASONS: frozenset[str] = frozenset({
     "too_large", "malformed", "not_a_map", "bad_version", "unknown_kind", "bad_field",
     "bad_dtype", "bad_shape", "shape_exceeds_frame", "array_too_large", "column_length",
-    "bad_value",
+    "bad_value", "resend_history", "busy",
 })
 
 
@@ -123,11 +123,12 @@ class Welcome:
 
 @dataclass(frozen=True)
 class Reject:
-    """kind "reject", hub -> collector: why a hello/segment was refused (a `REASONS` code or the hub's own)."""
+    """kind "reject", hub -> collector: why a hello/segment was refused (a `REASONS` code or the hub's own);
+    also a server's refusal of a request (a search server's ``seq`` is the refused request's request_id)."""
 
     reason: str
     detail: str
-    seq: int | None = None  # the segment this answers (its credit is freed); None for other messages
+    seq: int | None = None  # the segment this answers (its credit is freed) or search request; None for others
 
 
 @dataclass(frozen=True)
@@ -203,6 +204,53 @@ class ScoreReply:
     request_id: int
     llm_version: int
     logprior: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SearchRequest:
+    """kind "search", collector -> search server (``--role search``): search one root.
+
+    The server keeps each collector's recent history; a request carries only what is new since the
+    collector's last answered request: the previous move's action text and reward
+    (``last_action``/``last_reward``, ignored when ``reset``) and the new ``observation`` with its
+    ``candidates`` (1 to max_candidates_per_step texts). ``reset``: a new episode starts here (the
+    server drops the collector's old context). ``history_*`` (equal lengths H, at most max_steps):
+    the episode's recent (observation, action, reward) steps before ``observation``, sent after a
+    "resend_history" reject or a local fallback move; when given they replace the server's context.
+    request_id >= 0 is echoed in the answer; episode_id >= 0 names the collector's episode.
+    """
+
+    collector_id: str
+    request_id: int
+    episode_id: int
+    reset: bool
+    observation: str
+    candidates: tuple[str, ...]
+    last_action: str
+    last_reward: float
+    history_observations: tuple[str, ...]
+    history_actions: tuple[str, ...]
+    history_rewards: tuple[float, ...]
+
+
+@dataclass(frozen=True)
+class SearchReply:
+    """kind "searched", search server -> collector: the search of one root.
+
+    action_index: 0 <= i < K (the request's candidates); visits [K]: visit distribution (sums to 1);
+    root_value: the search's root value; prior [K] or []: the LLM prior (empty: no LLM);
+    wm_version / llm_version: the weights every part of this answer used; batch: roots searched
+    together with this one (>= 1).
+    """
+
+    request_id: int
+    action_index: int
+    visits: tuple[float, ...]
+    root_value: float
+    prior: tuple[float, ...]
+    wm_version: int
+    llm_version: int
+    batch: int
 
 
 @dataclass(frozen=True)
@@ -295,7 +343,8 @@ class Segment:
         return True
 
 
-Message = Union[Hello, Welcome, Reject, Credit, Heartbeat, Segment, Weights, Fetch, Blob, ScoreRequest, ScoreReply, Log]
+Message = Union[Hello, Welcome, Reject, Credit, Heartbeat, Segment, Weights, Fetch, Blob, ScoreRequest, ScoreReply,
+                SearchRequest, SearchReply, Log]
 
 _STR_COLUMNS = ("observations", "candidates", "action_text")
 # Declared dtype of every numeric column (little-endian on the wire).
@@ -412,7 +461,7 @@ def _packer() -> msgpack.Packer:
 _KIND_OF: dict[type, str] = {
     Hello: "hello", Welcome: "welcome", Reject: "reject", Credit: "credit",
     Heartbeat: "heartbeat", Weights: "weights", Fetch: "fetch", Blob: "blob", Log: "log", Segment: "segment",
-    ScoreRequest: "score", ScoreReply: "prior",
+    ScoreRequest: "score", ScoreReply: "prior", SearchRequest: "search", SearchReply: "searched",
 }
 _FIELDS_OF: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KIND_OF}
 _OPTIONAL_OF: dict[type, tuple[str, ...]] = {Hello: ("seed", "role"), Reject: ("seq",)}
@@ -485,6 +534,8 @@ _RANGES: dict[str, Meta] = {
     "reject.seq": Meta(ge=0), "credit.n": Meta(ge=0), "credit.ack": Meta(ge=-1), "weights.nbytes": Meta(ge=0),
     "fetch.offset": Meta(ge=0), "fetch.length": Meta(ge=1), "blob.offset": Meta(ge=0), "blob.total": Meta(ge=0),
     "segment.seq": Meta(ge=0), "segment.step0": Meta(ge=0),
+    "search.request_id": Meta(ge=0), "search.episode_id": Meta(ge=0), "searched.request_id": Meta(ge=0),
+    "searched.action_index": Meta(ge=0), "searched.batch": Meta(ge=1),
 }
 _VERSION = Meta(ge=0, lt=MAX_VERSION)
 _COLLECTOR_ID = Meta(min_length=1, max_length=MAX_ID_CHARS, pattern=_ID_PATTERN)
@@ -509,7 +560,7 @@ def _schema(limits: WireLimits, lengths: bool) -> tuple[msgspec.msgpack.Decoder,
 
     Text = capped(str, limits.max_string_bytes)
     wire_type: dict[str, Any] = {
-        "str": Text, "int": int, "float": float, "int | None": int, "str | None": Text,
+        "str": Text, "int": int, "float": float, "bool": bool, "int | None": int, "str | None": Text,
         "bytes": capped(bytes, limits.max_string_bytes),
         "tuple[str, ...]": capped(tuple[Text, ...], items),
         "tuple[int, ...]": capped(tuple[int, ...], items),
@@ -542,7 +593,7 @@ def _schema(limits: WireLimits, lengths: bool) -> tuple[msgspec.msgpack.Decoder,
     for cls, kind in _KIND_OF.items():
         if cls is not Segment:
             schema = msgspec.defstruct(f"_{cls.__name__}", schema_fields(kind, cls), bases=(_Message,), tag=kind)
-            builders[schema] = _builder(cls)
+            builders[schema] = _builder(cls) if cls is not SearchRequest else _checked_search(limits)
     header = msgspec.defstruct("_Header", schema_fields("segment", SegmentHeader), forbid_unknown_fields=True, gc=False)
     texts = capped(list[Text], items)
     columns = msgspec.defstruct(
@@ -558,6 +609,32 @@ def _schema(limits: WireLimits, lengths: bool) -> tuple[msgspec.msgpack.Decoder,
 def _builder(cls: type) -> Callable[[Any], Message]:
     names = _FIELDS_OF[cls]
     return lambda s: cls(*[getattr(s, name) for name in names])
+
+
+def _checked_search(limits: WireLimits) -> Callable[[Any], Message]:
+    build = _builder(SearchRequest)
+
+    def checked(s: Any) -> Message:
+        req = build(s)
+        check_search_request(req, limits)  # type: ignore[arg-type]
+        return req
+
+    return checked
+
+
+def check_search_request(req: SearchRequest, limits: WireLimits = DEFAULT_LIMITS) -> None:
+    """The rules of a search request that no field type states; raises WireError."""
+    if not 1 <= len(req.candidates) <= limits.max_candidates_per_step:
+        raise WireError("bad_value", f"search: {len(req.candidates)} candidates, must be 1.."
+                                     f"{limits.max_candidates_per_step}")
+    h = len(req.history_observations)
+    if len(req.history_actions) != h or len(req.history_rewards) != h:
+        raise WireError("column_length", f"search: history has {h} observations, {len(req.history_actions)} actions "
+                                         f"and {len(req.history_rewards)} rewards")
+    if h > limits.max_steps:
+        raise WireError("too_large", f"search: {h} history steps > {limits.max_steps}")
+    if not (math.isfinite(req.last_reward) and all(math.isfinite(r) for r in req.history_rewards)):
+        raise WireError("bad_value", "search: rewards must be finite")
 
 
 _HEADER_FIELDS = tuple(f.name for f in fields(SegmentHeader))

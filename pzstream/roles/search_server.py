@@ -1,0 +1,240 @@
+"""Central search (as SEED RL's central inference): one process runs MCTS for many collectors.
+
+``python launch.py --role search --search tcp://0.0.0.0:5700 --learner tcp://HUB:5555``
+
+Collectors send one ``SearchRequest`` per move (only what is new since their last one: the
+server keeps each collector's recent history in a ``ContextStore``). The server queues the roots
+fairly (``FairQueue``: one per collector per round), and each batch of up to
+``search_server.max_batch`` roots (waiting at most ``search_server.max_wait_ms`` for more) runs
+as one batched search: the world model's initial inference over all roots, one packed LLM prior
+call, the root mixing and the MCTS of ``MctsPolicy.search_roots``. Each collector gets a
+``SearchReply`` stamped with the weights versions its batch used; new weights (followed from the
+hub like any reader) are installed between batches, never during one.
+
+``SearchClient`` is the collectors' side: a blocking DEALER used from the play thread
+(``pzstream.agent.ServedPolicy`` decides when to ask and when to search locally instead).
+"""
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+
+import anyio
+import zmq
+import zmq.asyncio
+
+from pzstream.agent import MctsPolicy, mcts_policy
+from pzstream.config import Config
+from pzstream.llm.factory import History, LocalPrior
+from pzstream.roles.serving import RequestRouter, client_socket, follow_hub
+from pzstream.search.batcher import ContextStore, FairQueue
+from pzstream.stream import wire
+from pzstream.stream.transport import CurveKeys, check_bind_security
+from pzstream.stream.weights_client import WeightsClient
+
+log = logging.getLogger("pzstream.search_server")
+
+
+class SearchClient:
+    """One collector's connection to its search server (blocking; used from the play thread)."""
+
+    def __init__(self, address: str, curve: CurveKeys | None = None):
+        self.address, self.curve = address, curve
+        self._ctx = zmq.Context()
+        self._sock: zmq.Socket | None = None
+        self._connect()
+
+    def _connect(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+        self._sock = client_socket(self._ctx, self.address, self.curve)
+
+    def ask(self, req: wire.SearchRequest, timeout_s: float) -> wire.SearchReply | wire.Reject | None:
+        """The server's answer to ``req`` (a reply or a reject), or None: no answer in ``timeout_s``
+        (the connection is then dropped with whatever it had queued, and made again)."""
+        sock = self._sock
+        assert sock is not None
+        try:
+            sock.send(wire.encode(req), flags=zmq.NOBLOCK)
+            deadline = time.monotonic() + timeout_s
+            while (left := deadline - time.monotonic()) > 0:
+                if not sock.poll(int(left * 1000) + 1):
+                    break
+                try:
+                    msg = wire.decode(sock.recv())
+                except wire.WireError:
+                    continue
+                # answers to requests given up on earlier are skipped
+                if isinstance(msg, wire.SearchReply) and msg.request_id == req.request_id:
+                    return msg
+                if isinstance(msg, wire.Reject) and msg.seq in (None, req.request_id):
+                    return msg
+        except zmq.ZMQError as e:
+            log.debug("search request failed: %s", e)
+        self._connect()
+        return None
+
+    def close(self) -> None:
+        if self._sock is not None:
+            self._sock.close(0)
+        self._ctx.term()
+
+
+@dataclass(frozen=True)
+class Root:
+    """One queued request, its context resolved: history (the steps before ``observation``), the candidates [K]."""
+
+    ident: bytes
+    collector_id: str
+    request_id: int
+    history: History
+    observation: str
+    candidates: list[str]
+    arrived: float  # time.monotonic() when it was read off the socket
+
+
+class BatchSearch:
+    """The server's models and its batched search. Installs take the same lock as a batch, so new
+    weights land between batches and every answer of a batch names the versions it used."""
+
+    def __init__(self, policy: MctsPolicy, prior: LocalPrior | None):
+        self.policy, self.prior = policy, prior
+        self._lock = threading.Lock()
+
+    def install_wm(self, data: bytes, version: int) -> None:
+        from pzstream.model.world_model import load_weights_bytes, untrained_world_model
+
+        model = untrained_world_model(self.policy.wm_cfg)
+        load_weights_bytes(model, data)  # raises ValueError on a mismatch: the old weights stay
+        with self._lock:
+            self.policy.offer(model, version)
+
+    def install_llm(self, data: bytes, version: int) -> None:
+        assert self.prior is not None
+        with self._lock:
+            self.prior.load(data, version)
+
+    def run(self, roots: list[Root]) -> list[wire.SearchReply]:
+        with self._lock:
+            moves = self.policy.search_roots([r.history for r in roots], [r.observation for r in roots],
+                                             [r.candidates for r in roots])
+            wm, llm = self.policy.wm_version, self.policy.llm_version
+        return [wire.SearchReply(request_id=r.request_id, action_index=m.index, visits=tuple(m.policy.tolist()),
+                                 root_value=m.root_value, prior=tuple(m.prior.tolist()) if m.prior is not None else (),
+                                 wm_version=wm, llm_version=llm, batch=len(roots))
+                for r, m in zip(roots, moves)]
+
+
+def batch_search_for(cfg: Config) -> BatchSearch:
+    """The models of a search server: the config's world model (and the LLM when llm.enabled) on search_server.device."""
+    import torch
+
+    sc = cfg.search_server
+    torch.set_num_threads(sc.threads)
+    prior = LocalPrior(cfg.llm) if cfg.llm.enabled else None
+    return BatchSearch(mcts_policy(cfg, sc.seed, prior, device=sc.device), prior)
+
+
+async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve: CurveKeys | None = None,
+                            hub_address: str | None = None, searcher: BatchSearch | None = None) -> dict[str, float]:
+    """Serve searches on ``address`` until ``stop``; follow the hub's weights when ``hub_address`` is given."""
+    sc = cfg.search_server
+    check_bind_security(address, curve, cfg.security.allow_insecure)  # as the hub: no open port without CURVE
+    searcher = searcher or await anyio.to_thread.run_sync(batch_search_for, cfg)
+    limits = wire.WireLimits(max_message_bytes=cfg.wire.max_message_bytes, max_array_elements=cfg.wire.max_array_elements,
+                             max_steps=cfg.wire.max_steps, max_candidates_per_step=cfg.wire.max_candidates_per_step)
+    ctx = zmq.asyncio.Context()
+    router = RequestRouter(ctx, address, curve, wire.SearchRequest, limits)
+    queue: FairQueue[Root] = FairQueue(per_collector=sc.max_batch)
+    keep = max(sc.keep_steps, cfg.world_model().context_steps, cfg.llm.history_len)
+    contexts = ContextStore(keep)
+    stats = {"requests": 0.0, "roots": 0.0, "batches": 0.0, "max_batch_seen": 0.0, "search_s": 0.0,
+             "wm_version": 0.0, "llm_version": 0.0}
+    wake = [anyio.Event()]
+    log.info("search server on %s (%s, max batch %d, wait %.1f ms)%s", address, sc.device, sc.max_batch,
+             sc.max_wait_ms, f", following hub {hub_address}" if hub_address else "")
+
+    async def receive() -> None:
+        while True:
+            for ident, req in await router.requests():
+                assert isinstance(req, wire.SearchRequest)
+                stats["requests"] += 1
+                if not queue.has_room(req.collector_id):
+                    await router.reject(ident, "busy", f"{sc.max_batch} requests of {req.collector_id} already "
+                                        "queued", req.request_id)
+                    continue
+                history = contexts.advance(req.collector_id, req.episode_id, req.reset, req.observation,
+                                           req.last_action, req.last_reward,
+                                           list(zip(req.history_observations, req.history_actions,
+                                                    req.history_rewards)))
+                if history is None:
+                    await router.reject(ident, "resend_history", f"no context for {req.collector_id} episode "
+                                        f"{req.episode_id}: send its recent history", req.request_id)
+                    continue
+                queue.put(req.collector_id, Root(ident, req.collector_id, req.request_id, history, req.observation,
+                                                 list(req.candidates), time.monotonic()))
+            wake[0].set()
+
+    async def batches() -> None:
+        while True:
+            await wake[0].wait()
+            wake[0] = anyio.Event()
+            if not queue:
+                continue
+            deadline = time.monotonic() + sc.max_wait_ms / 1000
+            while len(queue) < sc.max_batch and (left := deadline - time.monotonic()) > 0:
+                with anyio.move_on_after(left):
+                    await wake[0].wait()
+                wake[0] = anyio.Event()
+            roots = queue.take(sc.max_batch)
+            t = time.perf_counter()
+            try:
+                replies = await anyio.to_thread.run_sync(searcher.run, roots)
+            except Exception as e:  # a fault in one batch is answered, and the server goes on
+                log.exception("search of %d roots failed", len(roots))
+                for r in roots:
+                    contexts.forget(r.collector_id)
+                    await router.reject(r.ident, "search_failed", str(e), r.request_id)
+                continue
+            stats["search_s"] += time.perf_counter() - t
+            for r, reply in zip(roots, replies):
+                await router.send(r.ident, reply)
+            stats["roots"] += len(roots)
+            stats["batches"] += 1
+            stats["max_batch_seen"] = max(stats["max_batch_seen"], float(len(roots)))
+            stats["wm_version"], stats["llm_version"] = float(replies[0].wm_version), float(replies[0].llm_version)
+            if queue:
+                wake[0].set()
+
+    def summary() -> dict[str, float]:
+        return {**stats, "mean_batch": stats["roots"] / max(1.0, stats["batches"]), "contexts": float(len(contexts)),
+                **{f"rejected_{k}": float(v) for k, v in router.rejected.items()}}
+
+    async def report() -> None:
+        last, t_last = 0.0, time.monotonic()
+        while True:
+            await anyio.sleep(10)
+            now, s = time.monotonic(), summary()
+            log.info("search server: %.1f roots/s, mean batch %.1f, %d collectors, wm v%d, llm v%d, rejected %s",
+                     (s["roots"] - last) / (now - t_last), s["mean_batch"], s["contexts"], s["wm_version"],
+                     s["llm_version"], dict(router.rejected) or "none")
+            last, t_last = s["roots"], now
+
+    installers = {"wm": searcher.install_wm} | ({"llm": searcher.install_llm} if searcher.prior is not None else {})
+    weights = WeightsClient(installers, who="search server")
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(receive)
+            tg.start_soon(batches)
+            tg.start_soon(report)
+            if hub_address:
+                tg.start_soon(follow_hub, ctx, cfg, hub_address, "search", weights, summary, curve, stop)
+            await stop.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        router.close()
+        ctx.destroy(linger=0)
+    return summary()
+

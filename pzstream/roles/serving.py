@@ -1,0 +1,106 @@
+"""What the central-inference servers share (``--role search`` and ``--role prior``).
+
+A server binds a ROUTER (CURVE like the hub's when keys are given), takes every request already
+waiting in one go, answers malformed ones with a ``Reject`` naming the reason (and keeps serving
+the others), and follows the hub's weights as a ``role="reader"`` peer with the one weights client.
+"""
+from __future__ import annotations
+
+import os
+import socket
+from collections import Counter
+from collections.abc import Callable
+
+import anyio
+import zmq
+import zmq.asyncio
+
+from pzstream.config import Config
+from pzstream.stream import wire
+from pzstream.stream.transport import (
+    CurveKeys,
+    NoticeSubscriber,
+    SegmentSender,
+    endpoints_for,
+    recv_batch,
+)
+from pzstream.stream.weights_client import WeightsClient
+
+
+def client_socket(ctx: zmq.Context, address: str, curve: CurveKeys | None) -> zmq.Socket:
+    """A collector's DEALER to a server (CURVE client where the server is one); dropped and made
+    again after a timeout, so nothing queued for a dead server is resent to its successor."""
+    sock = ctx.socket(zmq.DEALER)
+    sock.setsockopt(zmq.LINGER, 0)
+    if curve is not None:
+        curve.make_client(sock)
+    sock.connect(address)
+    return sock
+
+
+class RequestRouter:
+    """A server's ROUTER: ``requests()`` awaits the next burst and returns its well-formed requests
+    of ``kind`` as (peer identity, message); the rest are rejected with a reason and counted."""
+
+    def __init__(self, ctx: zmq.asyncio.Context, address: str, curve: CurveKeys | None, kind: type,
+                 limits: wire.WireLimits = wire.DEFAULT_LIMITS):
+        self.sock = ctx.socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting collector keeps its identity
+        self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + 65536)
+        if curve is not None:
+            curve.make_server(self.sock)
+        self.sock.bind(address)
+        self._drain = zmq.Socket.shadow(self.sock.underlying)
+        self.kind, self.limits = kind, limits
+        self.rejected: Counter[str] = Counter()
+
+    async def requests(self, check: Callable[[object], str | None] = lambda m: None) -> list[tuple[bytes, object]]:
+        """``check(msg)``: None, or why a decoded request of the right kind is still refused."""
+        out = []
+        for frames in await recv_batch(self.sock, self._drain):
+            ident = frames[0]
+            try:
+                msg = wire.decode(frames[-1], self.limits)
+            except wire.WireError as e:
+                await self.reject(ident, e.reason, e.detail)
+                continue
+            why = (f"expected a {self.kind.__name__}" if not isinstance(msg, self.kind) else check(msg))
+            if why is not None:
+                await self.reject(ident, "bad_value", why)
+                continue
+            out.append((ident, msg))
+        return out
+
+    async def reject(self, ident: bytes, reason: str, detail: str, request_id: int | None = None) -> None:
+        self.rejected[reason] += 1
+        await self.send(ident, wire.Reject(reason=reason, detail=detail[:300], seq=request_id))
+
+    async def send(self, ident: bytes, msg: object) -> None:
+        try:
+            await self.sock.send_multipart([ident, wire.encode(msg)], flags=zmq.NOBLOCK)  # type: ignore[arg-type]
+        except zmq.Again:  # the peer is not reading; it will time out and fall back
+            pass
+
+    def close(self) -> None:
+        self.sock.close(0)
+
+
+async def follow_hub(ctx: zmq.asyncio.Context, cfg: Config, hub_address: str, name: str, weights: WeightsClient,
+                     stats_fn: Callable[[], dict[str, float]], curve: CurveKeys | None,
+                     stop: anyio.Event) -> None:
+    """Connect to the hub as a weights reader (hello role "reader") and install what it publishes until ``stop``."""
+    ep = endpoints_for(hub_address)
+    hello = wire.Hello(collector_id=f"{name}-{socket.gethostname()}-{os.getpid()}", game="",
+                       host=socket.gethostname(), pid=os.getpid(), role="reader")
+    sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats_fn)
+    notices = NoticeSubscriber(ctx, ep.weights, curve)
+    try:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender.run, anyio.Event())
+            tg.start_soon(weights.follow, notices.recv, sender.fetch)
+            await stop.wait()
+            tg.cancel_scope.cancel()
+    finally:
+        sender.close()
+        notices.close()
