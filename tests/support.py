@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -45,6 +46,11 @@ class HubThread:
 
     def __init__(self, cfg: Config, curve: CurveKeys | None = None, **hub_kw):
         self.recorder = SegmentRecorder()
+        if "run_dir" not in hub_kw:
+            # a run directory of its own: the hub numbers versions on from a run's weights mirror,
+            # so the default runs/<name> would carry versions over from earlier runs and tests
+            self._run_dir = tempfile.TemporaryDirectory(prefix="pzstream-test-run-")
+            hub_kw["run_dir"] = Path(self._run_dir.name)
         self.hub = LearnerHub(cfg, curve, extra_parts=[self.recorder], **hub_kw)
         self.summary: dict | None = None
         self._portal_cm = None
