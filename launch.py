@@ -182,6 +182,18 @@ def main_eval(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     return result
 
 
+def all_search_address(cfg: Config) -> str | None:
+    """Where ``--role all``'s search server binds, or None when its collectors search locally (printed either way)."""
+    from pzstream.roles.search_server import wants_search_server
+    from pzstream.stream.transport import free_base_port
+
+    wanted, why = wants_search_server(cfg, os.cpu_count() or 1)
+    address = (cfg.search_server.address or f"tcp://127.0.0.1:{free_base_port()}") if wanted else None
+    print(f"search: {'one search server at ' + address if address else 'local in each collector'} ({why})",
+          file=sys.stderr)
+    return address
+
+
 async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     """Hub in this process, ``collector.count`` collector processes beside it."""
     from pzstream.hub.learner import LearnerHub
@@ -197,6 +209,7 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     base = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "collector", "--learner", cfg.hub.address]
     if args.config:
         base += ["--config", args.config]
+    search_address = all_search_address(cfg)
     async with anyio.create_task_group() as tg:
         tg.start_soon(stop_on_signal_or_deadline, stop, cfg.run.max_seconds)
 
@@ -211,9 +224,8 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
                     cmd.append(f"collector.policy={cfg.collector.policies[i % len(cfg.collector.policies)]}")
                 if cfg.collector.max_steps:
                     cmd.append(f"collector.max_steps={cfg.collector.max_steps}")
-                if cfg.search_server.address and cfg.collector.search_server is None:
-                    cmd += ["collector.search=server",
-                            f"collector.search_server={connect_address(cfg.search_server.address)}"]
+                if search_address and cfg.collector.search_server is None:
+                    cmd += ["collector.search=server", f"collector.search_server={connect_address(search_address)}"]
                 log_file = open(run_dir / f"collector-{i}.log", "wb")
                 procs.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT))
             if cfg.llm.prior_server and cfg.llm.enabled:
@@ -221,9 +233,9 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
                              "--learner", cfg.hub.address] + (["--config", args.config] if args.config else []) + list(args.overrides)
                 servers.append(subprocess.Popen(prior_cmd, stdout=open(run_dir / "prior.log", "wb"),
                                                 stderr=subprocess.STDOUT, cwd=REPO_ROOT))
-            if cfg.search_server.address:
+            if search_address:
                 search_cmd = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "search", "--search",
-                              cfg.search_server.address, "--learner", cfg.hub.address] + \
+                              search_address, "--learner", cfg.hub.address] + \
                     (["--config", args.config] if args.config else []) + list(args.overrides)
                 servers.append(subprocess.Popen(search_cmd, stdout=open(run_dir / "search.log", "wb"),
                                                 stderr=subprocess.STDOUT, cwd=REPO_ROOT))
@@ -265,6 +277,19 @@ def _leaf(e: BaseException) -> BaseException:
     return e
 
 
+def check_placement(cfg: Config, role: str) -> None:
+    """Every CUDA device the config names exists on this host (ConfigError otherwise); the learner says where each part runs."""
+    from pzstream.config import check_devices, devices
+
+    named = devices(cfg)
+    if any(d.startswith("cuda") for d in named.values()) or cfg.ppo.device.startswith("cuda"):
+        import torch
+
+        check_devices(cfg, torch.cuda.device_count() if torch.cuda.is_available() else 0)
+    if role in ("learner", "all"):
+        print("placement: " + ", ".join(f"{k} {v}" for k, v in named.items()), file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     if args.role == "keys":
@@ -275,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = build_config(args)
+        if args.role in ("learner", "all", "search", "prior", "collector", "eval"):
+            check_placement(cfg, args.role)
         if args.role in ("learner", "all") and args.helper_output == "file":
             # the run directory as each role's hub places it (--role all: under the repository)
             run_dir = Path(cfg.run.out_dir) / cfg.run.name

@@ -18,14 +18,13 @@ import argparse
 import json
 import os
 import platform
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.launched import run_all  # noqa: E402
 from pzstream.env.sources import DEFAULT_SPECS, GameNotFound, resolve_story_file  # noqa: E402
 from pzstream.stream.transport import free_base_port  # noqa: E402
 
@@ -49,19 +48,11 @@ def game_label(game: str) -> str:
 def run_game(game: str, seconds: float, extra: list[str]) -> dict:
     address = hub_address(extra)
     # --learner after the overrides: launch.py sets hub.address and collector.learner from it, so both agree
-    cmd = [sys.executable, str(ROOT / "launch.py"), "--role", "all", "--game", game,
-           "--max-seconds", str(seconds), "--collectors", "2", "collector.policies=[mcts, random]",
-           f"run.name=learn-{game_label(game)}", "run.log_level=WARNING",
-           # the world model against random; the LLM prior is measured by bench/llm.py and eval, and
-           # PPO needs the LLM (ppo.enabled needs llm.enabled)
-           "llm.enabled=false", "ppo.enabled=false", *extra, "--learner", address]
-    print(f"[{game}] {' '.join(cmd[2:])}", file=sys.stderr, flush=True)
-    t0 = time.monotonic()
-    out = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=seconds + 300)
-    if out.returncode != 0:
-        raise RuntimeError(f"{game}: launch.py exited {out.returncode}:\n{out.stderr[-3000:]}")
-    summary = json.loads(out.stdout.strip().splitlines()[-1])
-    summary["wall_s"] = time.monotonic() - t0
+    summary = run_all(["--game", game, "--max-seconds", str(seconds), "--collectors", "2", "collector.policies=[mcts, random]",
+                       f"run.name=learn-{game_label(game)}", "run.log_level=WARNING",
+                       # the world model against random; the LLM prior is measured by bench/llm.py and eval, and
+                       # PPO needs the LLM (ppo.enabled needs llm.enabled)
+                       "llm.enabled=false", "ppo.enabled=false", *extra, "--learner", address], seconds, game)
     summary["hub_address"] = address
     return summary
 

@@ -13,7 +13,8 @@ idles through (a). Rates are moves per second over all processes, the median ove
 load from other jobs drifts into both alike. ``p50_ms``/``p99_ms``: a served move's wait as the
 collector sees it; ``mean_batch``: roots per batch at the server (over the whole run: the probe
 and warm-up moves add a few of batch 1); ``fallbacks``: served moves played locally (none is
-expected). The last stdout line is one JSON object.
+expected); ``server_ms_per_batch``, ``server_prior_share`` (of the server's search time, the LLM prior's)
+and ``server_memo_hit_rate`` (roots the server answered from its prior memo) say where a served batch goes. The last stdout line is one JSON object.
 """
 from __future__ import annotations
 
@@ -247,7 +248,11 @@ def main() -> None:
               "local_moves_per_s": round(local_rate, 2), "server_moves_per_s": round(served_rate, 2),
               "speedup": round(served_rate / local_rate, 2) if local_rate else None,
               "mean_batch": round(summary["mean_batch"], 2), "p50_ms": round(p50, 1), "p99_ms": round(p99, 1),
-              "fallbacks": fallbacks, "cpus": os.cpu_count()}
+              "fallbacks": fallbacks, "cpus": os.cpu_count(),
+              "server_prior_share": round(summary.get("prior_s", 0.0) / max(1e-9, summary["search_s"]), 3),
+              "server_ms_per_batch": round(1000 * summary["search_s"] / max(1.0, summary["batches"]), 1),
+              "server_memo_hit_rate": round(summary.get("memo_hits", 0.0) / max(1.0, summary.get("memo_hits", 0.0)
+                                                                               + summary.get("memo_misses", 0.0)), 3)}
     print(f"{'collectors':>10} {'local mv/s':>11} {'server mv/s':>12} {'speedup':>8} {'mean batch':>11} "
           f"{'p50 ms':>8} {'p99 ms':>8}")
     print(f"{n:>10} {local_rate:>11.2f} {served_rate:>12.2f} {result['speedup'] or 0:>8.2f} "

@@ -87,6 +87,11 @@ class SearchServerConfig(_Section):
 
     address: str | None = Field(None, description="where --role search binds (tcp://0.0.0.0:PORT); --role all starts "
                                                   "one there when set")
+    start: Literal["auto", "always", "never"] = Field(
+        "auto", description="--role all: start a search server for its collectors? auto = when search_server.device is "
+                            "a GPU or the collectors are at least auto_collectors_per_cpu x the CPU cores (where "
+                            "bench/serve.py measured it faster); always; never (an address set means always)")
+    auto_collectors_per_cpu: float = Field(4.0, gt=0, description="start: auto on a CPU-only server (see start)")
     max_batch: int = Field(32, ge=1, le=1024, description="roots searched together")
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for more roots once one is queued")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
@@ -125,6 +130,7 @@ class TrainerConfig(_Section):
     """World-model training beside the hub, in its own process (so neither stalls the other)."""
 
     enabled: bool = True
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="where the world model trains: cpu, cuda or cuda:N")
     threads: int = Field(1, ge=1, description="torch threads of the trainer process")
     min_replay_steps: int = Field(200, ge=1, description="steps stored before training starts")
     replay_capacity_steps: int = Field(50_000, ge=100)
@@ -162,6 +168,8 @@ class LLMSection(_Section):
     history_len: int = Field(3, ge=0)
     list_candidates: bool = Field(False, description="list the candidate actions in the prompt (PPO prompts always do)")
     max_prompt_tokens: int = Field(512, ge=16)
+    memo_entries: int = Field(4096, ge=0, description="priors of recently scored roots kept per process and reused "
+                                                      "while the weights stay the same (0 = off): pzstream/llm/memo.py")
     mix: Literal["fixed", "adaptive", "adaptive_priorzero", "adaptive_entropy"] = Field(
         "fixed", description="LLM weight at the root: fixed_weight; adaptive_priorzero = more LLM when the world model "
                              "is confident (PriorZero); adaptive_entropy = more LLM when it is undecided; adaptive = "
@@ -265,6 +273,8 @@ class PPOSection(_Section):
     runtime: Literal["auto", "ray", "inprocess"] = Field(
         "auto", description="ray = Ray actors + vLLM engines + DeepSpeed; inprocess = transformers + torch; "
                             "auto = ray where ray, vllm and deepspeed import")
+    device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="the in-process runtime's device for policy, "
+                        "critic and reference (the ray runtime places its actors on GPUs itself)")
     fire_threshold: int = Field(64, ge=1, description="queued prompt samples that fire an episode")
     queue_capacity: int = Field(4096, ge=1, description="prompt queue bound; the oldest are evicted (counted)")
     rollout_batch_size: int = Field(16, ge=1, description="prompts per episode")
@@ -334,6 +344,17 @@ class RunConfig(_Section):
         return v.upper() if isinstance(v, str) else v
 
 
+class ScheduleConfig(_Section):
+    """How collection, world-model training and PPO share the run (pzstream/hub/schedule.py)."""
+
+    mode: Literal["async", "alternating"] = Field(
+        "async", description="async: everything at once (the design); alternating: PriorZero's turns, enforced by the "
+                             "hub (collect collect_steps, then train_updates world-model updates, then ppo_episodes)")
+    collect_steps: int = Field(2000, ge=1, description="alternating: env steps accepted per collect phase")
+    train_updates: int = Field(100, ge=1, description="alternating: world-model updates per train phase")
+    ppo_episodes: int = Field(1, ge=0, le=1, description="alternating: PPO episodes per cycle (0 or 1)")
+
+
 class Config(_Section):
     run: RunConfig = RunConfig()
     hub: HubConfig = HubConfig()
@@ -346,6 +367,7 @@ class Config(_Section):
     search_server: SearchServerConfig = SearchServerConfig()
     llm: LLMSection = LLMSection()
     ppo: PPOSection = PPOSection()
+    schedule: ScheduleConfig = ScheduleConfig()
     model: dict[str, Any] = Field(default_factory=dict, description="WorldModelConfig fields (pzstream/model/config.py), "
                                   "and `preset` (e.g. unizero-jericho) whose fields the others override")
 
@@ -414,6 +436,29 @@ def _format_errors(err: ValidationError, source: str) -> str:
         key = ".".join(str(x) for x in e["loc"]) or "<root>"
         lines.append(f"  {key}: {e['msg']}" + (f" (got {e['input']!r})" if "input" in e and not isinstance(e["input"], dict) else ""))
     return "\n".join(lines)
+
+
+def devices(cfg: Config) -> dict[str, str]:
+    """Where each part of a run computes (the placement a run logs at start)."""
+    return {"trainer": cfg.trainer.device, "search server": cfg.search_server.device,
+            "llm prior (collectors, prior server)": cfg.llm.device,
+            "ppo": cfg.ppo.device if cfg.ppo.runtime != "ray" else "ray actors (one GPU each)", "collectors": "cpu"}
+
+
+def check_devices(cfg: Config, gpus: int) -> None:
+    """Raise ConfigError when a section names a CUDA device this host does not have (``gpus`` present)."""
+    wanted = {"trainer.device": cfg.trainer.device, "search_server.device": cfg.search_server.device,
+              "llm.device": cfg.llm.device, "ppo.device": cfg.ppo.device}
+    bad = []
+    for key, dev in wanted.items():
+        if not dev.startswith("cuda"):
+            continue
+        index = int(dev.split(":")[1]) if ":" in dev else 0
+        if index >= gpus:
+            bad.append(f"{key}={dev}")
+    if bad:
+        have = f"{gpus} GPU(s): " + ", ".join(f"cuda:{i}" for i in range(gpus)) if gpus else "no GPU"
+        raise ConfigError(f"{', '.join(bad)}: this host has {have} (set the device to cpu or one that exists)")
 
 
 def load_config(path: str | os.PathLike[str] | None = None, overrides: list[str] | tuple[str, ...] = ()) -> Config:

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 
 from pzstream.config import ConfigError, load_config, parse_override
@@ -56,3 +58,31 @@ def test_impossible_model_and_search_sizes_fail_at_start_naming_the_key():
         load_config(None, ["search.num_simulations=0"])
     with pytest.raises(ConfigError, match=r"trainer\.publish_every"):
         load_config(None, ["trainer.publish_every=0"])
+
+
+def test_devices_are_checked_against_the_gpus_present():
+    from pzstream.config import check_devices, devices
+
+    cfg = load_config(None, ["trainer.device=cuda:1", "search_server.device=cuda", "ppo.device=cuda:0"])
+    check_devices(cfg, 2)  # both exist
+    with pytest.raises(ConfigError, match=r"trainer.device=cuda:1: this host has 1 GPU\(s\): cuda:0"):
+        check_devices(cfg, 1)
+    with pytest.raises(ConfigError, match="search_server.device=cuda.*no GPU"):
+        check_devices(cfg, 0)
+    check_devices(load_config(None, []), 0)  # the embedded default is all CPU
+    assert devices(load_config(None, ["trainer.device=cuda:1"]))["trainer"] == "cuda:1"
+    with pytest.raises(ConfigError, match="trainer.device"):
+        load_config(None, ["trainer.device=gpu"])
+
+
+def test_launch_refuses_a_device_the_host_lacks():
+    import subprocess
+    import sys
+
+    import torch
+
+    if torch.cuda.device_count() > 7:
+        pytest.skip("a host with 8 GPUs has cuda:7")
+    out = subprocess.run([sys.executable, "launch.py", "--role", "learner", "trainer.device=cuda:7"],
+                         cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 2 and "trainer.device=cuda:7: this host has" in out.stderr

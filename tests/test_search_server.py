@@ -355,3 +355,57 @@ def test_a_served_player_sends_deltas_resends_after_a_local_move_and_numbers_epi
     assert delta.history_observations == () and (delta.last_action, delta.last_reward) == ("x", 0.0)
     assert reset.reset and reset.episode_id == 1 and next_delta.episode_id == 1 and next_delta.last_action == "x"
     assert served.wm_version == 5 and served.stats.served == 4 and served.stats.fallbacks == 0
+
+
+@pytest.mark.slow
+def test_two_search_servers_serve_one_hub_and_both_follow_its_weights(address, procs):
+    """Several servers per hub: each collector names its own; both servers are readers of the hub
+    and install the weights it publishes, and stamp their answers with them."""
+    import torch
+
+    from pzstream.model.world_model import WorldModel, weights_bytes
+
+    searches = [f"tcp://127.0.0.1:{free_base_port()}" for _ in range(2)]
+    over = [*EXACT, "hub.heartbeat_s=0.2"]
+    hub = HubThread(hub_config(address, "llm.enabled=false")).start()
+    try:
+        for s in searches:
+            procs.append(launch("--role", "search", "--search", s, "--learner", address, *over))
+        for i, s in enumerate(searches):
+            procs.append(launch("--role", "collector", "--learner", address, f"collector.id=c{i}", f"collector.seed={i}",
+                                "collector.search=server", f"collector.search_server={s}", "collector.segment_steps=5",
+                                "collector.search_deadline_ms=5000", *over))
+
+        def served(h) -> list[float]:
+            return [c.stats.get("search_served", 0.0) for c in h.status().collectors.values()]
+
+        hub.wait_for(lambda h: len(served(h)) == 2 and min(served(h)) >= 5, 120, "both collectors served")
+        assert len(hub.status().readers) == 2
+        torch.manual_seed(7)
+        version = hub.call(hub.hub.publish, "wm", weights_bytes(WorldModel(config().world_model())))
+
+        def server_versions(h) -> list[float]:
+            return [r.stats.get("wm_version", -1.0) for r in h.status().readers.values()]
+
+        hub.wait_for(lambda h: server_versions(h) == [float(version)] * 2, 60, "both servers on the new weights")
+        assert all(r.stats.get("roots", 0.0) >= 5 for r in hub.status().readers.values())
+    finally:
+        hub.stop()
+
+
+def test_role_all_starts_a_search_server_where_it_was_measured_faster():
+    from pzstream.roles.search_server import wants_search_server
+
+    def wants(cpus: int, *over: str) -> bool:
+        return wants_search_server(load_config(None, list(over)), cpus)[0]
+
+    assert not wants(2)                                       # the embedded default: 2 collectors, 2 cores
+    assert not wants(2, "collector.count=4")                  # measured 1.09x: not worth a process
+    assert wants(2, "collector.count=8")                      # measured 1.3x (LLM) to 2.4x (world model alone)
+    assert not wants(16, "collector.count=12")                # a core per collector: local
+    assert wants(16, "collector.count=2", "search_server.device=cuda")
+    assert not wants(2, "collector.count=8", "collector.policy=random")
+    assert wants(2, "search_server.start=always") and not wants(2, "collector.count=8", "search_server.start=never")
+    assert wants(2, "search_server.address=tcp://127.0.0.1:5700")
+    why = wants_search_server(load_config(None, []), 2)[1]
+    assert "local search is faster" in why

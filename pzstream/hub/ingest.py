@@ -80,11 +80,13 @@ class Ingest:
         self.by_collector: dict[str, bytes] = {}
         self.collector_stats: dict[str, dict[str, float]] = {}
         self._logged_reasons: set[str] = set()
+        self.window = lambda: cfg.credit_window  # the credit window now (a schedule closes it to pause collectors)
+        self._router: HubRouter | None = None
 
     # ------------------------------------------------------------------ serving
 
     async def serve(self, router: HubRouter) -> None:
-        window = self.cfg.credit_window
+        self._router = router
         while True:
             # zmq.Frames, not bytes: a 60 KB copy in and another out to the trainer saved per segment
             batch = await router.recv_batch(copy=False)
@@ -94,6 +96,7 @@ class Ingest:
                     self.count_reject("bad_framing", f"{len(frames)} frames")
                     continue
                 await self._handle(router, frames[0].bytes, frames[1], acks)
+            window = self.window()
             for identity, seq in acks.items():
                 if (peer := self.peers.get(identity)) is not None:
                     peer.granted = max(peer.granted, seq + window)
@@ -144,7 +147,7 @@ class Ingest:
             last_seq = old.last_seq if old.hello.pid == hello.pid and old.hello.host == hello.host else -1
         else:
             last_seq = peer.last_seq if peer is not None else -1
-        window = self.cfg.credit_window
+        window = self.window()
         fresh = Peer(identity=identity, hello=hello, last_heard=time.monotonic(), last_seq=last_seq, granted=last_seq + window)
         if peer is not None and not peer.gone:
             fresh.accepted, fresh.rejected, fresh.steps = peer.accepted, peer.rejected, peer.steps
@@ -160,6 +163,16 @@ class Ingest:
         await router.send(identity, wire.encode(Credit(n=window, ack=last_seq)))
         await router.send(identity, wire.encode(Welcome(hub_id=self.hub_id, window=window, wm_version=self.versions.wm,
                                                         llm_version=self.versions.llm, heartbeat_s=self.cfg.heartbeat_s)))
+
+    async def resume_credit(self) -> None:
+        """Every live collector gets the current window past what it has had answered (a paused run resumes)."""
+        if self._router is None:
+            return
+        window = self.window()
+        for peer in list(self.peers.values()):
+            if not peer.gone and not peer.is_reader:
+                peer.granted = max(peer.granted, peer.last_seq + window)
+                await self._router.send(peer.identity, wire.encode(Credit(n=window, ack=peer.last_seq)))
 
     def _credit_check(self, peer: Peer, seq: int) -> tuple[str, str] | None:
         """Why a segment with this seq gets no answer of its own (a duplicate, or no credit), else None."""

@@ -25,6 +25,7 @@ from pzstream.hub.ingest import Ingest
 from pzstream.hub.parts import SegmentPart
 from pzstream.hub.ppo import PPOEpisodes
 from pzstream.hub.publisher import PublishedVersions
+from pzstream.hub.schedule import SchedulePart
 from pzstream.hub.report import HubReport, ReturnTracker, ingest_summary
 from pzstream.hub.status import HubStatus, lag_summary
 from pzstream.hub.supervisor import HelperSpec, StartFn, Supervisor
@@ -69,6 +70,14 @@ class LearnerHub:
         self.returns = ReturnTracker()
         parts: list[SegmentPart] = [self.trainer, self.returns, *([self.ppo] if self.ppo else []), *extra_parts]
         self.ingest = Ingest(cfg.hub, limits, self.hub_id, self.versions, self.weights, cfg.trainer.max_wm_lag, parts)
+        self.schedule = SchedulePart(cfg.schedule, self.ingest.resume_credit, self.trainer.train,
+                                     self.ppo.maybe_fire if self.ppo is not None else (lambda: False))
+        if self.schedule.active:  # alternating: the schedule gates credit, training and PPO
+            self.ingest.parts.append(self.schedule)  # last: the segment that ends a phase reaches the trainer first
+            self.ingest.window = lambda: self.schedule.window(cfg.hub.credit_window)
+            self.trainer.on_budget_spent = self.schedule.on_trained
+            if self.ppo is not None:
+                self.ppo.gate, self.ppo.on_over = self.schedule.state.ppo_allowed, self.schedule.on_ppo_over
         self.helpers = helpers if helpers is not None else self._default_helpers()
         self._t0 = time.monotonic()
         self._t_end: float | None = None
@@ -126,6 +135,8 @@ class LearnerHub:
                 tg.start_soon(supervisor.run)
                 if self.ppo is not None:
                     tg.start_soon(self.ppo.run)
+                if self.schedule.active:
+                    tg.start_soon(self.schedule.run)
                 await stop.wait()
                 tg.cancel_scope.cancel()
         finally:
@@ -167,6 +178,7 @@ class LearnerHub:
             "trainer": self.trainer.stats,
             "trainer_dropped": self.trainer.dropped,
             "episode_returns": self.returns.summary(),
+            "schedule": self.schedule.summary(),
             "ppo_episodes_fired": ppo.state.fired if ppo else 0,
             "ppo_episodes_failed": ppo.state.failed if ppo else 0,
             "ppo_episodes_ok": ppo.state.ok if ppo else 0,

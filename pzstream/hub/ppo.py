@@ -11,6 +11,7 @@ import logging
 import random
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -82,6 +83,8 @@ class PPOEpisodes:
         self._tracker = EpisodeTracker(cfg.llm.history_len)
         self._rng = random.Random(pc.seed)
         self._writer = None
+        self.gate: Callable[[], bool] = lambda: True   # may an episode fire now (the schedule's say)
+        self.on_over: Callable[[], None] = lambda: None  # an episode ended, ok or not (the schedule's inbox)
 
     # -- the part ----------------------------------------------------------------------
 
@@ -97,19 +100,22 @@ class PPOEpisodes:
         self.queue.extend(StoredSteps(steps, accepted.data, self.limits))
         self.maybe_fire()
 
-    def maybe_fire(self) -> None:
+    def maybe_fire(self) -> bool:
+        """Fire an episode if one can fire now; whether it did."""
         st = self.state
-        if self.helper is None or not st.ready or st.running is not None or not self.queue.ready():
-            return
+        if (self.helper is None or not st.ready or st.running is not None or not self.queue.ready()
+                or not self.gate()):
+            return False
         samples = self.queue.take(self.cfg.ppo.rollout_batch_size, self._rng)
         k = st.fired + 1
         if not self.helper.send(EpisodeRequest(episode=k, samples=[s.to_dict() for s in samples])):
             log.warning("PPO worker is not taking requests; episode %d not fired", k)
-            return
+            return False
         st.fired, st.running, st.started = k, k, time.monotonic()
         games = Counter(s.game for s in samples)
         log.info("PPO episode %d fired: %d prompts (%s), queue %s", k, len(samples),
                  ", ".join(f"{printable(g)} {100 * n / len(samples):.0f}%" for g, n in sorted(games.items())), self.queue.summary())
+        return True
 
     # -- the helper client ---------------------------------------------------------------
 
@@ -142,6 +148,7 @@ class PPOEpisodes:
         log.error("PPO episode %s failed (%d failed so far): %s; ingestion and world-model training go on",
                   st.running if st.running is not None else "-", st.failed, why.splitlines()[0] if why else "")
         st.running = None
+        self.on_over()
 
     async def _result(self, msg: EpisodeResult) -> None:
         st = self.state
@@ -156,6 +163,7 @@ class PPOEpisodes:
         m = {k: float(v) for k, v in msg.metrics.items()}
         st.last = m
         notice = await self.versions.publish("llm", msg.payload)
+        self.on_over()
         log.info("PPO episode %d done: reward %.3f (std %.3f, >0 %.0f%%), response %.1f tokens, policy loss %.4f, "
                  "value loss %.4f, kl %.4f; time generate %.2fs reward %.2fs forward %.2fs train %.2fs sync %.2fs; "
                  "games %s; published llm v%d", msg.episode, m["reward_mean"], m["reward_std"],

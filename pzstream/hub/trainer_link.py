@@ -11,7 +11,7 @@ import logging
 from pzstream.hub.parts import AcceptedSegment
 from pzstream.hub.publisher import PublishedVersions
 from pzstream.stream import internal
-from pzstream.stream.internal import NewWeights, SegmentFrame, TrainerStats
+from pzstream.stream.internal import BudgetSpent, NewWeights, SegmentFrame, TrainBudget, TrainerStats
 
 log = logging.getLogger("pzstream.learner")
 
@@ -25,6 +25,11 @@ class TrainerLink:
         self.dropped = 0
         self.forwarded = 0
         self.stats: dict[str, float] = {}
+        self.on_budget_spent = lambda: None  # the schedule's inbox (alternating mode)
+
+    def train(self, updates: int) -> bool:
+        """Send the trainer a budget of updates (alternating schedule); False when it cannot take one."""
+        return self.helper is not None and self.helper.send(TrainBudget(updates=updates))
 
     def on_segment(self, accepted: AcceptedSegment) -> None:
         if self.helper is None:
@@ -39,6 +44,8 @@ class TrainerLink:
             await self.versions.publish(msg.model, msg.payload)
         elif isinstance(msg, TrainerStats):
             self.stats = dict(msg.stats)
+        elif isinstance(msg, BudgetSpent):
+            self.on_budget_spent()
         else:
             log.error("trainer sent an unexpected %s", type(msg).__name__)
 

@@ -19,6 +19,7 @@ from typing import Any, Protocol, Sequence, runtime_checkable
 import numpy as np
 import torch
 
+from .prefix import PrefixCache
 from .prior import candidate_logprobs_shared, candidate_logprobs_tree, prior_from_logprobs  # noqa: F401
 from .prompts import PromptConfig, scoring_prompts
 from .tiny import resolve_model
@@ -97,6 +98,7 @@ class TransformersBackend:
         self.max_rows, self.max_roots, self.max_candidate_tokens = max_rows, max_roots, max_candidate_tokens
         self.model, self.tokenizer = load_model_and_tokenizer(model, self.device, dtype)
         self.version = 0
+        self.prefix = PrefixCache()  # the prompts' shared template head, computed once per weights
 
     # ---------------------------------------------------------------- scoring
     def mean_logprobs(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
@@ -105,7 +107,8 @@ class TransformersBackend:
         return candidate_logprobs_tree(
             self.model, self.tokenizer, list(prompts), [list(c) for c in candidates], self.device,
             continuation=self.prompt_config.continuation_template,
-            max_candidate_tokens=self.max_candidate_tokens, max_rows=self.max_rows, max_roots=self.max_roots)
+            max_candidate_tokens=self.max_candidate_tokens, max_rows=self.max_rows, max_roots=self.max_roots,
+            prefix=self.prefix)
 
     def score(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
         return [prior_from_logprobs(m, self.temperature) for m in self.mean_logprobs(prompts, candidates)]
@@ -178,4 +181,5 @@ class TransformersBackend:
             if target is None:
                 target = unique[aliases[name]]
             target.copy_(t.to(device=target.device, dtype=target.dtype))
+        self.prefix.clear()
         self.version += 1

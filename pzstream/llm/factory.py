@@ -9,6 +9,8 @@ from typing import Protocol
 
 import numpy as np
 
+from pzstream.llm.memo import PriorMemo, memo_key
+
 History = list[tuple[str, str, float]]  # (observation, action text, reward) of earlier steps of the episode
 
 
@@ -51,21 +53,32 @@ class LocalPrior:
         self.backend = make_backend(llm_cfg, self.prompt_cfg)
         self.version = 0
         self.net_s = 0.0
+        self.memo = PriorMemo(max_entries=llm_cfg.memo_entries)
         self._lock = threading.Lock()
 
     def load(self, data: bytes, version: int) -> None:
         """In-place weight update (raises ValueError and keeps the old weights on a mismatch)."""
         with self._lock:
             self.backend.load_state_dict_bytes(data)
+            self.memo.clear()
             self.version = version
 
     def prior(self, histories: list[History], observations: list[str], candidates: list[list[str]]) -> list[np.ndarray]:
+        """Each root's prior (probabilities over its candidates); roots scored before under the same
+        weights come from the memo, the others go through the LLM in one call."""
         from pzstream.llm.prompts import scoring_prompts
 
         t = time.perf_counter()
         with self._lock:
             prompts = scoring_prompts(self.backend.tokenizer, self.prompt_cfg, histories, observations, candidates,
                                       self.cfg.list_candidates)
-            logps = self.backend.score(prompts, candidates)
+            keys = [memo_key(p, c) for p, c in zip(prompts, candidates)]
+            out: list[np.ndarray | None] = [self.memo.get(k) for k in keys]
+            todo = [i for i, p in enumerate(out) if p is None]
+            if todo:
+                logps = self.backend.score([prompts[i] for i in todo], [candidates[i] for i in todo])
+                for i, lp in zip(todo, logps):
+                    out[i] = np.exp(lp).astype(np.float32)
+                    self.memo.put(keys[i], out[i])
         self.net_s += time.perf_counter() - t
-        return [np.exp(lp).astype(np.float32) for lp in logps]
+        return [p.copy() for p in out if p is not None]  # the memo keeps its own copy

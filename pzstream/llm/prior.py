@@ -53,6 +53,7 @@ import numpy as np
 import torch
 
 from . import tokens
+from .prefix import PrefixCache
 from .tokens import DEFAULT_CONTINUATION
 
 
@@ -295,7 +296,8 @@ def candidate_logprobs_tree(model: Any, tokenizer: Any, prompts: Sequence[str],
                             candidates: Sequence[Sequence[str]], device: Any = None, *,
                             continuation: str = DEFAULT_CONTINUATION, max_candidate_tokens: int = 32,
                             max_rows: int = 1024, max_roots: int = 32,
-                            max_packed_tokens: int | None = None) -> list[np.ndarray]:
+                            max_packed_tokens: int | None = None,
+                            prefix: PrefixCache | None = None) -> list[np.ndarray]:
     """The same quantity as ``candidate_logprobs_shared``, one forward per chunk of roots.
 
     Each root becomes one packed row ``[prompt, cand_1, cand_2, ...]`` (several rows sharing
@@ -308,6 +310,9 @@ def candidate_logprobs_tree(model: Any, tokenizer: Any, prompts: Sequence[str],
     ``max_rows`` candidates per forward). Only the hidden states that score a candidate
     token (the last prompt position and every candidate token but its last) go through the
     LM head. Models whose attention cannot take a 4-D mask use the shared method.
+
+    ``prefix``: a ``PrefixCache``; the tokens that every prompt of the call shares with it
+    are not recomputed (their cached keys and values are attended to by every row).
     """
     parts = _tree_parts(model)
     if parts is None:
@@ -321,6 +326,8 @@ def candidate_logprobs_tree(model: Any, tokenizer: Any, prompts: Sequence[str],
     dtype = _model_dtype(model)
     limit = int(max_packed_tokens) if max_packed_tokens else _max_positions(model)
     results = [np.empty(len(cs), dtype=np.float64) for cs in c_ids]
+    skip, kv = prefix.take(decoder, _cache_tensors, p_ids, dev) if prefix is not None else (0, [])
+    ckw = _cache_kwarg(decoder) if skip else ""
 
     # packed rows: (root, [candidate indices]); a group always takes at least one candidate
     packed: list[tuple[int, list[int], int]] = []
@@ -354,7 +361,7 @@ def candidate_logprobs_tree(model: Any, tokenizer: Any, prompts: Sequence[str],
     neg = torch.finfo(dtype).min
     for chunk in chunks:
         R = len(chunk)
-        L = max(r[2] for r in chunk)
+        L = max(r[2] for r in chunk) - skip
         ids = np.full((R, L), pad, dtype=np.int64)
         seg = np.full((R, L), -1, dtype=np.int64)  # -1 pad, 0 prompt, s >= 1 the s-th candidate
         pos = np.zeros((R, L), dtype=np.int64)
@@ -364,11 +371,11 @@ def candidate_logprobs_tree(model: Any, tokenizer: Any, prompts: Sequence[str],
         tgt_cand: list[int] = []   # per scored token: index into `owners`
         owners: list[tuple[int, int]] = []  # (root, candidate) of each candidate in the chunk
         for r, (i, ks, _) in enumerate(chunk):
-            p = p_ids[i]
+            p = p_ids[i][skip:]
             P = len(p)
             ids[r, :P] = p
             seg[r, :P] = 0
-            pos[r, :P] = np.arange(P)
+            pos[r, :P] = np.arange(skip, skip + P)
             base = r * L
             u_last = len(gather)
             gather.append(base + P - 1)
@@ -378,7 +385,7 @@ def candidate_logprobs_tree(model: Any, tokenizer: Any, prompts: Sequence[str],
                 n = len(c)
                 ids[r, off:off + n] = c
                 seg[r, off:off + n] = s
-                pos[r, off:off + n] = np.arange(P, P + n)
+                pos[r, off:off + n] = np.arange(skip + P, skip + P + n)
                 u0 = len(gather)
                 gather.extend(range(base + off, base + off + n - 1))
                 tgt_u.append(u_last)
@@ -392,11 +399,14 @@ def candidate_logprobs_tree(model: Any, tokenizer: Any, prompts: Sequence[str],
         ar = torch.arange(L, device=dev)
         causal = (ar.view(1, L, 1) >= ar.view(1, 1, L))  # [q, k]: key not after query
         allowed = causal & ((seg_d.unsqueeze(2) == seg_d.unsqueeze(1)) | (seg_d == 0).unsqueeze(1))
-        mask = torch.zeros((R, 1, L, L), dtype=dtype, device=dev)
-        mask.masked_fill_(~allowed.unsqueeze(1), neg)
+        mask = torch.zeros((R, 1, L, skip + L), dtype=dtype, device=dev)  # the shared prefix: always seen
+        mask[:, :, :, skip:].masked_fill_(~allowed.unsqueeze(1), neg)
         del allowed, causal
+        extra = {ckw: _make_cache([(k.expand(R, -1, -1, -1), v.expand(R, -1, -1, -1)) for k, v in kv]),
+                 "use_cache": True} if skip else {"use_cache": False}
         hidden = decoder(input_ids=torch.from_numpy(ids).to(dev), attention_mask=mask,
-                         position_ids=torch.from_numpy(pos).to(dev), use_cache=False).last_hidden_state
+                         position_ids=torch.from_numpy(pos).to(dev), **extra).last_hidden_state
+        del extra
         del mask
         hidden = hidden.reshape(R * L, -1).index_select(0, torch.tensor(gather, dtype=torch.long, device=dev))
 

@@ -38,62 +38,122 @@ class RecurrentOutput(NamedTuple):
     handle: np.ndarray
 
 
-@dataclass(frozen=True)
-class _Root:
-    act: torch.Tensor     # [K, D] action tokens of the root's candidates
-    keys: torch.Tensor    # [K, D] policy keys of the root's candidates
-
-
-@dataclass(frozen=True)
-class _Node:
-    tokens: torch.Tensor  # [L, D] token inputs (kept to rebuild the cache when it outgrows max_tokens)
-    valid: torch.Tensor   # bool [L] (missing history is masked)
-    kv: KV                # per layer (k, v), each [H, L, D/H]
-    root: _Root
-
-
 class SearchAdapter:
+    """Root and recurrent steps of the world model for the search, batched over roots.
+
+    Every node of a search lives in one preallocated store (token inputs, key mask, length,
+    root, and each layer's keys and values, all ``[capacity, max_tokens, ...]``), so a
+    recurrent step gathers its parents' caches and writes its children's with a few indexed
+    copies whatever the batch size; nothing per node runs in Python. The store is kept
+    (and grown by doubling) across searches; ``reset`` only forgets the handles.
+    Invariant: a node's ``valid`` is False at and after its length (stale keys stay masked).
+    """
+
     def __init__(self, model: WorldModel, device: str | torch.device = "cpu"):
         self.model = model
         self.cfg = model.cfg
         self.device = torch.device(device)
-        self._nodes: dict[int, _Node] = {}
-        self._next = 0
+        self._n = 0        # nodes in use; handles are 0 .. _n - 1
+        self._cap = 0
+        self._roots = 0    # roots in use
+        self._root_cap = 0
+        self._lens = np.zeros(0, dtype=np.int64)
 
     def reset(self) -> None:
         """Forget every handle (call after each search)."""
-        self._nodes.clear()
-        self._next = 0
+        self._n = 0
+        self._roots = 0
 
     def node_tokens(self, handle: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(token inputs [L, D], valid bool [L]) of a handle: for checking the cache against a full forward."""
-        n = self._nodes[int(handle)]
-        return n.tokens, n.valid
+        h = self._check(np.asarray([handle]))[0]
+        n = int(self._lens[h])
+        return self._tokens[h, :n], self._valid[h, :n]
 
-    def _store(self, node: _Node) -> int:
-        h = self._next
-        self._next += 1
-        self._nodes[h] = node
+    # ---------------------------------------------------------------- the node store
+
+    def _check(self, handles: np.ndarray) -> np.ndarray:
+        h = np.asarray(handles, dtype=np.int64).reshape(-1)
+        if h.size and (h.min() < 0 or h.max() >= self._n):
+            raise KeyError(f"unknown search handle(s) {h[(h < 0) | (h >= self._n)].tolist()[:4]} (reset since?)")
         return h
 
-    def _heads(self, h_obs: torch.Tensor, roots: Sequence[_Root]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """obs hidden [B, D] -> value [B], prior logits [B, K], legal [B, K] over each root's candidates."""
-        b, d = h_obs.shape
-        k = max(r.keys.shape[0] for r in roots)
-        keys = h_obs.new_zeros(b, k, d)
-        legal = torch.zeros(b, k, dtype=torch.bool, device=h_obs.device)
-        for i, r in enumerate(roots):
-            keys[i, :r.keys.shape[0]] = r.keys
-            legal[i, :r.keys.shape[0]] = True
+    def _grow_nodes(self, need: int) -> None:
+        if self._n + need <= self._cap:
+            return
+        cap = max(64, 2 * self._cap, self._n + need)
+        cfg, dev, dt = self.cfg, self.device, self._dtype()
+        t, d, hh = cfg.max_tokens, cfg.latent_dim, cfg.n_heads
+
+        def grown(old: torch.Tensor | None, shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
+            new = torch.zeros((cap, *shape), dtype=dtype, device=dev)
+            if old is not None and self._n:
+                new[:self._n] = old[:self._n]
+            return new
+
+        first = self._cap == 0
+        self._tokens = grown(None if first else self._tokens, (t, d), dt)
+        self._valid = grown(None if first else self._valid, (t,), torch.bool)
+        self._root_of = grown(None if first else self._root_of, (), torch.long)
+        self._k = [grown(None if first else self._k[i], (hh, t, d // hh), dt) for i in range(cfg.n_layers)]
+        self._v = [grown(None if first else self._v[i], (hh, t, d // hh), dt) for i in range(cfg.n_layers)]
+        lens = np.zeros(cap, dtype=np.int64)
+        lens[:self._n] = self._lens[:self._n]
+        self._lens, self._cap = lens, cap
+
+    def _grow_roots(self, need: int) -> None:
+        if self._roots + need <= self._root_cap:
+            return
+        cap = max(16, 2 * self._root_cap, self._roots + need)
+        k, d, dev, dt = self.cfg.max_candidates, self.cfg.latent_dim, self.device, self._dtype()
+        act, keys = torch.zeros(cap, k, d, dtype=dt, device=dev), torch.zeros(cap, k, d, dtype=dt, device=dev)
+        legal, n_cand = torch.zeros(cap, k, dtype=torch.bool, device=dev), np.zeros(cap, dtype=np.int64)
+        if self._root_cap:
+            act[:self._roots], keys[:self._roots] = self._act[:self._roots], self._keys[:self._roots]
+            legal[:self._roots], n_cand[:self._roots] = self._legal[:self._roots], self._n_cand[:self._roots]
+        self._act, self._keys, self._legal, self._n_cand, self._root_cap = act, keys, legal, n_cand, cap
+
+    def _dtype(self) -> torch.dtype:
+        return next(self.model.parameters()).dtype
+
+    def _put(self, tokens: torch.Tensor, valid: torch.Tensor, kv: KV, lens: torch.Tensor | np.ndarray,
+             root_of: torch.Tensor) -> np.ndarray:
+        """Store B nodes whose first lens[b] positions are tokens/valid/kv[b, :lens[b]]: their handles."""
+        b, length = tokens.shape[0], tokens.shape[1]
+        self._grow_nodes(b)
+        new = torch.arange(self._n, self._n + b, device=self.device)
+        self._tokens[new, :length] = tokens
+        self._valid[new] = False
+        lens_t = torch.as_tensor(np.asarray(lens), device=self.device)
+        keep = torch.arange(length, device=self.device)[None] < lens_t[:, None]
+        self._valid[new, :length] = valid & keep
+        self._root_of[new] = root_of
+        for i, (k, v) in enumerate(kv):
+            self._k[i][new, :, :length] = k
+            self._v[i][new, :, :length] = v
+        self._lens[self._n:self._n + b] = np.asarray(lens)
+        self._n += b
+        return np.arange(self._n - b, self._n, dtype=np.int64)
+
+    def _heads(self, h_obs: torch.Tensor, roots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """obs hidden [B, D] -> value [B], prior logits [B, k], legal [B, k] over each root's candidates."""
         m = self.model
+        legal = self._legal[roots, :k]
         value = logits_to_scalar(m.value_logits(h_obs), self.cfg.value_support, self.cfg.h_eps)
-        return value, m.policy_logits(h_obs, keys, legal), legal
+        return value, m.policy_logits(h_obs, self._keys[roots, :k], legal), legal
+
+    def _eval(self) -> WorldModel:
+        if self.model.training:
+            self.model.eval()
+        return self.model
+
+    # ---------------------------------------------------------------- the search's two functions
 
     @torch.no_grad()
     def root(self, histories: Sequence[Sequence[tuple[str, str]]], observations: Sequence[str],
              candidates: Sequence[Sequence[str]]) -> RootOutput:
         """Encode B real states; histories[b]: (observation, action_text) pairs before observations[b]."""
-        m, cfg = self.model.eval(), self.cfg
+        m, cfg = self._eval(), self.cfg
         c, b = cfg.context_steps, len(observations)
         if not (len(histories) == len(candidates) == b) or any(len(x) == 0 for x in candidates):
             raise ValueError("root needs one history and a non-empty candidate list per observation")
@@ -104,72 +164,103 @@ class SearchAdapter:
         at = {t: i for i, t in enumerate(texts)}
         obs_lat, act_tok, keys = m.embed_texts(texts)
         n_tok = 2 * c + 1
-        x = obs_lat.new_zeros(b, n_tok, cfg.latent_dim)
-        valid = torch.zeros(b, n_tok, dtype=torch.bool, device=x.device)
+        slots_o, rows_o, slots_a, rows_a, valid_from = [], [], [], [], []
         for i, hh in enumerate(hists):
             first = 2 * (c - len(hh))  # history is right-aligned so the root sits at slot 2C
             for j, (o, a) in enumerate(hh):
-                x[i, first + 2 * j] = obs_lat[at[o]]
-                x[i, first + 2 * j + 1] = act_tok[at[a]]
-            x[i, -1] = obs_lat[at[observations[i]]]
-            valid[i, first:] = True
-        h, kv = m.transformer(x, torch.arange(n_tok, device=x.device), valid)
-        roots = [_Root(act=act_tok[[at[t] for t in cc]], keys=keys[[at[t] for t in cc]]) for cc in cands]
-        value, prior, legal = self._heads(h[:, -1], roots)
-        handles = [self._store(_Node(x[i], valid[i], [(k[i], v[i]) for k, v in kv], roots[i])) for i in range(b)]
-        return RootOutput(prior.float().cpu().numpy(), value.float().cpu().numpy(),
-                          np.asarray(handles, dtype=np.int64), legal.cpu().numpy())
+                rows_o.append(i * n_tok + first + 2 * j)
+                slots_o.append(at[o])
+                rows_a.append(i * n_tok + first + 2 * j + 1)
+                slots_a.append(at[a])
+            rows_o.append(i * n_tok + n_tok - 1)
+            slots_o.append(at[observations[i]])
+            valid_from.append(first)
+        dev = obs_lat.device
+        x = obs_lat.new_zeros(b * n_tok, cfg.latent_dim)
+        x[torch.tensor(rows_o, dtype=torch.long, device=dev)] = obs_lat[torch.tensor(slots_o, dtype=torch.long, device=dev)]
+        if rows_a:
+            x[torch.tensor(rows_a, dtype=torch.long, device=dev)] = act_tok[torch.tensor(slots_a, dtype=torch.long, device=dev)]
+        x = x.view(b, n_tok, cfg.latent_dim)
+        valid = torch.arange(n_tok, device=dev)[None] >= torch.tensor(valid_from, device=dev)[:, None]
+        h, kv = m.transformer(x, torch.arange(n_tok, device=dev), valid)
 
-    def _trimmed(self, node: _Node) -> _Node:
-        """A node whose cache has no room for two more tokens, rebuilt on its last C pairs + obs at slots 0..2C."""
+        self._grow_roots(b)
+        r0 = self._roots
+        k = max(len(cc) for cc in cands)
+        idx = torch.tensor([[at[t] for t in cc] + [0] * (k - len(cc)) for cc in cands], dtype=torch.long, device=dev)
+        counts = torch.tensor([len(cc) for cc in cands], device=dev)
+        legal = torch.arange(k, device=dev)[None] < counts[:, None]
+        rows = slice(r0, r0 + b)
+        self._act[rows], self._keys[rows] = 0, 0
+        self._act[rows, :k] = act_tok[idx] * legal[..., None]
+        self._keys[rows, :k] = keys[idx] * legal[..., None]
+        self._legal[rows] = False
+        self._legal[rows, :k] = legal
+        self._n_cand[r0:r0 + b] = [len(cc) for cc in cands]
+        self._roots += b
+        roots = torch.arange(r0, r0 + b, device=dev)
+        value, prior, legal = self._heads(h[:, -1], roots, k)
+        handles = self._put(x, valid, kv, np.full(b, n_tok, dtype=np.int64), roots)
+        return RootOutput(prior.float().cpu().numpy(), value.float().cpu().numpy(), handles, legal.cpu().numpy())
+
+    def _trim(self, handles: np.ndarray) -> np.ndarray:
+        """Nodes whose cache has no room for two more tokens, rebuilt on their last C pairs + obs at slots 0..2C."""
         keep = 2 * self.cfg.context_steps + 1
-        tokens, valid = node.tokens[-keep:], node.valid[-keep:]
-        _, kv = self.model.transformer(tokens[None], torch.arange(keep, device=tokens.device), valid[None])
-        return _Node(tokens, valid, [(k[0], v[0]) for k, v in kv], node.root)
+        lens = self._lens[handles]
+        h = torch.as_tensor(handles, device=self.device)
+        cols = torch.as_tensor(lens - keep, device=self.device)[:, None] + torch.arange(keep, device=self.device)[None]
+        tokens = self._tokens[h[:, None], cols]
+        valid = self._valid[h[:, None], cols]
+        _, kv = self.model.transformer(tokens, torch.arange(keep, device=self.device), valid)
+        return self._put(tokens, valid, kv, np.full(len(handles), keep, dtype=np.int64), self._root_of[h])
 
     @torch.no_grad()
     def recurrent(self, parent_handles: np.ndarray, actions: np.ndarray) -> RecurrentOutput:
         """Imagine one step from each parent; actions[b] indexes the candidate list of the parent's root."""
-        m, cfg = self.model.eval(), self.cfg
-        parents = [self._nodes[int(h)] for h in np.asarray(parent_handles).reshape(-1)]
-        acts = [int(a) for a in np.asarray(actions).reshape(-1)]
-        if len(acts) != len(parents):
-            raise ValueError(f"{len(parents)} parent handles but {len(acts)} actions")
-        parents = [p if p.tokens.shape[0] + 2 <= cfg.max_tokens else self._trimmed(p) for p in parents]
-        for p, a in zip(parents, acts):
-            if not 0 <= a < p.root.act.shape[0]:
-                raise ValueError(f"action {a} outside the root's {p.root.act.shape[0]} candidates")
-        b, lens = len(parents), [p.tokens.shape[0] for p in parents]
-        lmax = max(lens)
-        # right-pad the parents' caches to lmax; the padding is masked as keys
-        past: KV = []
-        for layer in range(cfg.n_layers):
-            ks, vs = [], []
-            for p, n in zip(parents, lens):
-                k, v = p.kv[layer]
-                ks.append(torch.nn.functional.pad(k, (0, 0, 0, lmax - n)))
-                vs.append(torch.nn.functional.pad(v, (0, 0, 0, lmax - n)))
-            past.append((torch.stack(ks), torch.stack(vs)))
-        valid = torch.zeros(b, lmax + 2, dtype=torch.bool, device=self.device)
-        for i, p in enumerate(parents):
-            valid[i, :lens[i]] = p.valid
-        valid[:, lmax:] = True
-        pos = torch.tensor(lens, device=self.device)[:, None]
-        a_tok = torch.stack([p.root.act[a] for p, a in zip(parents, acts)])[:, None]   # [B, 1, D]
+        m, cfg, dev = self._eval(), self.cfg, self.device
+        handles = self._check(parent_handles).copy()
+        acts = np.asarray(actions, dtype=np.int64).reshape(-1)
+        if len(acts) != len(handles):
+            raise ValueError(f"{len(handles)} parent handles but {len(acts)} actions")
+        n_cand = self._n_cand[self._root_of[torch.as_tensor(handles, device=dev)].cpu().numpy()]
+        bad = (acts < 0) | (acts >= n_cand)
+        if bad.any():
+            i = int(np.flatnonzero(bad)[0])
+            raise ValueError(f"action {acts[i]} outside the root's {n_cand[i]} candidates")
+        full = self._lens[handles] + 2 > cfg.max_tokens
+        if full.any():
+            handles[full] = self._trim(handles[full])
+        b, lens = len(handles), self._lens[handles]
+        lmax = int(lens.max())
+        par = torch.as_tensor(handles, device=dev)
+        lens_t = torch.as_tensor(lens, device=dev)
+        past: KV = [(k[par, :, :lmax], v[par, :, :lmax]) for k, v in zip(self._k, self._v)]
+        valid = torch.cat([self._valid[par, :lmax], torch.ones(b, 2, dtype=torch.bool, device=dev)], 1)
+        pos = lens_t[:, None]
+        roots = self._root_of[par]
+        a_tok = self._act[roots, torch.as_tensor(acts, device=dev)][:, None]        # [B, 1, D]
         h_a, kv = m.transformer(a_tok, pos, valid[:, :lmax + 1], past)
         reward = logits_to_scalar(m.reward_logits(h_a[:, 0]), cfg.reward_support, cfg.h_eps)
         z = m.next_latent(h_a)                                                        # [B, 1, D]
         h_o, kv = m.transformer(z, pos + 1, valid, kv)
-        roots = [p.root for p in parents]
-        value, prior, _ = self._heads(h_o[:, 0], roots)
-        handles = []
-        for i, (p, n) in enumerate(zip(parents, lens)):
-            idx = torch.cat([torch.arange(n), torch.tensor([lmax, lmax + 1])]).to(self.device)
-            handles.append(self._store(_Node(
-                tokens=torch.cat([p.tokens, a_tok[i], z[i]]), valid=torch.cat([p.valid, valid[i, lmax:]]),
-                kv=[(k[i][:, idx], v[i][:, idx]) for k, v in kv], root=p.root)))
+        k = int(n_cand.max())
+        value, prior, _ = self._heads(h_o[:, 0], roots, k)
+        # children: the parent's first lens[b] positions, then the action and the latent at lens[b], lens[b] + 1
+        rows = torch.arange(b, device=dev)
+        tokens = torch.cat([self._tokens[par, :lmax], a_tok, z], 1)
+        tokens[rows, lens_t], tokens[rows, lens_t + 1] = a_tok[:, 0], z[:, 0]
+        child_valid = torch.cat([self._valid[par, :lmax], torch.zeros(b, 2, dtype=torch.bool, device=dev)], 1)
+        child_valid[rows, lens_t] = True
+        child_valid[rows, lens_t + 1] = True
+        child_kv: KV = []
+        for kk, vv in kv:
+            ck, cv = kk.clone(), vv.clone()
+            ck[rows, :, lens_t], ck[rows, :, lens_t + 1] = kk[:, :, lmax], kk[:, :, lmax + 1]
+            cv[rows, :, lens_t], cv[rows, :, lens_t + 1] = vv[:, :, lmax], vv[:, :, lmax + 1]
+            child_kv.append((ck, cv))
+        new = self._put(tokens, child_valid, child_kv, lens + 2, roots)
         return RecurrentOutput(reward.float().cpu().numpy(), value.float().cpu().numpy(),
-                               prior.float().cpu().numpy(), np.asarray(handles, dtype=np.int64))
+                               prior.float().cpu().numpy(), new)
 
 
 def model_value_fn(model: WorldModel, chunk: int = 64) -> Callable[[Episode], np.ndarray]:

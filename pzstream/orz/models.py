@@ -122,13 +122,15 @@ class PolicyModel:
     """The policy being trained: log-probs, the PPO update, and its weights as safetensors bytes."""
 
     def __init__(self, path: str, lr: float, engine: str = "torch", zero_stage: int = 2, micro_batch: int = 8,
-                 accumulation: int = 1, seed: int = 0):
+                 accumulation: int = 1, seed: int = 0, device: str = "cpu"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.manual_seed(seed)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else self.tokenizer.eos_token_id
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+        if engine == "torch":  # DeepSpeed places the module on its rank's GPU itself
+            model = model.to(device)
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.micro_batch = micro_batch
         self.trainable = Trainable(model, lr, engine, zero_stage, micro_batch, accumulation)
@@ -199,11 +201,13 @@ class CriticModel:
     """The value model: per-token values and the clipped value-loss update."""
 
     def __init__(self, path: str, lr: float, engine: str = "torch", zero_stage: int = 2, micro_batch: int = 8,
-                 accumulation: int = 1, seed: int = 0, pad_id: int = 0):
+                 accumulation: int = 1, seed: int = 0, pad_id: int = 0, device: str = "cpu"):
         torch.manual_seed(seed)
         self.pad_id = pad_id
         self.micro_batch = micro_batch
-        self.trainable = Trainable(ValueModel(path), lr, engine, zero_stage, micro_batch, accumulation)
+        value = ValueModel(path)
+        self.trainable = Trainable(value.to(device) if engine == "torch" else value, lr, engine, zero_stage, micro_batch,
+                                   accumulation)
         self.model = self.trainable.module
 
     @torch.no_grad()
@@ -235,12 +239,12 @@ class CriticModel:
 class ReferenceModel:
     """The frozen initial policy, for the KL term."""
 
-    def __init__(self, path: str):
+    def __init__(self, path: str, device: str = "cpu"):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         tok = AutoTokenizer.from_pretrained(path)
         self.pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
-        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+        self.model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(device).eval()
         for p in self.model.parameters():
             p.requires_grad_(False)
 

@@ -79,13 +79,15 @@ class InProcessRuntime:
     def __init__(self, cfg: PPOSection, model_path: str):
         self.cfg = cfg
         self.policy = PolicyModel(model_path, cfg.actor_learning_rate, "torch", micro_batch=cfg.micro_train_batch_size,
-                                  accumulation=_accumulation(cfg, cfg.policy_update_steps), seed=cfg.seed)
+                                  accumulation=_accumulation(cfg, cfg.policy_update_steps), seed=cfg.seed,
+                                  device=cfg.device)
         self.tokenizer = self.policy.tokenizer
         self.critic = None if cfg.use_grpo else CriticModel(
             model_path, cfg.critic_learning_rate, "torch", micro_batch=cfg.micro_train_batch_size,
-            accumulation=_accumulation(cfg, cfg.critic_update_steps), seed=cfg.seed, pad_id=self.policy.pad_id)
-        self.ref = ReferenceModel(model_path) if cfg.use_kl_loss else None
-        self.describe = "transformers generation, torch AdamW, in this process"
+            accumulation=_accumulation(cfg, cfg.critic_update_steps), seed=cfg.seed, pad_id=self.policy.pad_id,
+            device=cfg.device)
+        self.ref = ReferenceModel(model_path, cfg.device) if cfg.use_kl_loss else None
+        self.describe = f"transformers generation, torch AdamW, in this process on {cfg.device}"
 
     def ensure_alive(self) -> None:
         pass
@@ -175,7 +177,7 @@ class CriticActor:
 class RefActor:
     def __init__(self, path: str):
         torch.set_num_threads(1)
-        self.ref = ReferenceModel(path)
+        self.ref = ReferenceModel(path, "cuda" if torch.cuda.is_available() else "cpu")
 
     def ping(self) -> int:
         return os.getpid()

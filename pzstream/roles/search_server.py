@@ -116,6 +116,14 @@ class BatchSearch:
         with self._lock:
             self.prior.load(data, version)
 
+    def prior_stats(self) -> dict[str, float]:
+        """The LLM's reuse: roots answered from the memo, and prompt tokens the shared-prefix cache saved."""
+        if self.prior is None:
+            return {}
+        memo, prefix = self.prior.memo, getattr(self.prior.backend, "prefix", None)
+        return {"prior_s": float(self.prior.net_s), "memo_hits": float(memo.hits), "memo_misses": float(memo.misses),
+                "prefix_tokens_saved": float(prefix.tokens_saved) if prefix is not None else 0.0}
+
     def run(self, roots: list[Root]) -> list[wire.SearchReply]:
         with self._lock:
             moves = self.policy.search_roots([r.history for r in roots], [r.observation for r in roots],
@@ -125,6 +133,28 @@ class BatchSearch:
                                  root_value=m.root_value, prior=tuple(m.prior.tolist()) if m.prior is not None else (),
                                  wm_version=wm, llm_version=llm, batch=len(roots))
                 for r, m in zip(roots, moves)]
+
+
+def wants_search_server(cfg: Config, cpus: int) -> tuple[bool, str]:
+    """Whether ``--role all`` serves its collectors' searches from one search server, and why.
+
+    Measured on a 2-core CPU (bench/serve.py, RESULTS.md): a server is slower than local search
+    with 2 collectors (0.66x), even with 4 (1.09x) and faster with 8 (1.3x with the LLM, 2.4x
+    without), since batching pays for per-call overheads that one core per collector does not
+    have to share. On a GPU it is where the models belong."""
+    sc = cfg.search_server
+    if sc.address:
+        return True, f"search_server.address is {sc.address}"
+    if sc.start != "auto":
+        return sc.start == "always", f"search_server.start={sc.start}"
+    if cfg.collector.policy != "mcts" and not cfg.collector.policies:
+        return False, "the collectors do not search (collector.policy=random)"
+    if sc.device.startswith("cuda"):
+        return True, f"search_server.device={sc.device}"
+    need = sc.auto_collectors_per_cpu * max(1, cpus)
+    if cfg.collector.count >= need:
+        return True, f"{cfg.collector.count} collectors on {cpus} CPU core(s) (>= {need:g})"
+    return False, f"{cfg.collector.count} collectors on {cpus} CPU core(s): local search is faster below {need:g}"
 
 
 def batch_search_for(cfg: Config) -> BatchSearch:
@@ -210,6 +240,7 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
 
     def summary() -> dict[str, float]:
         return {**stats, "mean_batch": stats["roots"] / max(1.0, stats["batches"]), "contexts": float(len(contexts)),
+                **searcher.prior_stats(),
                 **{f"rejected_{k}": float(v) for k, v in router.rejected.items()}}
 
     async def report() -> None:

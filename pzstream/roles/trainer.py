@@ -22,7 +22,7 @@ import zmq
 
 from pzstream.config import Config
 from pzstream.stream import internal, wire
-from pzstream.stream.internal import NewWeights, SegmentFrame, Stop, TrainerStats
+from pzstream.stream.internal import BudgetSpent, NewWeights, SegmentFrame, Stop, TrainBudget, TrainerStats
 
 log = logging.getLogger("pzstream.trainer")
 
@@ -121,7 +121,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     torch.set_num_threads(tc.threads)
     wm_cfg = cfg.world_model()
     torch.manual_seed(0)
-    trainer = Trainer(WorldModel(wm_cfg), wm_cfg)
+    trainer = Trainer(WorldModel(wm_cfg), wm_cfg, device=tc.device)
     llm = LLMTraining(cfg) if cfg.llm.enabled and cfg.llm.train else None
     writer = None
     if tc.tensorboard:
@@ -138,9 +138,12 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     rng = random.Random(0)
     parent = os.getppid()
     updates, published, received = 0, 0, 0
+    # schedule.mode=alternating: train only the budgets the hub sends (None = always train)
+    budget: int | None = 0 if cfg.schedule.mode == "alternating" else None
+    spent = 0
     t0 = time.monotonic()
     last_rebuild = -10**9
-    log.info("trainer up: world model %d parameters, batch %d, publish every %d updates",
+    log.info("trainer up on %s: world model %d parameters, batch %d, publish every %d updates", tc.device,
              sum(p.numel() for p in trainer.model.parameters()), wm_cfg.batch_size, tc.publish_every)
     try:
         while True:
@@ -153,6 +156,9 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 note = internal.decode(frames)
                 if isinstance(note, Stop):
                     return
+                if isinstance(note, TrainBudget):
+                    budget, spent = (budget or 0) + note.updates, 0
+                    continue
                 if not isinstance(note, SegmentFrame):
                     log.error("trainer got an unexpected %s", type(note).__name__)
                     continue
@@ -167,6 +173,13 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
             if os.getppid() != parent:
                 log.warning("hub process is gone; trainer exits")
                 return
+            if budget == 0:
+                pull.poll(200)
+                continue
+            if budget is not None and replay.steps < tc.min_replay_steps:  # too little to train: say so now
+                push.send_multipart(internal.encode(BudgetSpent(updates=spent)))
+                budget, spent = 0, 0
+                continue
             if replay.steps < tc.min_replay_steps:
                 pull.poll(200)
                 continue
@@ -179,9 +192,13 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
             t_step = time.monotonic()
             metrics = trainer.step(collate(replay.sample(wm_cfg.batch_size, rng), wm_cfg))
             updates += 1
+            budget_done = False
+            if budget is not None:
+                budget, spent = budget - 1, spent + 1
+                budget_done = budget == 0
             if tc.max_updates_per_s > 0:
                 time.sleep(max(0.0, 1.0 / tc.max_updates_per_s - (time.monotonic() - t_step)))
-            if updates % tc.publish_every == 0:
+            if updates % tc.publish_every == 0 or budget_done:  # a train phase ends on published weights
                 published += 1
                 push.send_multipart(internal.encode(NewWeights(model="wm", payload=weights_bytes(trainer.model))))
             if llm is not None and updates % cfg.llm.train_every == 0:
@@ -191,7 +208,10 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                     push.send_multipart(internal.encode(NewWeights(model="llm", payload=llm.backend.state_dict_bytes())))
                 if llm_metrics:
                     metrics.update(llm_metrics)
-            if updates % tc.log_every == 0:
+            if budget_done:
+                push.send_multipart(internal.encode(BudgetSpent(updates=spent)))
+                spent = 0
+            if updates % tc.log_every == 0 or budget_done:
                 rate = updates / (time.monotonic() - t0)
                 if llm is not None:
                     metrics.update(llm.last)

@@ -53,6 +53,20 @@ class TrainerStats:
 
 
 @dataclass(frozen=True)
+class TrainBudget:
+    """hub -> trainer (``schedule.mode=alternating``): make ``updates`` updates, then answer ``BudgetSpent``."""
+
+    updates: int
+
+
+@dataclass(frozen=True)
+class BudgetSpent:
+    """trainer -> hub: the budget is spent (``updates`` made: 0 when the replay was too small to train)."""
+
+    updates: int
+
+
+@dataclass(frozen=True)
 class EpisodeRequest:
     """hub -> PPO worker: run episode ``episode`` on these prompt samples (``PromptSample.to_dict()`` each)."""
 
@@ -90,10 +104,12 @@ class EpisodeResult:
     payload: bytes = b""
 
 
-Internal = Stop | SegmentFrame | NewWeights | TrainerStats | EpisodeRequest | WorkerReady | WorkerFatal | EpisodeResult
+Internal = (Stop | SegmentFrame | NewWeights | TrainerStats | TrainBudget | BudgetSpent | EpisodeRequest | WorkerReady
+            | WorkerFatal | EpisodeResult)
 
 _KINDS: dict[str, type] = {
     "stop": Stop, "segment": SegmentFrame, "new_weights": NewWeights, "trainer_stats": TrainerStats,
+    "train_budget": TrainBudget, "budget_spent": BudgetSpent,
     "episode": EpisodeRequest, "ready": WorkerReady, "fatal": WorkerFatal, "result": EpisodeResult,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}

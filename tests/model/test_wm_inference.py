@@ -122,3 +122,32 @@ def test_model_value_fn_bootstraps_from_the_model():
     boot = fn(ep)
     assert boot.shape == (4,) and np.isfinite(boot).all() and np.ptp(boot) > 0
     assert ep.value_target[0] == pytest.approx(1.0 + 0.25 * boot[2], abs=1e-5)
+
+
+def test_the_node_store_grows_and_reuse_after_reset_matches_a_fresh_adapter():
+    """Many roots and steps outgrow the first store (it doubles); after reset the old contents stay
+    in the tensors but are masked: a reused adapter answers exactly as a new one."""
+    m = _model(context_steps=1, unroll_steps=2)
+    hist, obs, cands = HIST * 12, OBS * 12, CANDS * 12   # 36 roots
+    acts = [np.array([(i + s) % len(cands[i]) for i in range(36)]) for s in range(4)]
+
+    def play(ad: SearchAdapter):
+        out = ad.root(hist, obs, cands)
+        h, recs = out.handle, []
+        for a in acts:
+            rec = ad.recurrent(h, a)
+            h = rec.handle
+            recs.append(rec)
+        return out, recs
+
+    used = SearchAdapter(m)
+    play(used)
+    assert used._cap > 64  # 36 roots x 5 nodes (+ rebuilt ones) outgrew the first store
+    used.reset()
+    out, recs = play(used)
+    ref_out, ref_recs = play(SearchAdapter(m))
+    np.testing.assert_allclose(out.value, ref_out.value, atol=1e-6)
+    for rec, ref in zip(recs, ref_recs):
+        np.testing.assert_allclose(rec.value, ref.value, atol=1e-6)
+        np.testing.assert_allclose(rec.reward, ref.reward, atol=1e-6)
+        np.testing.assert_allclose(rec.prior_logits, ref.prior_logits, atol=1e-5)
