@@ -84,7 +84,8 @@ def main() -> None:
     seconds = args.seconds or (25.0 if SMOKE else 60.0 if args.quick else 600.0)
     collect = args.collect_steps or (50 if SMOKE else 200 if args.quick else 2000)
     updates = max(1, round(collect * args.replay_ratio))
-    overrides = list(args.overrides)
+    # short segments for both: a collector finishes the segment it is playing before it pauses
+    overrides = ["collector.segment_steps=10", *args.overrides]
     if SMOKE:  # the smoke run checks that the bench works: small segments, an early first update
         overrides = ["collector.segment_steps=5", "trainer.min_replay_steps=20", "search.num_simulations=4",
                      "llm.enabled=false", "ppo.enabled=false", *overrides]

@@ -10,6 +10,7 @@ import logging
 import threading
 import time
 from dataclasses import dataclass, field
+from collections.abc import Callable
 from typing import Protocol
 
 import numpy as np
@@ -200,10 +201,12 @@ class ServedStats:
     fallbacks: int = 0   # moves searched locally because the server was down, slow or refused
     resends: int = 0     # requests that carried the episode's recent history again
     wait_s: float = 0.0  # time spent waiting for the server
+    waits: int = 0       # fallback=wait: asks repeated because the server did not answer
 
 
 class ServedPolicy:
-    """MCTS by a search server, with the collector's own ``MctsPolicy`` as the fallback.
+    """MCTS by a search server, with the collector's own ``MctsPolicy`` as the fallback
+    (``fallback="wait"``: ask again every ``retry_s`` instead, until ``stopping()``).
 
     Each move asks ``service`` with what is new since the last answered request; no answer within
     ``deadline_s`` (or a refusal) plays the move locally and counts it, and the server is not asked
@@ -214,8 +217,12 @@ class ServedPolicy:
     name = "mcts"
 
     def __init__(self, local: MctsPolicy, service: SearchService, collector_id: str, deadline_s: float,
-                 retry_s: float = 2.0, resend_steps: int = 16):
+                 retry_s: float = 2.0, resend_steps: int = 16, fallback: str = "local"):
+        if fallback not in ("local", "wait"):
+            raise ValueError(f"fallback must be 'local' or 'wait', got {fallback!r}")
         self.local, self.service, self.collector_id = local, service, collector_id
+        self.fallback = fallback
+        self.stopping: Callable[[], bool] = lambda: False  # wait mode: give up waiting (play locally) when true
         self.deadline_s, self.retry_s, self.resend_steps = deadline_s, retry_s, resend_steps
         self.stats = ServedStats()
         self.wm_version, self.llm_version = local.wm_version, local.llm_version
@@ -276,6 +283,10 @@ class ServedPolicy:
             self._episode += 1
         self._last_len = len(history)
         move = self._ask(history, observation, valid) if time.monotonic() >= self._retry_at else None
+        while move is None and self.fallback == "wait" and not self.stopping():
+            self.stats.waits += 1
+            time.sleep(max(0.05, self._retry_at - time.monotonic()))
+            move = self._ask(history, observation, valid)
         if move is None:
             self.stats.fallbacks += 1
             move = self.local.act(history, observation, valid)

@@ -74,6 +74,10 @@ class CollectorConfig(_Section):
     search_server: str | None = Field(None, description="tcp://host:port of this collector's --role search server")
     search_deadline_ms: float = Field(2000.0, gt=0, description="a server answer later than this: play the move locally")
     search_retry_s: float = Field(2.0, ge=0, description="after a fallback, search locally this long before asking again")
+    search_fallback: Literal["local", "wait"] = Field(
+        "local", description="search=server and no answer in time: local = search this move here (the collector loads "
+                             "the LLM too); wait = ask again every search_retry_s (the collector loads no LLM: for "
+                             "LLMs too large to run beside every collector)")
 
     @model_validator(mode="after")
     def _server_named(self) -> "CollectorConfig":

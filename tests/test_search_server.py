@@ -409,3 +409,31 @@ def test_role_all_starts_a_search_server_where_it_was_measured_faster():
     assert wants(2, "search_server.address=tcp://127.0.0.1:5700")
     why = wants_search_server(load_config(None, []), 2)[1]
     assert "local search is faster" in why
+
+
+class FlakyService(RecordingService):
+    """No answer for the first ``silent`` asks (a server that is down or busy), then answers."""
+
+    def __init__(self, silent: int) -> None:
+        super().__init__()
+        self.silent = silent
+
+    def ask(self, req: wire.SearchRequest, timeout_s: float) -> wire.SearchReply | None:
+        if self.silent > 0:
+            self.silent -= 1
+            self.requests.append(req)
+            return None
+        return super().ask(req, timeout_s)
+
+
+def test_a_waiting_player_asks_again_instead_of_searching_locally_until_it_stops():
+    local = mcts_policy(config(), seed=0)
+    waiting = ServedPolicy(local, FlakyService(silent=3), "c", deadline_s=0.1, retry_s=0.01, fallback="wait")
+    move = waiting.act([], "o0", ["x", "y"])
+    assert move.index == 0 and waiting.stats.served == 1 and waiting.stats.waits == 3 and waiting.stats.fallbacks == 0
+    stopping = ServedPolicy(local, FlakyService(silent=10**6), "c", deadline_s=0.1, retry_s=0.01, fallback="wait")
+    stopping.stopping = lambda: stopping.stats.waits >= 2  # the collector is shutting down: one local move
+    stopping.act([], "o0", ["x", "y"])
+    assert stopping.stats.fallbacks == 1 and stopping.stats.waits == 2
+    with pytest.raises(ValueError, match="fallback"):
+        ServedPolicy(local, FlakyService(0), "c", deadline_s=0.1, fallback="sometimes")

@@ -165,7 +165,7 @@ class Ingest:
                                                         llm_version=self.versions.llm, heartbeat_s=self.cfg.heartbeat_s)))
 
     async def resume_credit(self) -> None:
-        """Every live collector gets the current window past what it has had answered (a paused run resumes)."""
+        """Every live collector is told the current window past what it has had answered (0: a pause)."""
         if self._router is None:
             return
         window = self.window()

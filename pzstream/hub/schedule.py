@@ -7,8 +7,9 @@ this part then does nothing.
 hub runs cycles of three phases and enforces them itself.
   1. collect: collectors play until ``collect_steps`` env steps were accepted in the phase; the
      trainer trains nothing and no PPO episode fires.
-  2. train: the hub gives collectors no new credit (a collector finishes the segment it is
-     playing, then waits in its send), and the trainer makes ``train_updates`` updates (it
+  2. train: the hub closes every collector's credit window at once (a collector finishes the
+     segment it is playing, then waits in its send: use short segments for a sharp pause), and
+     the trainer makes ``train_updates`` updates (it
      answers at once when its replay is still below ``trainer.min_replay_steps``).
   3. ppo: one PPO episode fires from the prompt queue, collectors still paused; when it
      ends, or when none can fire (no worker, queue below its threshold), the next cycle begins
@@ -92,7 +93,8 @@ class AlternatingSchedule:
 class SchedulePart:
     """The hub part that enforces ``AlternatingSchedule`` through the other parts' gates.
 
-    Outbox (callables the hub wires): ``resume_credit()`` gives every collector its window back;
+    Outbox (callables the hub wires): ``resume_credit()`` tells every collector the window now (its
+    credit back when collection opens, none when it closes);
     ``train(updates)`` sends the trainer its budget; ``fire_ppo()`` fires one episode and says
     whether it did.
     """
@@ -102,7 +104,7 @@ class SchedulePart:
         self.cfg = cfg
         self.state = AlternatingSchedule(cfg)
         self._resume_credit, self._train, self._fire_ppo = resume_credit, train, fire_ppo
-        self._pending_resume = False
+        self._pending_credit = False  # a phase change whose window every collector must be told
 
     @property
     def active(self) -> bool:
@@ -126,21 +128,24 @@ class SchedulePart:
         if phase is None:
             return
         log.info("schedule: %s (cycle %d)", phase.value, self.state.cycles)
+        if phase is Phase.TRAIN:
+            self._pending_credit = True  # every collector's window closes now, not at its next segment
         if phase is Phase.TRAIN and not self._train(self.cfg.train_updates):
             log.warning("schedule: the trainer is not taking a budget; skipping the training phase")
             self._enter(self.state.on_trained())
         elif phase is Phase.PPO and not self._fire_ppo():
             self._enter(self.state.on_ppo_over())
         elif phase is Phase.COLLECT:
-            self._pending_resume = True
+            self._pending_credit = True
 
     async def run(self) -> None:
-        """Give credit back when a cycle begins (sending is async; phase changes are not)."""
+        """Tell every collector its window when a phase opens or closes collection (sending is async;
+        phase changes are not)."""
         import anyio
 
         while True:
-            if self._pending_resume:
-                self._pending_resume = False
+            if self._pending_credit:
+                self._pending_credit = False
                 await self._resume_credit()
             await anyio.sleep(0.02)
 

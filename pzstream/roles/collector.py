@@ -77,17 +77,17 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
     local: Policy
     served: ServedPolicy | None = None
     if cc.policy == "mcts":
-        if cfg.llm.enabled:
-            prior = await anyio.to_thread.run_sync(make_prior_source, cfg, curve)
+        if cfg.llm.enabled and not (cc.search == "server" and cc.search_fallback == "wait"):
+            prior = await anyio.to_thread.run_sync(make_prior_source, cfg, curve)  # waiting collectors never score
         policy = local = await anyio.to_thread.run_sync(mcts_policy, cfg, cc.seed, prior)
         if cc.search == "server":
             from pzstream.roles.search_server import SearchClient
 
             assert cc.search_server is not None and isinstance(local, MctsPolicy)
             policy = served = ServedPolicy(local, SearchClient(cc.search_server, curve), cid,
-                                           cc.search_deadline_ms / 1000, cc.search_retry_s)
-            log.info("collector %s searches on %s (local fallback after %.0f ms)", cid, cc.search_server,
-                     cc.search_deadline_ms)
+                                           cc.search_deadline_ms / 1000, cc.search_retry_s, fallback=cc.search_fallback)
+            log.info("collector %s searches on %s (%s after %.0f ms)", cid, cc.search_server,
+                     "local fallback" if cc.search_fallback == "local" else "asking again", cc.search_deadline_ms)
     else:
         policy = local = RandomPolicy(cc.seed)
     player = GamePlayer(game, policy, cid, cc.segment_steps, cc.max_episode_steps, cc.seed)
@@ -105,9 +105,12 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
                 **({"wm_version": float(policy.wm_version)} if policy.name == "mcts" else {}),
                 **({"llm_version": float(prior.version), "prior_failures": float(getattr(prior, "failures", 0))}
                    if prior is not None else {}),
+                **({"llm_version": float(served.llm_version)} if prior is None and served is not None and cfg.llm.enabled
+                   else {}),
                 "weights_rejected": float(weights.stats.rejected if weights is not None else 0),
                 **({"search_served": float(served.stats.served), "search_fallbacks": float(served.stats.fallbacks),
-                    "search_resends": float(served.stats.resends)} if served is not None else {}),
+                    "search_resends": float(served.stats.resends), "search_waits": float(served.stats.waits)}
+                   if served is not None else {}),
                 "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0}
 
     ctx = zmq.asyncio.Context()
@@ -117,6 +120,8 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
                            timeout_heartbeats=cfg.hub.peer_timeout_heartbeats)
     notices = NoticeSubscriber(ctx, ep.weights, curve)
     halt = threading.Event()
+    if served is not None:
+        served.stopping = halt.is_set
     conversation_done = anyio.Event()
     log.info("collector %s playing %s against %s", cid, game.name, cc.learner)
 
