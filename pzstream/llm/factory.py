@@ -40,8 +40,16 @@ def make_backend(llm_cfg, prompt_cfg):
                            prompt_config=prompt_cfg)
     from pzstream.llm.backend import TransformersBackend
 
-    return TransformersBackend(model=llm_cfg.model, device=llm_cfg.device, temperature=llm_cfg.temperature,
-                               prompt_config=prompt_cfg)
+    return TransformersBackend(model=llm_cfg.model, device=llm_cfg.device, dtype=scoring_dtype(llm_cfg),
+                               temperature=llm_cfg.temperature, prompt_config=prompt_cfg)
+
+
+def scoring_dtype(llm_cfg):
+    """The torch dtype of the scoring LLM: ``llm.dtype``, where ``auto`` is bfloat16 on a GPU and float32 on the CPU."""
+    import torch
+
+    name = llm_cfg.dtype if llm_cfg.dtype != "auto" else ("bfloat16" if llm_cfg.device.startswith("cuda") else "float32")
+    return getattr(torch, name)
 
 
 class LocalPrior:

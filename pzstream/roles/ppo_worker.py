@@ -21,11 +21,9 @@ import sys
 import traceback
 from pathlib import Path
 
-import zmq
 
 from pzstream.config import Config, PPOSection
-from pzstream.stream import internal
-from pzstream.stream.internal import EpisodeRequest, EpisodeResult, Stop, WorkerFatal, WorkerReady
+from pzstream.stream.internal import EpisodeRequest, EpisodeResult, HelperChannel, Stop, WorkerFatal, WorkerReady
 from pzstream.orz.episode import RewardFn, run_episode
 from pzstream.orz.rewards import combine, parse_answer, parse_reward_specs, text_rewards
 from pzstream.orz.samples import PromptSample
@@ -112,12 +110,7 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
     cfg = Config.model_validate_json(cfg_json)
     setup_helper_logging("ppo", "orz", cfg.run.log_level, logs_in)
     torch.set_num_threads(max(1, cfg.trainer.threads))
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.connect(inbox)
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 5000)
-    push.connect(outbox)
+    channel = HelperChannel(inbox, outbox, linger_ms=5000)
     pc = cfg.ppo
     runtime = None
     parent = os.getppid()
@@ -130,17 +123,17 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
             reward_fn, _ = build_reward_fn(pc, cfg.env.games_dir, cfg.env.cache_dir, wm_value)
         except Exception as e:  # noqa: BLE001 - reported to the hub, which logs and counts it
             log.error("PPO runtime failed to start:\n%s", traceback.format_exc())
-            push.send_multipart(internal.encode(WorkerFatal(error=f"{type(e).__name__}: {e}")))
+            channel.send(WorkerFatal(error=f"{type(e).__name__}: {e}"))
             return
         log.info("PPO runtime %s ready: %s", runtime.name, runtime.describe)
-        push.send_multipart(internal.encode(WorkerReady(runtime=runtime.name, describe=runtime.describe)))
+        channel.send(WorkerReady(runtime=runtime.name, describe=runtime.describe))
         while True:
-            if not pull.poll(1000):
+            req = channel.receive() if channel.wait(1000) else None
+            if req is None:
                 if os.getppid() != parent:
                     log.warning("hub process is gone; PPO worker exits")
                     return
                 continue
-            req = internal.decode(pull.recv_multipart())
             if isinstance(req, Stop):
                 return
             if not isinstance(req, EpisodeRequest):
@@ -156,16 +149,13 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
             except Exception as e:  # noqa: BLE001 - isolation: the episode fails, the worker lives on
                 tb = traceback.format_exc()
                 log.error("PPO episode %d failed: %s\n%s", k, e, tb)
-                push.send_multipart(internal.encode(EpisodeResult(episode=k, ok=False, error=f"{type(e).__name__}: {e}",
-                                                                  traceback=tb[-4000:])))
+                channel.send(EpisodeResult(episode=k, ok=False, error=f"{type(e).__name__}: {e}", traceback=tb[-4000:]))
                 continue
-            push.send_multipart(internal.encode(EpisodeResult(episode=k, ok=True, metrics=result.metrics, games=result.games,
-                                                              rewards=result.rewards, payload=result.weights)))
+            channel.send(EpisodeResult(episode=k, ok=True, metrics=result.metrics, games=result.games,
+                                       rewards=result.rewards, payload=result.weights))
     finally:
         _shutdown(runtime)
-        pull.close(0)
-        push.close()
-        ctx.term()
+        channel.close()
 
 
 def start_worker(cfg: Config, inbox: str, outbox: str, run_dir: Path, logs_in: str | None) -> mp.process.BaseProcess:

@@ -18,11 +18,10 @@ from collections import deque
 from pathlib import Path
 
 import numpy as np
-import zmq
 
 from pzstream.config import Config
-from pzstream.stream import internal, wire
-from pzstream.stream.internal import BudgetSpent, NewWeights, SegmentFrame, Stop, TrainBudget, TrainerStats
+from pzstream.stream import wire
+from pzstream.stream.internal import BudgetSpent, HelperChannel, NewWeights, SegmentFrame, Stop, TrainBudget, TrainerStats
 
 log = logging.getLogger("pzstream.trainer")
 
@@ -128,12 +127,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(Path(run_dir) / "tb" / "trainer"))
-    ctx = zmq.Context()
-    pull = ctx.socket(zmq.PULL)
-    pull.connect(inbox)
-    push = ctx.socket(zmq.PUSH)
-    push.setsockopt(zmq.LINGER, 2000)
-    push.connect(outbox)
+    channel = HelperChannel(inbox, outbox, linger_ms=2000)
     replay = SegmentReplay(tc.replay_capacity_steps)
     rng = random.Random(0)
     parent = os.getppid()
@@ -149,11 +143,9 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
         while True:
             # ingest everything waiting, then one update: data never waits behind training
             for _ in range(1024):
-                try:
-                    frames = pull.recv_multipart(zmq.NOBLOCK)
-                except zmq.Again:
+                note = channel.receive()
+                if note is None:
                     break
-                note = internal.decode(frames)
                 if isinstance(note, Stop):
                     return
                 if isinstance(note, TrainBudget):
@@ -174,20 +166,20 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 log.warning("hub process is gone; trainer exits")
                 return
             if budget == 0:
-                pull.poll(200)
+                channel.wait(200)
                 continue
             if budget is not None and replay.steps < tc.min_replay_steps:  # too little to train: say so now
-                push.send_multipart(internal.encode(BudgetSpent(updates=spent)))
+                channel.send(BudgetSpent(updates=spent))
                 budget, spent = 0, 0
                 continue
             if replay.steps < tc.min_replay_steps:
-                pull.poll(200)
+                channel.wait(200)
                 continue
             if updates - last_rebuild >= 10 or not replay.windows:
                 replay.rebuild(wm_cfg)
                 last_rebuild = updates
             if not replay.windows:
-                pull.poll(200)
+                channel.wait(200)
                 continue
             t_step = time.monotonic()
             metrics = trainer.step(collate(replay.sample(wm_cfg.batch_size, rng), wm_cfg))
@@ -200,16 +192,16 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 time.sleep(max(0.0, 1.0 / tc.max_updates_per_s - (time.monotonic() - t_step)))
             if updates % tc.publish_every == 0 or budget_done:  # a train phase ends on published weights
                 published += 1
-                push.send_multipart(internal.encode(NewWeights(model="wm", payload=weights_bytes(trainer.model))))
+                channel.send(NewWeights(model="wm", payload=weights_bytes(trainer.model)))
             if llm is not None and updates % cfg.llm.train_every == 0:
                 llm_metrics = llm.step(list(replay.segments), rng)
                 if llm_metrics and llm.updates % cfg.llm.publish_every == 0:
                     llm.published += 1
-                    push.send_multipart(internal.encode(NewWeights(model="llm", payload=llm.backend.state_dict_bytes())))
+                    channel.send(NewWeights(model="llm", payload=llm.backend.state_dict_bytes()))
                 if llm_metrics:
                     metrics.update(llm_metrics)
             if budget_done:
-                push.send_multipart(internal.encode(BudgetSpent(updates=spent)))
+                channel.send(BudgetSpent(updates=spent))
                 spent = 0
             if updates % tc.log_every == 0 or budget_done:
                 rate = updates / (time.monotonic() - t0)
@@ -220,7 +212,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 stats = {"updates": float(updates), "updates_per_s": rate, "published": float(published),
                          "replay_steps": float(replay.steps), "windows": float(len(replay.windows)),
                          "segments_received": float(received), **{k: float(v) for k, v in metrics.items()}}
-                push.send_multipart(internal.encode(TrainerStats(stats=stats)))
+                channel.send(TrainerStats(stats=stats))
                 log.info("wm update %d (%.1f/s), %d published: loss %.3f (reward %.3f, value %.3f, policy %.3f, latent %.3f), replay %d steps",
                          updates, rate, published, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
                          metrics["loss/policy"], metrics["loss/latent"], replay.steps)
@@ -232,9 +224,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     finally:
         if writer is not None:
             writer.close()
-        pull.close(0)
-        push.close()
-        ctx.term()
+        channel.close()
 
 
 def start_trainer(cfg: Config, inbox: str, outbox: str, run_dir: Path, logs_in: str | None) -> mp.process.BaseProcess:

@@ -6,8 +6,8 @@ ZeroMQ multipart message: frame 0 is a msgpack map ``{"kind": ..., fields...}``;
 with a ``payload`` (weights bytes, a segment frame) carries it as frame 1, never copied into
 the map.
 
-    hub -> trainer     SegmentFrame (the accepted segment's wire bytes), Stop
-    trainer -> hub     NewWeights (model, payload), TrainerStats
+    hub -> trainer     SegmentFrame (the accepted segment's wire bytes), TrainBudget, Stop
+    trainer -> hub     NewWeights (model, payload), TrainerStats, BudgetSpent
     hub -> PPO worker  EpisodeRequest, Stop
     PPO worker -> hub  WorkerReady, EpisodeResult (payload: the new policy weights), WorkerFatal
 
@@ -151,3 +151,39 @@ def decode(frames: list[bytes] | list[Any]) -> Internal:
         return cls(**head)
     except TypeError as e:
         raise InternalError(f"{cls.__name__}: {e}") from None
+
+
+class HelperChannel:
+    """A helper process's end of its channel to the hub: messages in from ``inbox`` (PULL),
+    out to ``outbox`` (PUSH, held up to ``linger_ms`` at close so the last ones reach the hub)."""
+
+    def __init__(self, inbox: str, outbox: str, linger_ms: int):
+        import zmq
+
+        self._zmq = zmq
+        self._ctx = zmq.Context()
+        self._pull = self._ctx.socket(zmq.PULL)
+        self._pull.connect(inbox)
+        self._push = self._ctx.socket(zmq.PUSH)
+        self._push.setsockopt(zmq.LINGER, linger_ms)
+        self._push.connect(outbox)
+
+    def wait(self, timeout_ms: int) -> bool:
+        """Whether a message waits, after at most ``timeout_ms``."""
+        return bool(self._pull.poll(timeout_ms))
+
+    def receive(self) -> Internal | None:
+        """The next message, or None when none waits (never blocks)."""
+        try:
+            frames = self._pull.recv_multipart(self._zmq.NOBLOCK)
+        except self._zmq.Again:
+            return None
+        return decode(frames)
+
+    def send(self, msg: Internal) -> None:
+        self._push.send_multipart(encode(msg))
+
+    def close(self) -> None:
+        self._pull.close(0)
+        self._push.close()
+        self._ctx.term()

@@ -112,3 +112,19 @@ def test_local_prior_answers_repeats_from_the_memo_until_new_weights_arrive():
     assert _maxdiff(again, fresh) < 1e-6 and float(again[0].sum()) == pytest.approx(1.0, abs=1e-5)
     prior.load(prior.backend.state_dict_bytes(), 1)
     assert len(prior.memo) == 0
+
+
+def test_the_scoring_dtype_is_bfloat16_on_a_gpu_and_float32_on_the_cpu_unless_set():
+    from pzstream.llm.factory import LocalPrior, scoring_dtype
+
+    assert scoring_dtype(load_config(None, []).llm) == torch.float32
+    assert scoring_dtype(load_config(None, ["llm.device=cuda:1"]).llm) == torch.bfloat16
+    assert scoring_dtype(load_config(None, ["llm.device=cuda", "llm.dtype=float32"]).llm) == torch.float32
+    # bfloat16 scores on the CPU too, close to float32, and loads float32 weights by casting them
+    hist = [[("A hall.", "look", 0.0)], [], []]
+    full = LocalPrior(load_config(None, []).llm)
+    half = LocalPrior(load_config(None, ["llm.dtype=bfloat16"]).llm)
+    assert next(half.backend.model.parameters()).dtype == torch.bfloat16
+    assert _maxdiff(half.prior(hist, ROOMS, CANDS), full.prior(hist, ROOMS, CANDS)) < 0.05
+    half.load(full.backend.state_dict_bytes(), 1)
+    assert next(half.backend.model.parameters()).dtype == torch.bfloat16 and half.version == 1
