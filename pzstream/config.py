@@ -167,9 +167,9 @@ class LLMSection(_Section):
                                            "directory, or a Hugging Face name")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="scoring engine of collectors and prior servers")
     device: str = "cpu"
-    dtype: Literal["auto", "float32", "bfloat16"] = Field(
-        "auto", description="weights of the scoring LLM (transformers backend): auto = bfloat16 on a GPU, float32 on "
-                            "the CPU; new weights are cast to it as they load")
+    dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="weights of the scoring LLM (transformers backend); new weights are cast to it as they "
+                               "load. bfloat16 measured faster only from 32 roots a batch on an H200 (bench/RESULTS.md)")
     temperature: float = Field(2.0, gt=0, description="prior = log_softmax(mean token log-prob / temperature)")
     prompt_format: Literal["priorzero", "orz"] = "priorzero"
     history_len: int = Field(3, ge=0)

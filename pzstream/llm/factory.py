@@ -45,11 +45,10 @@ def make_backend(llm_cfg, prompt_cfg):
 
 
 def scoring_dtype(llm_cfg):
-    """The torch dtype of the scoring LLM: ``llm.dtype``, where ``auto`` is bfloat16 on a GPU and float32 on the CPU."""
+    """The torch dtype of the scoring LLM (``llm.dtype``)."""
     import torch
 
-    name = llm_cfg.dtype if llm_cfg.dtype != "auto" else ("bfloat16" if llm_cfg.device.startswith("cuda") else "float32")
-    return getattr(torch, name)
+    return getattr(torch, llm_cfg.dtype)
 
 
 class LocalPrior:
