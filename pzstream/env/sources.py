@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,28 @@ def available_games(games_dir: str | Path | None = None) -> list[str]:
     if not d.is_dir():
         return []
     return sorted({p.stem for p in d.iterdir() if p.suffix.lower() in STORY_EXTENSIONS})
+
+
+#: A game name a peer may send: a bare name or file name, no directory part (checked before any lookup).
+_PEER_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}\Z")
+
+
+def peer_game_spec(name: str, games_dir: str | Path | None = None) -> str:
+    """A game name that came from the network (a segment's ``game``), as a spec ``open_game`` may
+    take: one of ``DEFAULT_SPECS``, or the name (``zork1``) or file name (``zork1.z5``) of a story
+    file inside the games directory. Anything else raises GameNotFound before any file is touched:
+    names from peers never reach other paths (``/etc/hostname``, ``../x.z5``, ``~/y``)."""
+    if name in DEFAULT_SPECS:
+        return name
+    if not isinstance(name, str) or not _PEER_NAME.match(name) or ".." in name:
+        raise GameNotFound(f"game name {name[:80]!r} from a peer is not a bare game name: refused")
+    d = (Path(games_dir).expanduser() if games_dir is not None else default_games_dir()).resolve()
+    found = [d / name] if Path(name).suffix.lower() in STORY_EXTENSIONS else \
+        [d / f"{name}{ext}" for ext in STORY_EXTENSIONS] + [d / f"{name}{ext.upper()}" for ext in STORY_EXTENSIONS]
+    for path in found:
+        if path.is_file() and path.resolve().parent == d:
+            return str(path)
+    raise GameNotFound(f"game {name!r} from a peer is not a story file in {str(d)!r}: refused")
 
 
 def resolve_story_file(spec: str, games_dir: str | Path | None = None) -> Path:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Self
 
 from pzstream.env import Game, open_game
+from pzstream.env.sources import GameNotFound, peer_game_spec
 
 from .rewards import DEFAULT_INVALID_PENALTY
 
@@ -62,7 +63,8 @@ class ProgressReward:
     invalid_penalty: the reward of a malformed answer or a game error.
     max_games: games kept open (LRU; an evicted game is closed).
     max_states: saved prefix states kept (LRU).
-    Counters: ``calls`` (answers scored), ``replays`` (prefixes played from reset),
+    Counters: ``calls`` (answers scored), ``replays`` (prefixes played from reset), ``refused``
+    (game names that are not a known game: never opened, scored ``invalid_penalty``),
     ``errors`` (game exceptions caught).
     """
 
@@ -81,6 +83,7 @@ class ProgressReward:
         self.calls = 0
         self.replays = 0
         self.errors = 0
+        self.refused = 0   # answers whose game name is not a game this side knows (never opened)
         self._games: OrderedDict[str, Game] = OrderedDict()
         self._states: OrderedDict[tuple[str, int, tuple[str, ...]], object] = OrderedDict()
 
@@ -90,6 +93,13 @@ class ProgressReward:
         if answer is None:
             return self.invalid_penalty
         want_value = self.value_fn is not None and self.value_weight != 0.0
+        try:
+            peer_game_spec(game, self.games_dir)  # a name from the network opens only a known game
+        except GameNotFound as e:
+            self.refused += 1
+            if self.refused == 1:
+                log.warning("progress reward: %s; such answers score %s", e, self.invalid_penalty)
+            return self.invalid_penalty
         try:
             g = self._game(game)
             g.set_state(self._prefix_state(g, game, DEFAULT_SEED if seed is None else seed, prefix))

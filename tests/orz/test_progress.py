@@ -147,21 +147,60 @@ def test_value_term_is_zero_at_the_end_or_without_weight(walk):
     assert len(calls) == 1
 
 
-def test_game_errors_score_the_penalty_and_are_counted():
-    with ProgressReward(invalid_penalty=-1.0) as pr:
-        assert pr("no-such-game-here", [], SEED, "look") == -1.0
-        assert pr("no-such-game-here", ["look"], SEED, "look") == -1.0
-        assert (pr.calls, pr.errors, pr.replays) == (2, 2, 0)
+def test_game_errors_score_the_penalty_and_are_counted(tmp_path, monkeypatch):
+    import pzstream.orz.progress as progress_mod
+
+    def open_game_failing(spec, **kw):
+        if spec == "broken":
+            raise RuntimeError("the interpreter could not load it")
+        return open_game(spec, **kw)
+
+    (tmp_path / "broken.z5").write_bytes(b"story")  # a known name whose game fails to open
+    monkeypatch.setattr(progress_mod, "open_game", open_game_failing)
+    with ProgressReward(invalid_penalty=-1.0, games_dir=tmp_path) as pr:
+        assert pr("broken", [], SEED, "look") == -1.0
+        assert pr("broken", ["look"], SEED, "look") == -1.0
+        assert (pr.calls, pr.errors, pr.refused, pr.replays) == (2, 2, 0, 0)
         assert pr("default", [], SEED, "look") == 0.0                        # other games still play
         assert pr.errors == 2
 
 
-def test_least_recently_used_game_is_closed_and_reopened(walk):
-    path = str(ensure_default_game())   # the same story under a second spec: a second game
+@pytest.mark.parametrize("name", ["/etc/hostname", "../games/zork1.z5", "~/story.z5", "no-such-game-here",
+                                  "a/b", "zork1\x00.z5", ".hidden.z5", "x" * 300])
+def test_a_game_name_from_a_peer_opens_only_a_known_game(tmp_path, monkeypatch, name):
+    """A segment's game name reaches the file system only as a story file in the games directory."""
+    import pzstream.orz.progress as progress_mod
+
+    opened = []
+    monkeypatch.setattr(progress_mod, "open_game", lambda spec, **kw: opened.append(spec))
+    (tmp_path / "zork1.z5").write_bytes(b"story")
+    with ProgressReward(invalid_penalty=-1.0, games_dir=tmp_path) as pr:
+        assert pr(name, [], SEED, "look") == -1.0
+        assert (pr.refused, pr.errors) == (1, 0) and opened == []
+
+
+def test_peer_game_names_resolve_inside_the_games_directory(tmp_path):
+    from pzstream.env.sources import GameNotFound, peer_game_spec
+
+    (tmp_path / "zork1.z5").write_bytes(b"story")
+    assert peer_game_spec("default", tmp_path) == "default" and peer_game_spec("tw-default") == "tw-default"
+    assert peer_game_spec("zork1", tmp_path) == str(tmp_path.resolve() / "zork1.z5")
+    assert peer_game_spec("zork1.z5", tmp_path) == str(tmp_path.resolve() / "zork1.z5")
+    for bad in ("zork2", str(tmp_path / "zork1.z5"), "../zork1.z5"):
+        with pytest.raises(GameNotFound, match="refused"):
+            peer_game_spec(bad, tmp_path)
+
+
+def test_least_recently_used_game_is_closed_and_reopened(walk, tmp_path):
+    import shutil
+
+    story = ensure_default_game()  # the same story (and its TextWorld metadata) under a second name: a second game
+    for suffix in (".z8", ".json", ".ni"):
+        shutil.copy(story.with_suffix(suffix), tmp_path / f"second{suffix}")
     first = walk[0][0]
-    with ProgressReward(max_games=1) as pr:
+    with ProgressReward(max_games=1, games_dir=tmp_path) as pr:
         assert pr("default", [], SEED, first) == 1.0
-        assert pr(path, [], SEED, first) == 1.0       # evicts "default"
+        assert pr("second", [], SEED, first) == 1.0   # evicts "default"
         assert pr("default", [], SEED, first) == 1.0  # reopened: its saved states went with it
         assert pr.replays == 3 and pr.errors == 0
         pr.close()
