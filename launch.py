@@ -28,7 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 
 from pzstream.config import Config, ConfigError, load_config  # noqa: E402
-from pzstream.roles.lifecycle import serve_until_stopped, stop_on_signal_or_deadline  # noqa: E402
+from pzstream.roles.lifecycle import die_with_parent, serve_until_stopped, stop_on_signal_or_deadline  # noqa: E402
 from pzstream.stream.transport import CurveKeys, FatalReject, SecurityError, generate_keys  # noqa: E402
 from pzstream.stream.weights import WeightsError  # noqa: E402
 
@@ -227,18 +227,19 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
                 if search_address and cfg.collector.search_server is None:
                     cmd += ["collector.search=server", f"collector.search_server={connect_address(search_address)}"]
                 log_file = open(run_dir / f"collector-{i}.log", "wb")
-                procs.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT))
+                procs.append(subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, cwd=REPO_ROOT,
+                                              preexec_fn=die_with_parent))
             if cfg.llm.prior_server and cfg.llm.enabled:
                 prior_cmd = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "prior", "--prior", cfg.llm.prior_server,
                              "--learner", cfg.hub.address] + (["--config", args.config] if args.config else []) + list(args.overrides)
                 servers.append(subprocess.Popen(prior_cmd, stdout=open(run_dir / "prior.log", "wb"),
-                                                stderr=subprocess.STDOUT, cwd=REPO_ROOT))
+                                                stderr=subprocess.STDOUT, cwd=REPO_ROOT, preexec_fn=die_with_parent))
             if search_address:
                 search_cmd = [sys.executable, str(REPO_ROOT / "launch.py"), "--role", "search", "--search",
                               search_address, "--learner", cfg.hub.address] + \
                     (["--config", args.config] if args.config else []) + list(args.overrides)
                 servers.append(subprocess.Popen(search_cmd, stdout=open(run_dir / "search.log", "wb"),
-                                                stderr=subprocess.STDOUT, cwd=REPO_ROOT))
+                                                stderr=subprocess.STDOUT, cwd=REPO_ROOT, preexec_fn=die_with_parent))
             also = f" and {len(servers)} server(s)" if servers else ""
             print(f"started {len(procs)} collectors{also}; their logs: {run_dir}/collector-*.log, "
                   f"live stream: python launch.py --role monitor --learner {cfg.hub.address}", file=sys.stderr)

@@ -6,6 +6,7 @@ import subprocess
 import pytest
 import torch
 
+from orphan_guard import pytest_configure, pytest_sessionfinish  # noqa: F401  (hooks: nothing outlives the suite)
 from stack_gate import pytest_runtest_makereport  # noqa: F401  (a hook: skips of required stacks fail in CI)
 from support import free_base_port
 

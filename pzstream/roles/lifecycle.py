@@ -9,11 +9,26 @@ supervisor. Helper processes (trainer, PPO worker) are stopped by their supervis
 from __future__ import annotations
 
 import signal
+import sys
 from typing import Awaitable, Callable, TypeVar
 
 import anyio
 
 Summary = TypeVar("Summary")
+
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(sig: int = signal.SIGTERM) -> None:
+    """Have Linux send this process ``sig`` when its parent ends, even by kill -9 (``prctl
+    PR_SET_PDEATHSIG``), so nothing a role starts outlives it. Call it first in a child process
+    (or as ``preexec_fn`` of a ``subprocess.Popen`` made on the parent's main thread: the signal
+    follows the thread that forked). Elsewhere than Linux, a no-op."""
+    if not sys.platform.startswith("linux"):
+        return
+    import ctypes
+
+    ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
 
 
 async def stop_on_signal_or_deadline(stop: anyio.Event, max_seconds: float | None) -> None:

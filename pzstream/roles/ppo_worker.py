@@ -23,6 +23,7 @@ from pathlib import Path
 
 
 from pzstream.config import Config, PPOSection
+from pzstream.roles.lifecycle import die_with_parent
 from pzstream.stream.internal import EpisodeRequest, EpisodeResult, HelperChannel, Stop, WorkerFatal, WorkerReady
 from pzstream.orz.episode import RewardFn, run_episode
 from pzstream.orz.rewards import combine, parse_answer, parse_reward_specs, text_rewards
@@ -102,6 +103,7 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
     import torch
 
     signal.signal(signal.SIGTERM, _exit_on_term)
+    die_with_parent()  # SIGTERM when the hub's process ends, even by kill -9: Ray and its engines go too
 
     from pzstream.llm.tiny import resolve_model
     from pzstream.stream.logstream import setup_helper_logging

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from pzstream.config import Config
+from pzstream.roles.lifecycle import die_with_parent
 from pzstream.stream import wire
 from pzstream.stream.internal import BudgetSpent, HelperChannel, NewWeights, SegmentFrame, Stop, TrainBudget, TrainerStats
 
@@ -107,6 +108,7 @@ class LLMTraining:
 
 def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: str | None) -> None:
     """Process entry point: train until the hub sends Stop or goes away."""
+    die_with_parent()
     import torch
 
     from pzstream.stream.logstream import setup_helper_logging

@@ -1,0 +1,64 @@
+"""No process the test suite starts outlives it.
+
+At the start of a session every process started from then on inherits a marker in its environment
+(``PZSTREAM_TEST_SESSION``); at the end, processes that still carry this session's marker, found by
+reading ``/proc`` so that children re-parented to init after their parent died count too (a vLLM
+EngineCore, a Ray raylet, a collector), are given 15 s to end, then killed and reported. The session
+then fails: a leftover process is a defect of the code or of a test's clean-up. Linux only (elsewhere
+nothing is checked).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import time
+import uuid
+
+KEY = "PZSTREAM_TEST_SESSION"
+
+
+def _marked(mark: str) -> list[int]:
+    import psutil
+
+    me, out = os.getpid(), []
+    for p in psutil.process_iter():
+        if p.pid == me:
+            continue
+        try:
+            if p.environ().get(KEY) == mark:
+                out.append(p.pid)
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
+            continue
+    return out
+
+
+def pytest_configure(config) -> None:
+    os.environ[KEY] = uuid.uuid4().hex
+
+
+def pytest_sessionfinish(session, exitstatus) -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    import psutil
+
+    mark = os.environ.get(KEY, "")
+    deadline = time.monotonic() + 15
+    left = _marked(mark)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = _marked(mark)
+    if not left:
+        return
+    described = []
+    for pid in left:
+        try:
+            p = psutil.Process(pid)
+            described.append(f"{pid} {' '.join(p.cmdline())[:160]}")
+            p.kill()
+        except psutil.Error:
+            continue
+    if described:
+        print(f"\norphan guard: {len(described)} process(es) started by the tests outlived them (killed):\n  "
+              + "\n  ".join(described), file=sys.stderr)
+        if session.exitstatus == 0:
+            session.exitstatus = 1
