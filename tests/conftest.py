@@ -30,7 +30,12 @@ def address() -> str:
 def procs():
     started: list[subprocess.Popen] = []
     yield started
-    for p in started:
+    for p in started:  # a clean stop first: a role stops what it started (a vLLM engine, helpers)
         if p.poll() is None:
+            p.terminate()
+    for p in started:
+        try:
+            p.wait(15)
+        except subprocess.TimeoutExpired:
             p.kill()
-        p.wait(10)
+            p.wait(10)

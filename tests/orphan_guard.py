@@ -1,9 +1,13 @@
 """No process the test suite starts outlives it.
 
 At the start of a session every process started from then on inherits a marker in its environment
-(``PZSTREAM_TEST_SESSION``); at the end, processes that still carry this session's marker, found by
-reading ``/proc`` so that children re-parented to init after their parent died count too (a vLLM
-EngineCore, a Ray raylet, a collector), are given 15 s to end, then killed and reported. The session
+(``PZSTREAM_TEST_SESSION``). At the end, the processes that carry this session's marker, or that sit
+in the session's process group (vLLM starts its EngineCore with an environment of its own, which
+drops the marker, but not in a group of its own), found through ``/proc`` so that children
+re-parented to init after their parent died count too (a vLLM EngineCore, a Ray raylet, a
+collector), are given 15 s to end, then killed and reported. The session's own ancestors (the shell
+that ran it) and the multiprocessing resource tracker of the test process (it ends with it) are not
+leftovers. The session
 then fails: a leftover process is a defect of the code or of a test's clean-up. Linux only (elsewhere
 nothing is checked).
 """
@@ -20,12 +24,20 @@ KEY = "PZSTREAM_TEST_SESSION"
 def _marked(mark: str) -> list[int]:
     import psutil
 
-    me, out = os.getpid(), []
+    me = psutil.Process()
+    spared = {me.pid, *(p.pid for p in me.parents())}
+    tracker = getattr(getattr(__import__("multiprocessing.resource_tracker").resource_tracker, "_resource_tracker", None),
+                      "_pid", None)
+    if tracker:
+        spared.add(tracker)
+    group, out = os.getpgid(0), []
     for p in psutil.process_iter():
-        if p.pid == me:
+        if p.pid in spared:
             continue
         try:
-            if p.environ().get(KEY) == mark:
+            if p.status() == psutil.STATUS_ZOMBIE:
+                continue
+            if os.getpgid(p.pid) == group or p.environ().get(KEY) == mark:
                 out.append(p.pid)
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
             continue

@@ -64,8 +64,9 @@ def test_the_suite_fails_and_cleans_up_when_a_test_leaves_a_process_behind(tmp_p
         "def test_leaves_a_sleeper():\n"
         "    p = subprocess.Popen(['sleep', '120'], start_new_session=True)\n"
         "    pathlib.Path('sleeper.pid').write_text(str(p.pid))\n")
+    # a session of its own (its own process group): the inner guard must not see this suite's processes
     out = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", str(tmp_path)],
-                         cwd=tmp_path, capture_output=True, text=True, timeout=120)
+                         cwd=tmp_path, capture_output=True, text=True, timeout=120, start_new_session=True)
     assert out.returncode == 1, out.stdout + out.stderr
     assert "orphan guard: 1 process(es)" in out.stderr and "sleep 120" in out.stderr
     pid = int((tmp_path / "sleeper.pid").read_text())
