@@ -179,6 +179,7 @@ def run_wm(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRes
     trainer = Trainer(untrained_world_model(cfg), cfg, device=device, data_parallel=world > 1)
     shares = [collate(full[rank::world], cfg) for full in batches]
     losses, step_s = _timed_steps(args.steps, args.warmup, lambda i: trainer.step(shares[i])["loss/total"], device)
+    del trainer  # DDP's reducer goes before its process group (its threads aborted the process otherwise)
     dist.barrier()
     dist.destroy_process_group()
     if rank:

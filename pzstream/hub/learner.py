@@ -76,6 +76,7 @@ class LearnerHub:
             self.ingest.parts.append(self.schedule)  # last: the segment that ends a phase reaches the trainer first
             self.ingest.window = lambda: self.schedule.window(cfg.hub.credit_window)
             self.trainer.on_budget_spent = self.schedule.on_trained
+            self.trainer.on_helper_start = self.schedule.on_trainer_start
             if self.ppo is not None:
                 self.ppo.gate, self.ppo.on_over = self.schedule.state.ppo_allowed, self.schedule.on_ppo_over
         self.helpers = helpers if helpers is not None else self._default_helpers()

@@ -124,6 +124,11 @@ class SchedulePart:
     def on_ppo_over(self) -> None:
         self._enter(self.state.on_ppo_over())
 
+    def on_trainer_start(self) -> None:
+        """A trainer (re)started during a train phase lost its budget: send it again."""
+        if self.state.phase is Phase.TRAIN and not self._train(self.cfg.train_updates):
+            self._enter(self.state.on_trained())
+
     def _enter(self, phase: Phase | None) -> None:
         if phase is None:
             return

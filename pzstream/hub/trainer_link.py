@@ -26,6 +26,7 @@ class TrainerLink:
         self.forwarded = 0
         self.stats: dict[str, float] = {}
         self.on_budget_spent = lambda: None  # the schedule's inbox (alternating mode)
+        self.on_helper_start = lambda: None  # a (re)started trainer holds no budget: the schedule re-sends one
 
     def train(self, updates: int) -> bool:
         """Send the trainer a budget of updates (alternating schedule); False when it cannot take one."""
@@ -50,7 +51,8 @@ class TrainerLink:
             log.error("trainer sent an unexpected %s", type(msg).__name__)
 
     def on_start(self, pid: int) -> None:
-        pass
+        self.on_helper_start()
+
 
     def on_exit(self, why: str) -> None:
         pass

@@ -181,6 +181,10 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 replay.rebuild(wm_cfg)
                 last_rebuild = updates
             if not replay.windows:
+                if budget is not None:  # nothing to train on yet (no full window): end the phase, do not stall it
+                    channel.send(BudgetSpent(updates=spent))
+                    budget, spent = 0, 0
+                    continue
                 channel.wait(200)
                 continue
             t_step = time.monotonic()
