@@ -73,3 +73,34 @@ def test_a_real_hub_pauses_collectors_while_its_trainer_takes_its_turn(address, 
     # each train phase made its 3 updates (the first may find too little replay and make 0)
     assert 3 * (cycles - 2) <= updates <= 3 * cycles
     assert summary["schedule"]["mode"] == "alternating" and summary["segments_rejected"] == 0
+
+
+def test_the_schedule_part_gates_the_other_parts_and_resends_a_lost_budget():
+    """SchedulePart turns phases into its outbox calls: a budget to the trainer when training begins
+    (again when a trainer restarts mid-phase), one PPO episode, and a window closed, then reopened."""
+    from pzstream.hub.parts import AcceptedSegment
+    from pzstream.hub.schedule import SchedulePart
+
+    class Seg:
+        n_steps = 50
+
+    budgets: list[int] = []
+    fired: list[bool] = []
+    part = SchedulePart(ScheduleConfig(mode="alternating", collect_steps=100, train_updates=7),
+                        resume_credit=lambda: None, train=lambda n: budgets.append(n) or True,
+                        fire_ppo=lambda: fired.append(True) or True)
+    seg = AcceptedSegment(Seg(), b"", None, "mcts")  # type: ignore[arg-type]
+    assert part.window(32) == 32
+    part.on_segment(seg)
+    part.on_segment(seg)                       # 100 steps: training begins
+    assert part.state.phase is Phase.TRAIN and budgets == [7] and part.window(32) == 0
+    part.on_trainer_start()                    # the trainer restarted and lost its budget
+    assert budgets == [7, 7]
+    part.on_trained()
+    assert part.state.phase is Phase.PPO and fired == [True]
+    part.on_ppo_over()
+    assert part.state.phase is Phase.COLLECT and part.window(32) == 32
+    refusing = SchedulePart(ScheduleConfig(mode="alternating", collect_steps=50), resume_credit=lambda: None,
+                            train=lambda n: False, fire_ppo=lambda: False)
+    refusing.on_segment(seg)                   # no trainer and no PPO worker: the cycle comes straight back
+    assert refusing.state.phase is Phase.COLLECT and refusing.state.cycles == 2
