@@ -134,30 +134,32 @@ async def main_monitor(cfg: Config, roles: str, level: str) -> None:
                               cfg.run.max_seconds)
 
 
-async def main_prior(cfg: Config, learner_given: bool) -> dict[str, object]:
+async def serve_server(cfg: Config, role: str, address: str | None, flag: str, key: str, learner_given: bool,
+                       run) -> dict[str, object]:
+    """A server role (``--role prior`` or ``search``) on ``address``, following the hub's weights when
+    ``--learner`` was given: ``run(cfg, address, stop, curve, hub)`` until a signal or the deadline."""
     from pzstream.stream.logstream import setup_logging
+
+    if not address:
+        raise ConfigError(f"--role {role} needs an address: {flag} tcp://HOST:PORT (or {key}=...)")
+    hub = cfg.collector.learner if learner_given else None
+    setup_logging(role, "server", cfg.run.log_level, hub, curve_keys(cfg))
+    stats = await serve_until_stopped(lambda stop: run(cfg, address, stop, curve_keys(cfg), hub), cfg.run.max_seconds)
+    return dict(stats)
+
+
+async def main_prior(cfg: Config, learner_given: bool) -> dict[str, object]:
     from pzstream.roles.prior_server import run_prior_server
 
-    if not cfg.llm.prior_server:
-        raise ConfigError("--role prior needs an address: --prior tcp://HOST:PORT (or llm.prior_server=...)")
-    hub = cfg.collector.learner if learner_given else None
-    setup_logging("prior", "server", cfg.run.log_level, hub, curve_keys(cfg))
-    stats = await serve_until_stopped(
-        lambda stop: run_prior_server(cfg, cfg.llm.prior_server, stop, curve_keys(cfg), hub), cfg.run.max_seconds)
-    return dict(stats)
+    return await serve_server(cfg, "prior", cfg.llm.prior_server, "--prior", "llm.prior_server", learner_given,
+                              run_prior_server)
 
 
 async def main_search(cfg: Config, learner_given: bool) -> dict[str, object]:
     from pzstream.roles.search_server import run_search_server
-    from pzstream.stream.logstream import setup_logging
 
-    if not cfg.search_server.address:
-        raise ConfigError("--role search needs an address: --search tcp://HOST:PORT (or search_server.address=...)")
-    hub = cfg.collector.learner if learner_given else None
-    setup_logging("search", "server", cfg.run.log_level, hub, curve_keys(cfg))
-    stats = await serve_until_stopped(
-        lambda stop: run_search_server(cfg, cfg.search_server.address, stop, curve_keys(cfg), hub), cfg.run.max_seconds)
-    return dict(stats)
+    return await serve_server(cfg, "search", cfg.search_server.address, "--search", "search_server.address",
+                              learner_given, run_search_server)
 
 
 def connect_address(bind: str) -> str:

@@ -37,7 +37,34 @@ class SegmentRecorder:
         self.segments.append(accepted.segment)
 
 
-class HubThread:
+class LoopThread:
+    """An async ``serve(stop) -> summary`` on an event loop in a thread of the test; :meth:`stop`
+    sets ``stop`` and returns the summary (once; later calls return it again)."""
+
+    def __init__(self) -> None:
+        self.summary: dict | None = None
+        self._portal_cm = None
+        self._portal = None
+        self._future = None
+        self._stop: anyio.Event | None = None
+
+    def serve(self, serve) -> None:
+        self._portal_cm = start_blocking_portal()
+        self._portal = self._portal_cm.__enter__()
+        self._stop = self._portal.call(anyio.Event)
+        self._future = self._portal.start_task_soon(serve, self._stop)
+
+    def stop(self) -> dict:
+        if self.summary is None:
+            self._portal.call(self._stop.set)
+            try:
+                self.summary = self._future.result(timeout=30)
+            finally:
+                self._portal_cm.__exit__(None, None, None)
+        return self.summary
+
+
+class HubThread(LoopThread):
     """A real LearnerHub serving on an event loop in a thread, read and stopped from the test.
 
     Tests read the hub through :meth:`status` (its public snapshot) and :meth:`segments`
@@ -52,17 +79,10 @@ class HubThread:
             self._run_dir = tempfile.TemporaryDirectory(prefix="pzstream-test-run-")
             hub_kw["run_dir"] = Path(self._run_dir.name)
         self.hub = LearnerHub(cfg, curve, extra_parts=[self.recorder], **hub_kw)
-        self.summary: dict | None = None
-        self._portal_cm = None
-        self._portal = None
-        self._future = None
-        self._stop: anyio.Event | None = None
+        super().__init__()
 
     def start(self) -> HubThread:
-        self._portal_cm = start_blocking_portal()
-        self._portal = self._portal_cm.__enter__()
-        self._stop = self._portal.call(anyio.Event)
-        self._future = self._portal.start_task_soon(self.hub.serve, self._stop)
+        self.serve(self.hub.serve)
         deadline = time.monotonic() + 10
         while not self.hub.ready.is_set():
             if self._future.done():
@@ -83,15 +103,6 @@ class HubThread:
 
     def segments(self) -> list[Segment]:
         return self.call(list, self.recorder.segments)
-
-    def stop(self) -> dict:
-        if self.summary is None:
-            self._portal.call(self._stop.set)
-            try:
-                self.summary = self._future.result(timeout=30)
-            finally:
-                self._portal_cm.__exit__(None, None, None)
-        return self.summary
 
     def wait_for(self, predicate, timeout: float = 60.0, what: str = "condition") -> None:
         """Poll ``predicate(self)`` until it holds."""

@@ -87,7 +87,7 @@ def test_the_schedule_part_gates_the_other_parts_and_resends_a_lost_budget():
     budgets: list[int] = []
     fired: list[bool] = []
     part = SchedulePart(ScheduleConfig(mode="alternating", collect_steps=100, train_updates=7),
-                        resume_credit=lambda: None, train=lambda n: budgets.append(n) or True,
+                        announce_window=lambda: None, train=lambda n: budgets.append(n) or True,
                         fire_ppo=lambda: fired.append(True) or True)
     seg = AcceptedSegment(Seg(), b"", None, "mcts")  # type: ignore[arg-type]
     assert part.window(32) == 32
@@ -100,7 +100,7 @@ def test_the_schedule_part_gates_the_other_parts_and_resends_a_lost_budget():
     assert part.state.phase is Phase.PPO and fired == [True]
     part.on_ppo_over()
     assert part.state.phase is Phase.COLLECT and part.window(32) == 32
-    refusing = SchedulePart(ScheduleConfig(mode="alternating", collect_steps=50), resume_credit=lambda: None,
+    refusing = SchedulePart(ScheduleConfig(mode="alternating", collect_steps=50), announce_window=lambda: None,
                             train=lambda n: False, fire_ppo=lambda: False)
     refusing.on_segment(seg)                   # no trainer and no PPO worker: the cycle comes straight back
     assert refusing.state.phase is Phase.COLLECT and refusing.state.cycles == 2

@@ -4,12 +4,10 @@ from __future__ import annotations
 import threading
 import time
 
-import anyio
 import numpy as np
 import pytest
 import zmq
-from anyio.from_thread import start_blocking_portal
-from support import HubThread, free_base_port, hub_config, launch
+from support import HubThread, LoopThread, free_base_port, hub_config, launch
 
 from pzstream.agent import GamePlayer, ServedPolicy, mcts_policy
 from pzstream.config import Config, load_config
@@ -32,26 +30,13 @@ def config(*overrides: str) -> Config:
     return load_config(None, [*EXACT, *overrides])
 
 
-class ServerThread:
+class ServerThread(LoopThread):
     """A search server on an event loop in a thread of the test."""
 
     def __init__(self, cfg: Config, address: str, searcher: BatchSearch | None = None):
+        super().__init__()
         self.address = address
-        self._portal_cm = start_blocking_portal()
-        portal = self._portal_cm.__enter__()
-        self._stop = portal.call(anyio.Event)
-        self._portal = portal
-        self._future = portal.start_task_soon(run_search_server, cfg, address, self._stop, None, None, searcher)
-        self.summary: dict | None = None
-
-    def stop(self) -> dict:
-        if self.summary is None:
-            self._portal.call(self._stop.set)
-            try:
-                self.summary = self._future.result(timeout=30)
-            finally:
-                self._portal_cm.__exit__(None, None, None)
-        return self.summary
+        self.serve(lambda stop: run_search_server(cfg, address, stop, None, None, searcher))
 
 
 def game_roots(n: int, seed: int = 0) -> list[tuple[list, str, list[str]]]:

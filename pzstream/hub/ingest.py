@@ -164,7 +164,7 @@ class Ingest:
         await router.send(identity, wire.encode(Welcome(hub_id=self.hub_id, window=window, wm_version=self.versions.wm,
                                                         llm_version=self.versions.llm, heartbeat_s=self.cfg.heartbeat_s)))
 
-    async def resume_credit(self) -> None:
+    async def announce_window(self) -> None:
         """Every live collector is told the current window past what it has had answered (0: a pause)."""
         if self._router is None:
             return

@@ -70,7 +70,7 @@ class LearnerHub:
         self.returns = ReturnTracker()
         parts: list[SegmentPart] = [self.trainer, self.returns, *([self.ppo] if self.ppo else []), *extra_parts]
         self.ingest = Ingest(cfg.hub, limits, self.hub_id, self.versions, self.weights, cfg.trainer.max_wm_lag, parts)
-        self.schedule = SchedulePart(cfg.schedule, self.ingest.resume_credit, self.trainer.train,
+        self.schedule = SchedulePart(cfg.schedule, self.ingest.announce_window, self.trainer.train,
                                      self.ppo.maybe_fire if self.ppo is not None else (lambda: False))
         if self.schedule.active:  # alternating: the schedule gates credit, training and PPO
             self.ingest.parts.append(self.schedule)  # last: the segment that ends a phase reaches the trainer first

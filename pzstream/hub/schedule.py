@@ -93,17 +93,17 @@ class AlternatingSchedule:
 class SchedulePart:
     """The hub part that enforces ``AlternatingSchedule`` through the other parts' gates.
 
-    Outbox (callables the hub wires): ``resume_credit()`` tells every collector the window now (its
+    Outbox (callables the hub wires): ``announce_window()`` tells every collector the window now (its
     credit back when collection opens, none when it closes);
     ``train(updates)`` sends the trainer its budget; ``fire_ppo()`` fires one episode and says
     whether it did.
     """
 
-    def __init__(self, cfg: ScheduleConfig, resume_credit: Callable[[], Awaitable[None]],
+    def __init__(self, cfg: ScheduleConfig, announce_window: Callable[[], Awaitable[None]],
                  train: Callable[[int], bool], fire_ppo: Callable[[], bool]):
         self.cfg = cfg
         self.state = AlternatingSchedule(cfg)
-        self._resume_credit, self._train, self._fire_ppo = resume_credit, train, fire_ppo
+        self._announce_window, self._train, self._fire_ppo = announce_window, train, fire_ppo
         self._pending_credit = False  # a phase change whose window every collector must be told
 
     @property
@@ -151,7 +151,7 @@ class SchedulePart:
         while True:
             if self._pending_credit:
                 self._pending_credit = False
-                await self._resume_credit()
+                await self._announce_window()
             await anyio.sleep(0.02)
 
     def summary(self) -> dict[str, object]:

@@ -79,7 +79,7 @@ class PrefixCache:
             if l < self.min_tokens:
                 return 0, []
             self._build(decoder, cache_tensors, first[:l], device)
-            self._weights = _weights_key(decoder)
+            self._weights = key
         else:
             self.hits += 1
         l = min(l, room)
