@@ -6,7 +6,8 @@ in the session's process group (vLLM starts its EngineCore with an environment o
 drops the marker, but not in a group of its own), found through ``/proc`` so that children
 re-parented to init after their parent died count too (a vLLM EngineCore, a Ray raylet, a
 collector), are given 15 s to end, then killed and reported. The session's own ancestors (the shell
-that ran it) and the multiprocessing resource tracker of the test process (it ends with it) are not
+that ran it), the processes of its pipeline (``pytest | tail``: same group, started before the
+session) and the multiprocessing resource tracker of the test process (it ends with it) are not
 leftovers. The session
 then fails: a leftover process is a defect of the code or of a test's clean-up. Linux only (elsewhere
 nothing is checked).
@@ -21,7 +22,9 @@ import uuid
 KEY = "PZSTREAM_TEST_SESSION"
 
 
-def _marked(mark: str) -> list[int]:
+def _marked(mark: str, since: float) -> list[int]:
+    """Pids of this session's leftovers: its marker, or its process group and started after ``since``
+    (the pipeline beside the suite, ``pytest | tail``, shares the group but started before it)."""
     import psutil
 
     me = psutil.Process()
@@ -37,15 +40,19 @@ def _marked(mark: str) -> list[int]:
         try:
             if p.status() == psutil.STATUS_ZOMBIE:
                 continue
-            if os.getpgid(p.pid) == group or p.environ().get(KEY) == mark:
+            if (os.getpgid(p.pid) == group and p.create_time() >= since) or p.environ().get(KEY) == mark:
                 out.append(p.pid)
         except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess, OSError):
             continue
     return out
 
 
+_STARTED = [0.0]
+
+
 def pytest_configure(config) -> None:
     os.environ[KEY] = uuid.uuid4().hex
+    _STARTED[0] = time.time()
 
 
 def pytest_sessionfinish(session, exitstatus) -> None:
@@ -55,10 +62,10 @@ def pytest_sessionfinish(session, exitstatus) -> None:
 
     mark = os.environ.get(KEY, "")
     deadline = time.monotonic() + 15
-    left = _marked(mark)
+    left = _marked(mark, _STARTED[0])
     while left and time.monotonic() < deadline:
         time.sleep(0.5)
-        left = _marked(mark)
+        left = _marked(mark, _STARTED[0])
     if not left:
         return
     described = []

@@ -11,6 +11,10 @@ from .targets import Batch
 from .world_model import WorldModel
 
 
+#: ``Trainer(autocast=...)`` names: the dtype the forward and losses run in (None: as stored, fp32).
+AUTOCAST: dict[str, torch.dtype | None] = {"none": None, "bfloat16": torch.bfloat16}
+
+
 class Trainer:
     """Owns the online model, its EMA target (latent targets) and the optimiser.
 
@@ -19,9 +23,13 @@ class Trainer:
     """
 
     def __init__(self, model: WorldModel, cfg: WorldModelConfig | None = None, device: str | torch.device = "cpu",
-                 data_parallel: bool = False):
+                 data_parallel: bool = False, autocast: str = "none"):
+        if autocast not in AUTOCAST:
+            raise ValueError(f"autocast must be one of {sorted(AUTOCAST)}, got {autocast!r}")
         self.cfg = (cfg or model.cfg).validate()
         self.device = torch.device(device)
+        # bfloat16 autocast of the forward and losses (weights, gradients and optimiser stay fp32)
+        self.autocast = AUTOCAST[autocast]
         self.model = model.to(self.device)
         self.target = copy.deepcopy(model).requires_grad_(False).eval()
         # data_parallel: torch DDP over the initialised process group; each rank steps on its share
@@ -32,12 +40,13 @@ class Trainer:
 
             self.forward_model = DistributedDataParallel(
                 self.model, device_ids=[self.device.index] if self.device.type == "cuda" else None,
-                find_unused_parameters=True)
+                find_unused_parameters=False)  # every parameter takes part in each step's loss
         # nanoGPT convention: no weight decay on biases, norms and embedding tables
         decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "bag" not in n and "pos" not in n]
         other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "bag" not in n and "pos" not in n)]
         self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": self.cfg.weight_decay},
-                                      {"params": other, "weight_decay": 0.0}], lr=self.cfg.lr, foreach=True)
+                                      {"params": other, "weight_decay": 0.0}], lr=self.cfg.lr,
+                                     **({"fused": True} if self.device.type == "cuda" else {"foreach": True}))
         self.steps = 0
 
     def step(self, batch: Batch) -> dict[str, float]:
@@ -49,7 +58,8 @@ class Trainer:
             need = batch.obs_idx[:, cfg.context_steps + 1:]
             uniq, inverse = torch.unique(need, return_inverse=True)  # encode only the next observations
             target_latent = self.target.encode_obs([batch.texts[i] for i in uniq.tolist()])[inverse]
-        losses = unizero_losses(self.forward_model(batch), batch, target_latent, cfg)
+        with torch.autocast(self.device.type, dtype=self.autocast or torch.float32, enabled=self.autocast is not None):
+            losses = unizero_losses(self.forward_model(batch), batch, target_latent, cfg)
         self.opt.zero_grad(set_to_none=True)
         losses["loss/total"].backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)

@@ -179,19 +179,29 @@ class WorldModel(nn.Module):
 
     # ------------------------------------------------------------- training
 
+    @staticmethod
+    def rows(table: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """``table[idx]`` for a [N, D] table and long indices of any shape, as an embedding lookup.
+
+        The same values as indexing; its backward is a dense scatter-add, where indexing's is a
+        sort-based ``index_put``: on a GPU the three gathers of a training step took 86-92% of its
+        time that way (issue 13; ``bench/train.py --device cuda`` compares both).
+        """
+        return F.embedding(idx, table)
+
     def forward(self, batch) -> Predictions:
         """Teacher-forced pass over a `targets.Batch` (whole window in one causal forward)."""
         cfg = self.cfg
         c = cfg.context_steps
         obs_lat, act_tok, keys = self.embed_texts(list(batch.texts))
-        x, key_valid = build_tokens(obs_lat[batch.obs_idx], act_tok[batch.act_idx], batch.step_valid)
+        x, key_valid = build_tokens(self.rows(obs_lat, batch.obs_idx), self.rows(act_tok, batch.act_idx), batch.step_valid)
         positions = torch.arange(x.shape[1], device=x.device)
         h, _ = self.transformer(x, positions, key_valid)
         h_obs = h[:, 2 * c::2]               # [B, U+1, D] obs slots of the unroll
         h_act = h[:, 2 * c + 1::2]           # [B, U, D] action slots of the unroll
         return Predictions(
             value_logits=self.value_logits(h_obs),
-            policy_logits=self.policy_logits(h_obs, keys[batch.cand_idx], batch.cand_mask),
+            policy_logits=self.policy_logits(h_obs, self.rows(keys, batch.cand_idx), batch.cand_mask),
             reward_logits=self.reward_logits(h_act),
             next_latent=self.next_latent(h_act),
         )

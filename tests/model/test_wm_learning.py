@@ -9,6 +9,7 @@ import torch
 from pzstream.agent import RandomPlayer
 from pzstream.env import open_game
 from pzstream.model.config import WorldModelConfig
+from pzstream.model.losses import unizero_losses
 from pzstream.model.support import logits_to_scalar
 from pzstream.model.targets import build_windows, collate
 from pzstream.model.train import Trainer
@@ -63,3 +64,41 @@ def test_reward_and_value_losses_fall_and_rewards_are_predicted(replay):
     assert mae_after < 0.6 * mae_before, f"reward MAE on rewarded transitions {mae_before:.3f} -> {mae_after:.3f}"
     gap = float(pred_rewarded.mean()) - float(pred_unrewarded.mean())
     assert gap > 0.3, f"predicted reward: rewarded - unrewarded = {gap:.3f}"
+
+
+class _IndexRows(WorldModel):
+    """The gathers as plain indexing (the form before issue 13), to compare against."""
+
+    @staticmethod
+    def rows(table, idx):
+        return table[idx]
+
+
+def test_embedding_gathers_equal_indexing_in_values_and_gradients(replay):
+    cfg = WorldModelConfig()
+    batch = collate(build_windows(replay, cfg)[:16], cfg)
+    grads = []
+    for cls in (WorldModel, _IndexRows):
+        torch.manual_seed(0)
+        model = cls(cfg)
+        target = torch.zeros(batch.obs_idx.shape[0], cfg.unroll_steps, cfg.latent_dim)
+        losses = unizero_losses(model(batch), batch, target, cfg)
+        losses["loss/total"].backward()
+        grads.append((float(losses["loss/total"].detach()), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (loss_a, ga), (loss_b, gb) = grads
+    assert loss_a == loss_b
+    assert ga.keys() == gb.keys() and all(torch.allclose(ga[n], gb[n], atol=1e-6, rtol=1e-5) for n in ga)
+
+
+def test_bfloat16_autocast_trains_and_bad_names_are_refused(replay):
+    cfg = WorldModelConfig()
+    windows = build_windows(replay, cfg)
+    torch.manual_seed(0)
+    model = WorldModel(cfg)
+    before = [p.detach().clone() for p in model.parameters()]
+    trainer = Trainer(model, autocast="bfloat16")
+    out = trainer.step(collate(windows[:cfg.batch_size], cfg))
+    assert np.isfinite(out["loss/total"]) and all(p.dtype == torch.float32 for p in model.parameters())
+    assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
+    with pytest.raises(ValueError, match="autocast"):
+        Trainer(WorldModel(cfg), autocast="fp8")
