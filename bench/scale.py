@@ -41,6 +41,9 @@ def main() -> int:
     p.add_argument("--micro-batch", type=int, default=4)
     p.add_argument("--wm-batch", type=int, default=64)
     p.add_argument("--prompt-len", type=int, default=256)
+    p.add_argument("--autocast", choices=["none", "bfloat16"], default="none", help="wm: the trainer's autocast")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="wm: a config override, e.g. --set model.preset=unizero-jericho (repeatable)")
     p.add_argument("--quick", action="store_true")
     a = p.parse_args()
     if a.quick:
@@ -58,6 +61,8 @@ def main() -> int:
                 "--global-batch", str(a.ppo_batch if kind == "ppo" else a.wm_batch)]
         if stage:
             base += ["--zero-stage", stage]
+        if kind == "wm":
+            base += ["--autocast", a.autocast, *(x for o in a.overrides for x in ("--set", o))]
         one = launch(job_parser().parse_args([kind, "--nproc", "1", *base]))
         many = launch(job_parser().parse_args([kind, "--nproc", str(a.nproc), *base]))
         eff = many.samples_per_s / (a.nproc * one.samples_per_s)
@@ -66,6 +71,8 @@ def main() -> int:
         figures[job] = {"samples_per_s_1": one.samples_per_s, f"samples_per_s_{a.nproc}": many.samples_per_s,
                         "tokens_per_s_1": one.tokens_per_s, f"tokens_per_s_{a.nproc}": many.tokens_per_s,
                         "efficiency": eff, "loss_max_rel_diff": diff, "losses_1": one.losses,
+                        "mfu_1": one.extra.get("mfu", one.extra.get("mfu_transformer")),
+                        f"mfu_{a.nproc}": many.extra.get("mfu", many.extra.get("mfu_transformer")),
                         f"losses_{a.nproc}": many.losses}
     n = a.nproc
     print(f"\n{'job':8} {'samples/s x1':>13} {f'x{n}':>9} {'tokens/s x1':>12} {f'x{n}':>10} {'efficiency':>10} {'loss diff':>10}")

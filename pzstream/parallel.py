@@ -121,8 +121,10 @@ def run_ppo(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRe
     G, m = args.global_batch, args.micro_batch
     if G % (m * world):
         raise ValueError(f"--global-batch {G} must divide into --micro-batch {m} x {world} processes")
-    policy = PolicyModel(resolve_model(args.model), args.lr, "deepspeed", args.zero_stage, micro_batch=m,
-                         accumulation=G // (m * world), seed=0)
+    if args.engine == "torch" and world > 1:
+        raise ValueError("--engine torch runs on one process (the in-process runtime's update); use deepspeed for more")
+    policy = PolicyModel(resolve_model(args.model), args.lr, args.engine, args.zero_stage, micro_batch=m,
+                         accumulation=G // (m * world), seed=0, device=str(device))
     seqs, adv = ppo_batch(policy.tokenizer, G, seed=1, prompt_len=args.prompt_len)
     old_logp = policy.logprobs(seqs, micro=m)  # the same on every rank: same weights, same data
     n_micro = G // m
@@ -138,8 +140,13 @@ def run_ppo(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRe
     if rank:
         return None
     per_step = sum(step_s) / len(step_s)
+    params = sum(p.numel() for p in policy.model.parameters())
+    if args.engine == "deepspeed" and args.zero_stage == 3:  # partitioned: count the full shapes
+        params = sum(getattr(p, "ds_numel", p.numel()) for p in policy.model.parameters())
     return JobResult("ppo", world, args.device, args.steps, losses, G / per_step, total_tokens / per_step, step_s,
-                     {"zero_stage": args.zero_stage, "global_batch": G, "micro_batch": m, "model": args.model})
+                     {"zero_stage": args.zero_stage, "engine": args.engine, "global_batch": G, "micro_batch": m,
+                      "model": args.model, "parameters": params,
+                      "mfu": mfu(6 * params * total_tokens / per_step, world, args.peak_tflops)})
 
 
 # ------------------------------------------------------------------------------ world model under DDP
@@ -174,9 +181,10 @@ def run_wm(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRes
     G = args.global_batch
     if G % world:
         raise ValueError(f"--global-batch {G} must divide into {world} processes")
-    cfg = load_config(None, []).world_model()
+    cfg = load_config(None, list(args.overrides)).world_model()
     batches = wm_batches(cfg, args.steps + args.warmup, G, seed=3)
-    trainer = Trainer(untrained_world_model(cfg), cfg, device=device, data_parallel=world > 1)
+    trainer = Trainer(untrained_world_model(cfg), cfg, device=device, data_parallel=world > 1, autocast=args.autocast)
+    flops_per_sample = 6 * sum(p.numel() for p in trainer.model.blocks.parameters()) * cfg.max_tokens
     shares = [collate(full[rank::world], cfg) for full in batches]
     losses, step_s = _timed_steps(args.steps, args.warmup, lambda i: trainer.step(shares[i])["loss/total"], device)
     del trainer  # DDP's reducer goes before its process group (its threads aborted the process otherwise)
@@ -185,7 +193,14 @@ def run_wm(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRes
     if rank:
         return None
     per_step = sum(step_s) / len(step_s)
-    return JobResult("wm", world, args.device, args.steps, losses, G / per_step, 0.0, step_s, {"global_batch": G})
+    return JobResult("wm", world, args.device, args.steps, losses, G / per_step, G * cfg.max_tokens / per_step, step_s,
+                     {"global_batch": G, "autocast": args.autocast,
+                      "mfu_transformer": mfu(flops_per_sample * G / per_step, world, args.peak_tflops)})
+
+
+def mfu(flops_per_s: float, world: int, peak_tflops: float) -> float:
+    """Model FLOPs utilisation of ``world`` devices of ``peak_tflops`` each."""
+    return flops_per_s / (world * peak_tflops * 1e12)
 
 
 # ------------------------------------------------------------------------------ launching
@@ -228,6 +243,12 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="tiny", help="ppo: 'tiny' or a model directory")
     p.add_argument("--prompt-len", type=int, default=256)
     p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--engine", choices=["deepspeed", "torch"], default="deepspeed",
+                   help="ppo: DeepSpeed ZeRO, or plain torch AdamW on one process (the in-process runtime)")
+    p.add_argument("--autocast", choices=["none", "bfloat16"], default="none", help="wm: the trainer's autocast")
+    p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 TFLOP/s of one device (for MFU)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="wm: a config override, e.g. --set model.preset=unizero-jericho (repeatable)")
     return p
 
 

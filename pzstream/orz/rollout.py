@@ -55,22 +55,40 @@ def sample_choices(logprobs: Sequence[np.ndarray], n: int, temperature: float, s
 
 
 @torch.no_grad()
+def left_padded(prompt_ids: Sequence[list[int]], pad: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Prompts of different lengths as one batch for generation: (ids, attention mask), padded on the left."""
+    width = max(len(p) for p in prompt_ids)
+    ids = torch.full((len(prompt_ids), width), pad, dtype=torch.long)
+    mask = torch.zeros((len(prompt_ids), width), dtype=torch.long)
+    for i, p in enumerate(prompt_ids):
+        if not p:
+            raise ValueError(f"prompt {i} is empty")
+        ids[i, width - len(p):] = torch.tensor(list(p), dtype=torch.long)
+        mask[i, width - len(p):] = 1
+    return ids, mask
+
+
 def transformers_sample(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], n: int, max_tokens: int,
-                        temperature: float, seed: int) -> list[list[list[int]]]:
-    """Free-mode sampling with a transformers model."""
+                        temperature: float, seed: int, min_tokens: int = 0) -> list[list[list[int]]]:
+    """Free-mode sampling with a transformers model: all prompts x ``n`` answers in one batched
+    ``generate`` (left-padded), in bfloat16 autocast on a GPU. ``min_tokens`` (benchmarks) keeps
+    every answer going that long; ``temperature`` 0 is greedy. Returns the answers of prompt i as
+    list i, each cut at EOS."""
+    if not prompt_ids:
+        return []
     model.eval()
     torch.manual_seed(seed)
     eos = tokenizer.eos_token_id
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = next(model.parameters()).device
-    out = []
-    for p in prompt_ids:
-        ids = torch.tensor([list(p)], device=device)
-        gen = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), do_sample=True,
-                             temperature=float(temperature), top_k=0, top_p=1.0, num_return_sequences=n,
-                             max_new_tokens=max_tokens, pad_token_id=pad, eos_token_id=eos)
-        out.append([cut_at_eos(row[len(p):].tolist(), eos) for row in gen])
-    return out
+    ids, mask = left_padded(prompt_ids, pad)
+    with torch.no_grad(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+        sampling = dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else \
+            dict(do_sample=False, temperature=None, top_k=None, top_p=None)
+        gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **sampling, num_return_sequences=n,
+                             max_new_tokens=max_tokens, min_new_tokens=min_tokens, pad_token_id=pad, eos_token_id=eos)
+    answers = gen[:, ids.shape[1]:].tolist()  # num_return_sequences keeps a prompt's n answers together
+    return [[cut_at_eos(answers[i * n + j], eos) for j in range(n)] for i in range(len(prompt_ids))]
 
 
 def vllm_sample(llm: Any, prompt_ids: Sequence[list[int]], n: int, max_tokens: int,
