@@ -3,6 +3,7 @@
 Examples:
   python launch.py --role all --max-seconds 60             # hub + 2 collectors on the default game
   python launch.py --role learner --learner tcp://0.0.0.0:5555 security.curve_dir=keys
+  python launch.py --role learner --resume runs/debug              # continue a stopped or crashed run
   python launch.py --role collector --learner tcp://hub-host:5555 --game zork1 security.curve_dir=keys
   python launch.py --role monitor --learner tcp://hub-host:5555 --roles collector --level WARNING
   python launch.py --role prior --prior tcp://0.0.0.0:5600 --learner tcp://hub-host:5555
@@ -27,6 +28,7 @@ import anyio
 REPO_ROOT = Path(__file__).resolve().parent
 sys.path.insert(0, str(REPO_ROOT))
 
+from pzstream.stream.checkpoint import CheckpointError  # noqa: E402
 from pzstream.config import Config, ConfigError, load_config  # noqa: E402
 from pzstream.roles.lifecycle import die_with_parent, serve_until_stopped, stop_on_signal_or_deadline  # noqa: E402
 from pzstream.stream.transport import CurveKeys, FatalReject, SecurityError, generate_keys  # noqa: E402
@@ -56,6 +58,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--helper-output", choices=("file", "terminal"), default="file",
                    help="learner/all: where the hub's helper processes (trainer, PPO worker with Ray, vLLM, "
                         "DeepSpeed) write: runs/<run.name>/helpers.log (default) or this terminal")
+    p.add_argument("--resume", default=None, metavar="RUN_DIR",
+                   help="learner/all: continue the run in RUN_DIR (runs/<name>) from its newest checkpoint: "
+                        "counters, versions, replay, models and optimisers go on where they stopped")
     p.add_argument("overrides", nargs="*", help="config overrides such as hub.credit_window=64")
     return p.parse_intermixed_args(argv)
 
@@ -76,7 +81,26 @@ def build_config(args: argparse.Namespace) -> Config:
         overrides.append(f"llm.prior_server={args.prior}")
     if args.search:
         overrides.append(f"search_server.address={args.search}")
+    if args.resume:  # the run directory is RUN_DIR: run.out_dir/run.name name it
+        run_dir = Path(args.resume).resolve()
+        overrides += [f"run.out_dir={run_dir.parent}", f"run.name={run_dir.name}"]
     return load_config(args.config, overrides)
+
+
+def check_resume(cfg: Config, args: argparse.Namespace) -> None:
+    """--resume names a run directory with a complete hub checkpoint (ConfigError otherwise)."""
+    if not args.resume:
+        return
+    if args.role not in ("learner", "all"):
+        raise ConfigError(f"--resume is for --role learner or all, not --role {args.role}")
+    from pzstream.stream.checkpoint import complete_steps
+    from pzstream.stream.checkpoint import checkpoint_root
+
+    if not cfg.checkpoint.enabled:
+        raise ConfigError("--resume needs checkpoint.enabled=true")
+    hub_dir = checkpoint_root(Path(args.resume)) / "hub"
+    if not complete_steps(hub_dir):
+        raise ConfigError(f"--resume {args.resume}: no complete checkpoint in {hub_dir}")
 
 
 def curve_keys(cfg: Config) -> CurveKeys | None:
@@ -103,12 +127,12 @@ def route_helper_output(log_path: Path) -> None:
     sys.stdout, sys.stderr = terminal_out, terminal_err
 
 
-async def main_learner(cfg: Config) -> dict[str, object]:
+async def main_learner(cfg: Config, resume: bool = False) -> dict[str, object]:
     from pzstream.hub.learner import LearnerHub
     from pzstream.stream.logstream import setup_logging
 
     setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg), stream=sys.stderr)
-    hub = LearnerHub(cfg, curve_keys(cfg))
+    hub = LearnerHub(cfg, curve_keys(cfg), resume=resume)
     return await serve_until_stopped(hub.serve, cfg.run.max_seconds)
 
 
@@ -204,7 +228,7 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     setup_logging("learner", "hub", cfg.run.log_level, cfg.hub.address, curve_keys(cfg), stream=sys.stderr)
     run_dir = REPO_ROOT / cfg.run.out_dir / cfg.run.name
     run_dir.mkdir(parents=True, exist_ok=True)
-    hub = LearnerHub(cfg, curve_keys(cfg), run_dir)
+    hub = LearnerHub(cfg, curve_keys(cfg), run_dir, resume=bool(args.resume))
     stop = anyio.Event()
     procs: list[subprocess.Popen[bytes]] = []
     servers: list[subprocess.Popen[bytes]] = []  # prior and search servers: stopped after the collectors they serve
@@ -271,7 +295,8 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     return summary
 
 
-EXIT_CODES: dict[type[BaseException], int] = {ConfigError: 2, SecurityError: 2, FileNotFoundError: 2, FatalReject: 3, WeightsError: 2}
+EXIT_CODES: dict[type[BaseException], int] = {ConfigError: 2, SecurityError: 2, FileNotFoundError: 2, FatalReject: 3, WeightsError: 2,
+                                              CheckpointError: 2}
 
 
 def _leaf(e: BaseException) -> BaseException:
@@ -303,6 +328,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = build_config(args)
+        check_resume(cfg, args)
         if args.role in ("learner", "all", "search", "prior", "collector", "eval"):
             check_placement(cfg, args.role)
         if args.role in ("learner", "all") and args.helper_output == "file":
@@ -312,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
             route_helper_output(helpers_log)
             print(f"helper processes (trainer, PPO worker, Ray, vLLM, DeepSpeed) write to {helpers_log}", file=sys.stderr)
         if args.role == "learner":
-            result = anyio.run(main_learner, cfg)
+            result = anyio.run(main_learner, cfg, bool(args.resume))
         elif args.role == "collector":
             result = anyio.run(main_collector, cfg)
         elif args.role == "prior":

@@ -5,11 +5,15 @@
 
 Three ways in the same run, on the same prompts (walkthrough prompts of the default game, P
 prompts x n answers = the batch), every answer held to the full length (``min_new_tokens``):
-- ``runtime``: ``orz.rollout.transformers_sample`` as the in-process runtime calls it (the
-  policy's fp32 weights; one left-padded batch; bfloat16 autocast on a GPU);
+- ``runtime``: as the in-process runtime samples: on a GPU its bf16 ``GenerationCopy`` of the
+  policy with a static cache, on a CPU ``transformers_sample`` from the policy itself;
+- ``policy_fp32``: sampling from the fp32 policy in one left-padded batch (bf16 autocast on a
+  GPU): the runtime earlier in issue 13;
 - ``per_prompt``: the baseline before issue 13, one ``generate`` per prompt (n answers each);
-- ``best``: transformers at its fastest here: bfloat16 weights, one batch, a static KV cache,
-  and on a GPU the forward compiled with CUDA graphs (``torch.compile(mode="reduce-overhead")``).
+- ``best``: transformers at its fastest here: bfloat16 weights, one batch, a static KV cache
+  (with which transformers compiles the decoding step itself on a GPU; compiling the forward by
+  hand as well broke its CUDA graphs: "accessing tensor output of CUDAGraphs that has been
+  overwritten", transformers 5.17, torch 2.11).
 Tokens/s counts generated tokens; ``gen_over_best`` = best / runtime (goal <= 2).
 The last stdout line is one JSON object.
 """
@@ -28,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import torch  # noqa: E402
 
 from pzstream.llm.tiny import resolve_model  # noqa: E402
-from pzstream.orz.rollout import left_padded, transformers_sample  # noqa: E402
+from pzstream.orz.rollout import GenerationCopy, left_padded, transformers_sample  # noqa: E402
 
 
 def prompts_of(tokenizer, count: int, prompt_len: int) -> list[list[int]]:
@@ -69,10 +73,12 @@ def main() -> int:
     ap.add_argument("--new-tokens", type=int, default=256)
     ap.add_argument("--prompt-len", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=2)
-    ap.add_argument("--no-compile", action="store_true", help="best without torch.compile (CUDA graphs)")
+    ap.add_argument("--ways", default="runtime,best,policy_fp32,per_prompt",
+                    help="which ways to time, in this order (runtime and best are needed for gen_over_best)")
+    ap.add_argument("--no-compile", action="store_true", help="best without transformers' compiled decoding step")
     a = ap.parse_args()
     if a.quick:
-        a.prompts, a.samples, a.new_tokens, a.repeats = 2, 4, 32, 1
+        a.prompts, a.samples, a.new_tokens, a.repeats = 2, 4, 32, 2
     if os.environ.get("PZSTREAM_BENCH_SMOKE") == "1":
         a.prompts, a.samples, a.new_tokens = 2, 2, 8
     from transformers import AutoModelForCausalLM, AutoTokenizer
@@ -86,7 +92,16 @@ def main() -> int:
     pad = tok.pad_token_id if tok.pad_token_id is not None else eos
     n, new = a.samples, a.new_tokens
 
+    generator = GenerationCopy(policy) if device.type == "cuda" else None
+
     def runtime() -> int:
+        if generator is not None:
+            out = transformers_sample(generator.model, tok, prompts, n, new, 1.0, 0, min_tokens=new, static_cache=True)
+        else:
+            out = transformers_sample(policy, tok, prompts, n, new, 1.0, 0, min_tokens=new)
+        return sum(len(x) for row in out for x in row)
+
+    def policy_fp32() -> int:
         out = transformers_sample(policy, tok, prompts, n, new, 1.0, 0, min_tokens=new)
         return sum(len(x) for row in out for x in row)
 
@@ -103,8 +118,8 @@ def main() -> int:
 
     fast = copy.deepcopy(policy).to(torch.bfloat16 if device.type == "cuda" else torch.float32)
     compiled = device.type == "cuda" and not a.no_compile
-    if compiled:
-        fast.forward = torch.compile(fast.forward, mode="reduce-overhead", fullgraph=True)
+    if not compiled:
+        fast.generation_config.disable_compile = True
     ids, mask = left_padded([p for p in prompts for _ in range(n)], pad)
     ids, mask = ids.to(device), mask.to(device)
 
@@ -116,18 +131,22 @@ def main() -> int:
         return g[:, ids.shape[1]:].numel()
 
     results = {}
-    for name, fn in (("runtime", runtime), ("per_prompt", per_prompt), ("best", best)):
+    ways = {"runtime": runtime, "best": best, "policy_fp32": policy_fp32, "per_prompt": per_prompt}
+    for name in a.ways.split(","):
+        fn = ways[name]
         secs, tokens = timed(fn, device, a.repeats)
         results[name] = {"seconds": round(secs, 4), "tokens": tokens, "tokens_per_s": round(tokens / secs, 1)}
+        print(f"{name}: {results[name]}", file=sys.stderr, flush=True)
     card = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     print(f"{a.model} on {card}: batch {a.prompts} prompts x {n} answers, {new} new tokens, prompts <= {a.prompt_len}")
-    print(f"{'way':<12}{'seconds':>10}{'tokens':>9}{'tokens/s':>11}{'vs runtime':>12}")
+    print(f"{'way':<20}{'seconds':>10}{'tokens':>9}{'tokens/s':>11}{'vs runtime':>12}")
     for name, r in results.items():
-        print(f"{name:<12}{r['seconds']:10.3f}{r['tokens']:9d}{r['tokens_per_s']:11.1f}"
+        print(f"{name:<20}{r['seconds']:10.3f}{r['tokens']:9d}{r['tokens_per_s']:11.1f}"
               f"{r['tokens_per_s'] / results['runtime']['tokens_per_s']:11.2f}x")
     print(json.dumps({"device": card, "model": a.model, "batch": a.prompts * n, "new_tokens": new,
                       "runtime_tokens_per_s": results["runtime"]["tokens_per_s"],
-                      "per_prompt_tokens_per_s": results["per_prompt"]["tokens_per_s"],
+                      "per_prompt_tokens_per_s": results.get("per_prompt", {}).get("tokens_per_s"),
+                      "policy_fp32_tokens_per_s": results.get("policy_fp32", {}).get("tokens_per_s"),
                       "best_tokens_per_s": results["best"]["tokens_per_s"], "best_compiled": compiled,
                       "gen_over_best": round(results["best"]["tokens_per_s"] / results["runtime"]["tokens_per_s"], 3),
                       "torch": torch.__version__}))

@@ -40,6 +40,27 @@ class HubConfig(_Section):
     peer_timeout_heartbeats: int = Field(5, ge=2, description="silent heartbeats before a peer is declared lost")
     report_every_s: float = Field(5.0, gt=0)
     stall_s: float = Field(0.0, ge=0, description="testing aid: sleep this long per segment (simulates a slow hub)")
+    # memory caps: what a peer can make the hub hold is bounded here, never by the peer (docs/wire.md, "Caps")
+    max_peers: int = Field(1024, ge=1, description="connections kept in the peer table, live and gone; a hello beyond "
+                           "it prunes the longest-gone peers first, and is refused (too_many_peers) when all are live")
+    peer_ttl_s: float = Field(600.0, ge=0, description="a lost or departed peer (and its stats) is forgotten this long "
+                              "after it went")
+    max_hello_bytes: int = Field(64 * 1024, ge=256, description="largest hello frame; a bigger one is refused "
+                                 "(hello_too_large): a hello is kept as long as its peer")
+    max_stat_bytes: int = Field(4096, ge=64, description="heartbeat stats kept per peer, counted as key characters + "
+                                "8 per number; keys past it (and keys over 64 characters) are dropped")
+    max_games: int = Field(256, ge=1, description="games counted apart in per_game; segments of further games count "
+                           "under '(other)'")
+    recv_queue_bytes: int = Field(64 * 1024 * 1024, ge=1024 * 1024, description="frames the hub's ROUTER holds "
+                                  "per connection (RCVHWM = this / wire.max_message_bytes, at least 2) and frames "
+                                  "one receive batch holds")
+    max_pending_fetches: int = Field(16, ge=2, description="messages the hub queues to one peer that does not read "
+                                     "them (SNDHWM; weights chunks of 512 KiB are the large ones); more are dropped "
+                                     "and counted")
+    max_log_bytes: int = Field(64 * 1024, ge=1024, description="largest log record the log intake relays; bigger ones "
+                               "are dropped (counted)")
+    log_queue_bytes: int = Field(16 * 1024 * 1024, ge=64 * 1024, description="log records queued per connection in "
+                                 "and per monitor out (high-water marks = this / max_log_bytes)")
 
     @model_validator(mode="before")
     @classmethod
@@ -103,6 +124,8 @@ class SearchServerConfig(_Section):
     keep_steps: int = Field(16, ge=0, le=4096, description="history steps kept per collector (>= what the world "
                                                           "model and the LLM prompt read)")
     seed: int = 0
+    max_request_bytes: int = Field(256 * 1024, ge=1024, description="largest search request; a bigger one is refused "
+                                   "(too_large) before it is decoded")
 
 
 class EnvConfig(_Section):
@@ -121,6 +144,9 @@ class WireConfig(_Section):
     max_array_elements: int = Field(1 << 22, ge=1)
     max_steps: int = Field(4096, ge=1)
     max_candidates_per_step: int = Field(1024, ge=1)
+    max_weights_bytes: int = Field(16 * 1024 ** 3, ge=1024, description="largest weights a reader (collector, prior or "
+                                   "search server, PPO worker) fetches: a notice declaring more is refused before any "
+                                   "chunk is fetched")
 
 
 class SecurityConfig(_Section):
@@ -135,9 +161,13 @@ class TrainerConfig(_Section):
 
     enabled: bool = True
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="where the world model trains: cpu, cuda or cuda:N")
+    autocast: str = Field("none", pattern=r"^(none|bfloat16)$",
+                          description="world-model training's forward and losses in bfloat16 (weights stay fp32): none or bfloat16")
     threads: int = Field(1, ge=1, description="torch threads of the trainer process")
     min_replay_steps: int = Field(200, ge=1, description="steps stored before training starts")
     replay_capacity_steps: int = Field(50_000, ge=100)
+    replay_capacity_bytes: int = Field(1024 ** 3, ge=1024 * 1024, description="the replay's bytes (segment frames as "
+                                       "received, plus the decoded strings' overhead); the oldest segments go first")
     publish_every: int = Field(25, ge=1, description="publish new weights every N updates")
     log_every: int = Field(25, ge=1, description="log losses every N updates")
     max_updates_per_s: float = Field(0.0, ge=0, description="0 = as fast as the CPU allows")
@@ -186,6 +216,11 @@ class LLMSection(_Section):
     adaptive_high: float = Field(0.7, ge=0, le=1)
     prior_server: str | None = Field(None, description="tcp://host:port of a --role prior server; None = in process")
     prior_timeout_s: float = Field(2.0, gt=0)
+    prior_max_request_bytes: int = Field(256 * 1024, ge=1024, description="the prior server's largest score request; a "
+                                         "bigger one is refused (too_large) before it is decoded")
+    prior_max_roots: int = Field(64, ge=1, description="roots of one score request the prior server accepts")
+    prior_max_candidates: int = Field(2048, ge=1, description="candidates of one score request (all its roots) the "
+                                      "prior server accepts: its cost grows with them")
     train: bool = Field(True, description="train the LLM on the learner (SFT/RFT) and publish its weights")
     train_mode: Literal["sft", "sft_visits", "rft"] = "sft"
     train_every: int = Field(4, ge=1, description="one LLM update per this many world-model updates")
@@ -284,6 +319,8 @@ class PPOSection(_Section):
                         "critic and reference (the ray runtime places its actors on GPUs itself)")
     fire_threshold: int = Field(64, ge=1, description="queued prompt samples that fire an episode")
     queue_capacity: int = Field(4096, ge=1, description="prompt queue bound; the oldest are evicted (counted)")
+    queue_capacity_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description="prompt queue bound in bytes "
+                                      "(the segment frames its samples come from); the oldest go first (counted)")
     rollout_batch_size: int = Field(16, ge=1, description="prompts per episode")
     n_samples_per_prompt: int = Field(4, ge=1)
     micro_train_batch_size: int = Field(8, ge=1)
@@ -362,6 +399,17 @@ class ScheduleConfig(_Section):
     ppo_episodes: int = Field(1, ge=0, le=1, description="alternating: PPO episodes per cycle (0 or 1)")
 
 
+class CheckpointConfig(_Section):
+    """Checkpoints of the learner role (pzstream/stream/checkpoint.py): the hub, the world-model trainer and
+    the PPO worker each save their state under ``runs/<name>/checkpoints`` every ``every_s`` and when
+    the learner stops; ``launch.py --resume RUN_DIR`` continues from the newest complete one."""
+
+    enabled: bool = True
+    every_s: float = Field(300.0, gt=0, description="seconds between checkpoints (one more is written at a clean stop)")
+    keep: int = Field(2, ge=1, description="complete checkpoints kept per process (older ones and their journals go)")
+    stop_grace_s: float = Field(60.0, gt=0, description="how long a helper may take to write its last checkpoint at stop")
+
+
 class Config(_Section):
     run: RunConfig = RunConfig()
     hub: HubConfig = HubConfig()
@@ -375,6 +423,7 @@ class Config(_Section):
     llm: LLMSection = LLMSection()
     ppo: PPOSection = PPOSection()
     schedule: ScheduleConfig = ScheduleConfig()
+    checkpoint: CheckpointConfig = CheckpointConfig()
     model: dict[str, Any] = Field(default_factory=dict, description="WorldModelConfig fields (pzstream/model/config.py), "
                                   "and `preset` (e.g. unizero-jericho) whose fields the others override")
 

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import anyio
+import zmq
 from anyio.from_thread import start_blocking_portal
 
 from pzstream.config import Config, load_config
@@ -16,6 +17,7 @@ from pzstream.hub.learner import LearnerHub
 from pzstream.hub.parts import AcceptedSegment
 from pzstream.hub.status import HubStatus
 from pzstream.stream.transport import CurveKeys, free_base_port  # noqa: F401  (re-exported for tests)
+from pzstream.stream import wire
 from pzstream.stream.wire import Segment
 
 REPO = Path(__file__).resolve().parent.parent
@@ -136,3 +138,30 @@ class LastCandidatePrior:
             p[-1] = 1.0
             out.append(p)
         return out
+
+
+# ----------------------------------------------------------------------------- raw peers of a hub
+
+
+def dealer(address: str, curve: CurveKeys | None = None, sndhwm: int | None = None) -> zmq.Socket:
+    """A raw DEALER connected to ``address``, as an outside client (or an attacker) would make it.
+    ``sndhwm=0``: it queues without limit, so only the hub's own caps bound what reaches the hub."""
+    s = zmq.Context.instance().socket(zmq.DEALER)
+    s.setsockopt(zmq.LINGER, 0)
+    if sndhwm is not None:
+        s.setsockopt(zmq.SNDHWM, sndhwm)
+    if curve is not None:
+        curve.make_client(s)
+    s.connect(address)
+    return s
+
+
+def recv_kind(sock: zmq.Socket, kind: type, timeout: float = 10.0):
+    """The next message of type ``kind`` on ``sock`` (others are skipped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if sock.poll(100):
+            msg = wire.decode(sock.recv())
+            if isinstance(msg, kind):
+                return msg
+    raise AssertionError(f"no {kind.__name__} within {timeout}s")

@@ -2,37 +2,17 @@
 from __future__ import annotations
 
 import logging
-import time
 
 import msgpack
 import numpy as np
 import pytest
 import zmq
-from support import HubThread, hub_config
+from support import HubThread, dealer, hub_config, recv_kind
 
 from pzstream.stream import wire
 from pzstream.stream.transport import CurveKeys, generate_keys
 
 CTX = zmq.Context.instance()
-
-
-def dealer(address: str, curve: CurveKeys | None = None) -> zmq.Socket:
-    s = CTX.socket(zmq.DEALER)
-    s.setsockopt(zmq.LINGER, 0)
-    if curve is not None:
-        curve.make_client(s)
-    s.connect(address)
-    return s
-
-
-def recv_kind(sock: zmq.Socket, kind: type, timeout: float = 5.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if sock.poll(100):
-            msg = wire.decode(sock.recv())
-            if isinstance(msg, kind):
-                return msg
-    raise AssertionError(f"no {kind.__name__} within {timeout}s")
 
 
 def say_hello(sock: zmq.Socket, cid: str, capabilities: tuple[str, ...] = ("reject_seq",)) -> wire.Welcome:

@@ -203,5 +203,5 @@ def test_monitor_follows_live_stream_filtered_by_role(address, procs):
         hub.stop()
     lines = out.decode().strip().splitlines()
     assert lines, err.decode()
-    assert all(" collector/m0 " in line for line in lines), lines[:5]
+    assert all(" collector/m0@127.0.0.1 " in line for line in lines), lines[:5]  # attributed to its connection
     assert any("playing tw-default" in line or "welcomed" in line or "steps" in line for line in lines), lines

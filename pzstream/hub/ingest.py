@@ -21,7 +21,7 @@ import zmq
 
 from pzstream.config import HubConfig
 from pzstream.hub.parts import AcceptedSegment, SegmentPart
-from pzstream.hub.peers import Peer, printable
+from pzstream.hub.peers import Peer, credit_refusal, printable, prune_table, trim_stats
 from pzstream.hub.publisher import PublishedVersions
 from pzstream.hub.status import CollectorStatus, HubCounters
 from pzstream.stream import wire
@@ -40,6 +40,8 @@ from pzstream.stream.wire import (
 )
 
 log = logging.getLogger("pzstream.learner")
+
+OTHER_GAMES = "(other)"  # per_game's key for segments of games past hub.max_games
 
 Buffer = bytes | zmq.Frame  # a received frame, copied or not
 
@@ -120,38 +122,54 @@ class Ingest:
             await self._on_segment(router, identity, peer, msg, acks, data)
         elif isinstance(msg, Heartbeat):
             if peer is not None and not peer.gone:
-                peer.stats = dict(msg.stats)
+                peer.stats, dropped = trim_stats(msg.stats, self.cfg.max_stat_bytes)
+                if dropped:
+                    self.counters.caps["stats_trimmed"] += dropped
                 self.collector_stats[peer.collector_id] = peer.stats
                 if msg.stats.get("closing"):  # a clean goodbye: free the id now, it is not a loss
                     peer.closed = True
                     log.info("collector %s left after %d segments", peer.name, peer.accepted)
         elif isinstance(msg, Hello):
+            if len(data) > self.cfg.max_hello_bytes:  # a hello is kept as long as its peer: bound it
+                self.counters.caps["hellos_too_large"] += 1
+                await self._reject(router, identity, peer, "hello_too_large",
+                                   f"hello of {len(data)} bytes > hub.max_hello_bytes {self.cfg.max_hello_bytes}")
+                return
             await self._on_hello(router, identity, peer, msg)
         elif isinstance(msg, Fetch):
             if peer is None or peer.gone:
                 await self._reject(router, identity, peer, "hello_required", "fetch from a connection that has not said hello")
-            else:
-                await router.send(identity, wire.encode(self.store.chunk(msg)))
+            elif not await router.send(identity, wire.encode(self.store.chunk(msg))):
+                self.counters.caps["fetch_replies_dropped"] += 1  # it is not reading what it asked for
         else:
             await self._reject(router, identity, peer, "unexpected_kind", f"collectors do not send {type(msg).__name__}")
 
     async def _on_hello(self, router: HubRouter, identity: bytes, peer: Peer | None, hello: Hello) -> None:
         owner = self.by_collector.get(hello.collector_id)
-        same_process = owner is not None and (self.peers[owner].hello.host, self.peers[owner].hello.pid) == (hello.host, hello.pid)
+        # the same process on a new connection proves itself by its hello's secret session, never by
+        # host and pid (every monitor line shows those: copying them took an id over, issue 14)
+        same_process = owner is not None and hello.session is not None and self.peers[owner].hello.session == hello.session
         if owner is not None and owner != identity and not self.peers[owner].gone and not same_process:
             await self._reject(router, identity, None, "collector_id_in_use",
                                f"collector id {printable(hello.collector_id)!r} is live on another connection")
             return
         if owner is not None and owner != identity:
             old = self.peers.pop(owner)
-            last_seq = old.last_seq if old.hello.pid == hello.pid and old.hello.host == hello.host else -1
+            last_seq = old.last_seq if same_process else -1
         else:
             last_seq = peer.last_seq if peer is not None else -1
+        if identity not in self.peers and not self.prune(incoming=1):
+            self.counters.caps["peers_refused"] += 1
+            await self._reject(router, identity, None, "too_many_peers",
+                               f"{len(self.peers)} live peers connected (hub.max_peers)")
+            return
         window = self.window()
         fresh = Peer(identity=identity, hello=hello, last_heard=time.monotonic(), last_seq=last_seq, granted=last_seq + window)
         if peer is not None and not peer.gone:
             fresh.accepted, fresh.rejected, fresh.steps = peer.accepted, peer.rejected, peer.steps
         self.peers[identity] = fresh
+        if peer is not None and peer.collector_id != hello.collector_id and self.by_collector.get(peer.collector_id) == identity:
+            del self.by_collector[peer.collector_id]  # a connection that renames itself frees its old id
         self.by_collector[hello.collector_id] = identity
         if fresh.is_reader:
             log.info("reader %s joined (host %s, pid %d): follows weights", fresh.name, printable(hello.host), hello.pid)
@@ -164,6 +182,14 @@ class Ingest:
         await router.send(identity, wire.encode(Welcome(hub_id=self.hub_id, window=window, wm_version=self.versions.wm,
                                                         llm_version=self.versions.llm, heartbeat_s=self.cfg.heartbeat_s)))
 
+    def prune(self, incoming: int = 0) -> bool:
+        """Forget gone peers past hub.peer_ttl_s (and more, to make room for ``incoming``);
+        whether ``incoming`` more fit under hub.max_peers now."""
+        self.counters.caps["peers_pruned"] += prune_table(self.peers, self.by_collector, self.collector_stats,
+                                                          time.monotonic(), self.cfg.peer_ttl_s, self.cfg.max_peers,
+                                                          incoming)
+        return len(self.peers) + incoming <= self.cfg.max_peers
+
     async def announce_window(self) -> None:
         """Every live collector is told the current window past what it has had answered (0: a pause)."""
         if self._router is None:
@@ -173,18 +199,6 @@ class Ingest:
             if not peer.gone and not peer.is_reader:
                 peer.granted = max(peer.granted, peer.last_seq + window)
                 await self._router.send(peer.identity, wire.encode(Credit(n=window, ack=peer.last_seq)))
-
-    def _credit_check(self, peer: Peer, seq: int) -> tuple[str, str] | None:
-        """Why a segment with this seq gets no answer of its own (a duplicate, or no credit), else None."""
-        if seq <= peer.last_seq:
-            return "duplicate_seq", f"seq {seq} <= last answered {peer.last_seq}"
-        if peer.last_seq == -1 and peer.accepted == 0:
-            # A hub meeting a collector mid-stream (after a hub restart) learns its base from the
-            # first segment: the collector's window then ends at that seq - 1 + window.
-            peer.granted = max(peer.granted, seq - 1 + self.cfg.credit_window)
-        if seq > peer.granted:  # a collector that ignores its window cannot flood the hub
-            return "no_credit", f"seq {seq} beyond granted {peer.granted}"
-        return None
 
     def _content_check(self, peer: Peer, seg: Segment) -> tuple[str, str] | None:
         """Why a segment the peer had credit for is refused, else None."""
@@ -210,7 +224,7 @@ class Ingest:
         if peer.is_reader:
             await self._reject(router, identity, peer, "unexpected_kind", "a reader (hello role 'reader') sends no segments", h.seq)
             return
-        refused = self._credit_check(peer, h.seq)
+        refused = credit_refusal(peer, h.seq, self.cfg.credit_window)
         if refused is not None:
             if refused[0] == "duplicate_seq":
                 acks[identity] = max(acks.get(identity, -1), peer.last_seq)
@@ -237,7 +251,11 @@ class Ingest:
         c.accepted_bytes += nbytes
         game = c.per_game.get(h.game)
         if game is None:
-            game = c.per_game[h.game] = Counter()
+            key = h.game
+            if len(c.per_game) >= self.cfg.max_games:  # a game name is the peer's own text: bound how many are kept
+                c.caps["games_folded"] += 1
+                key = OTHER_GAMES
+            game = c.per_game.setdefault(key, Counter())
         game["segments"] += 1
         game["steps"] += n
         game["episodes_ended"] += int(seg.done.sum())
@@ -249,8 +267,10 @@ class Ingest:
         """A frame that failed validation; if it is a segment whose seq can be read, that seq is
         answered like any other (its credit freed when the peer had credit for it)."""
         seq = peek_segment_seq(data) if peer is not None and not peer.gone else None
+        if seq is not None and seq < 0:  # a reject's seq is >= 0 on the wire: a negative one is not echoed
+            seq = None
         if seq is not None and peer is not None:
-            if self._credit_check(peer, seq) is None:
+            if credit_refusal(peer, seq, self.cfg.credit_window) is None:
                 peer.last_seq = acks[identity] = seq
             elif seq <= peer.last_seq:
                 acks[identity] = max(acks.get(identity, -1), peer.last_seq)
@@ -281,7 +301,7 @@ class Ingest:
             self.count_reject(reason, "a peer without the CURVE key", self.counters.connections_rejected)
 
     async def housekeeping(self, router: HubRouter) -> None:
-        """Heartbeats to live peers, and loss detection."""
+        """Heartbeats to live peers, loss detection, and forgetting peers gone past hub.peer_ttl_s."""
         timeout = self.cfg.heartbeat_s * self.cfg.peer_timeout_heartbeats
         while True:
             now = time.monotonic()
@@ -296,6 +316,7 @@ class Ingest:
                                 peer.name, now - peer.last_heard)
                     continue
                 await router.send(peer.identity, beat)
+            self.prune()
             await anyio.sleep(self.cfg.heartbeat_s)
 
     def collectors(self, readers: bool = False) -> dict[str, CollectorStatus]:

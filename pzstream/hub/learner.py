@@ -1,11 +1,13 @@
 """The learner hub: wires the ingest core, its parts and the helper processes, and serves.
 
-    collectors -> ROUTER -> Ingest -> parts: TrainerLink (-> trainer process),
+    collectors -> ROUTER -> Ingest -> parts: SegmentJournal (-> disk, before the acknowledgement),
+                                             TrainerLink (-> trainer process),
                                              PPOEpisodes (-> PPO worker process),
                                              ReturnTracker, any extra part
     trainer / PPO worker -> Supervisor -> PublishedVersions -> weights notices (PUB) -> collectors
 
-This module only builds and runs; each hop lives in the module named for it.
+This module only builds and runs; each hop lives in the module named for it. Checkpoints and
+``resume`` (``launch.py --resume RUN_DIR``) live in ``pzstream.hub.hub_checkpoint``.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import zmq
 import zmq.asyncio
 
 from pzstream.config import Config
+from pzstream.hub.hub_checkpoint import HubCheckpointer
 from pzstream.hub.ingest import Ingest
 from pzstream.hub.parts import SegmentPart
 from pzstream.hub.ppo import PPOEpisodes
@@ -51,10 +54,13 @@ class LearnerHub:
     starts those the config enables. A part whose helper is not started still sees every
     segment (the trainer link forwards nothing, the PPO queue fills and never fires).
     extra_parts: more subscribers to accepted segments (tests record them this way).
+    resume: continue the run in ``run_dir`` from its newest checkpoint (CheckpointError if it has
+    none); otherwise a run that finds checkpoints there moves them to ``checkpoints.prev``.
     """
 
     def __init__(self, cfg: Config, curve: CurveKeys | None = None, run_dir: Path | None = None,
-                 helpers: dict[str, StartFn] | None = None, extra_parts: Sequence[SegmentPart] = ()):
+                 helpers: dict[str, StartFn] | None = None, extra_parts: Sequence[SegmentPart] = (),
+                 resume: bool = False):
         self.cfg = cfg
         self.run_dir = run_dir or Path(cfg.run.out_dir) / cfg.run.name
         self.curve = curve
@@ -67,9 +73,18 @@ class LearnerHub:
         limits = WireLimits(max_message_bytes=w.max_message_bytes, max_array_elements=w.max_array_elements,
                             max_steps=w.max_steps, max_candidates_per_step=w.max_candidates_per_step)
         self.ppo = PPOEpisodes(cfg, self.versions, self.run_dir, limits) if cfg.ppo.enabled else None
-        self.returns = ReturnTracker()
+        self.returns = ReturnTracker(max_collectors=cfg.hub.max_peers)
         parts: list[SegmentPart] = [self.trainer, self.returns, *([self.ppo] if self.ppo else []), *extra_parts]
         self.ingest = Ingest(cfg.hub, limits, self.hub_id, self.versions, self.weights, cfg.trainer.max_wm_lag, parts)
+        self.checkpoints: HubCheckpointer | None = None
+        if cfg.checkpoint.enabled:
+            self.checkpoints = HubCheckpointer(cfg, self.run_dir, self)
+            self.ingest.parts.insert(0, self.checkpoints.journal)  # on disk before any part acts on it
+            self.trainer.hold_until_ready, self.trainer.on_ready = True, self.checkpoints.attach_trainer
+            if resume:  # the journal's segments go to the parts that keep state here (the trainer reads the journal)
+                self.checkpoints.resume([self.returns, *([self.ppo] if self.ppo else []), *extra_parts], limits)
+        elif resume:
+            raise ValueError("resume needs checkpoint.enabled=true")
         self.schedule = SchedulePart(cfg.schedule, self.ingest.announce_window, self.trainer.train,
                                      self.ppo.maybe_fire if self.ppo is not None else (lambda: False))
         if self.schedule.active:  # alternating: the schedule gates credit, training and PPO
@@ -102,12 +117,14 @@ class LearnerHub:
 
     def _supervise(self, ctx: zmq.asyncio.Context) -> Supervisor:
         sup = Supervisor(ctx)
+        # a helper stopping writes its last checkpoint first: give it the time that takes
+        grace = self.cfg.checkpoint.stop_grace_s if self.checkpoints is not None else 0.0
         if "trainer" in self.helpers:
-            self.trainer.helper = sup.add(HelperSpec("trainer", "world-model trainer", self.helpers["trainer"], hwm=2000),
-                                          self.trainer)
+            self.trainer.helper = sup.add(HelperSpec("trainer", "world-model trainer", self.helpers["trainer"], hwm=2000,
+                                                     stop_grace_s=max(5.0, grace)), self.trainer)
         if "ppo" in self.helpers and self.ppo is not None:
-            self.ppo.helper = sup.add(HelperSpec("ppo", "PPO worker", self.helpers["ppo"], hwm=4, stop_grace_s=20.0),
-                                      self.ppo)
+            self.ppo.helper = sup.add(HelperSpec("ppo", "PPO worker", self.helpers["ppo"], hwm=4,
+                                                 stop_grace_s=max(20.0, grace)), self.ppo)
         return sup
 
     async def serve(self, stop: anyio.Event) -> dict[str, object]:
@@ -115,9 +132,14 @@ class LearnerHub:
         ctx = zmq.asyncio.Context()
         sync_ctx = zmq.Context.shadow(ctx.underlying)
         auth = self.curve.start_authenticator(sync_ctx) if self.curve else None
-        router = HubRouter(ctx, self.endpoints.segments, self.curve, self.cfg.wire.max_message_bytes)
+        hc = self.cfg.hub
+        router = HubRouter(ctx, self.endpoints.segments, self.curve, self.cfg.wire.max_message_bytes,
+                           hc.recv_queue_bytes, hc.max_pending_fetches, self.ingest.counters.caps)
         self.versions.notices = NoticePublisher(ctx, self.endpoints.weights, self.curve)
-        relay = LogRelay(sync_ctx, self.endpoints.logs_in, self.endpoints.logs_out, self.curve)
+        relay = LogRelay(sync_ctx, self.endpoints.logs_in, self.endpoints.logs_out, self.curve, hc.max_log_bytes,
+                         hc.log_queue_bytes, self.ingest.counters.caps)
+        if self.checkpoints is not None:
+            self.checkpoints.start()
         supervisor = self._supervise(ctx)
         tb = self.run_dir / "tb" / "hub" if self.cfg.trainer.tensorboard else None
         report = HubReport(self.cfg.hub.report_every_s, self.status, self.returns, lambda: self.trainer.updates, tb)
@@ -138,10 +160,18 @@ class LearnerHub:
                     tg.start_soon(self.ppo.run)
                 if self.schedule.active:
                     tg.start_soon(self.schedule.run)
+                if self.checkpoints is not None:
+                    tg.start_soon(self.checkpoints.run)
                 await stop.wait()
                 tg.cancel_scope.cancel()
         finally:
             self._t_end = time.monotonic()
+            if self.checkpoints is not None:
+                try:  # a last checkpoint (the helpers save theirs before they stop), then the journal closes
+                    self.checkpoints.checkpoint()
+                except Exception as e:  # noqa: BLE001 - a failed save must not hide why the hub stopped
+                    log.exception("the final checkpoint failed: %s: %s", type(e).__name__, e)
+                self.checkpoints.close()
             supervisor.close()  # the parts keep their helpers: the summary reads their restart counts
             router.close()
             self.versions.notices.close()
@@ -163,12 +193,16 @@ class LearnerHub:
         return HubStatus(
             segments_accepted=c.accepted, env_steps=c.accepted_steps, accepted_bytes=c.accepted_bytes,
             rejected_by_reason=dict(c.rejected), connections_rejected=dict(c.connections_rejected),
-            collectors=self.ingest.collectors(), readers=self.ingest.collectors(readers=True),
+            collectors=self._collectors(), readers=self.ingest.collectors(readers=True),
             collectors_lost=c.collectors_lost,
             per_game={g: dict(v) for g, v in sorted(c.per_game.items())},
             lag_wm=lag_summary(c.lag_wm), lag_llm=lag_summary(c.lag_llm),
             wm_version=self.versions.wm, llm_version=self.versions.llm,
-            elapsed_s=(self._t_end or time.monotonic()) - self._t0)
+            elapsed_s=(self._t_end or time.monotonic()) - self._t0, caps=dict(c.caps + self.returns.caps))
+
+    def _collectors(self):
+        collectors = self.ingest.collectors()
+        return self.checkpoints.carried(collectors) if self.checkpoints is not None else collectors
 
     def summary(self) -> dict[str, object]:
         """The JSON summary ``launch.py`` prints last."""
@@ -180,6 +214,7 @@ class LearnerHub:
             "trainer_dropped": self.trainer.dropped,
             "episode_returns": self.returns.summary(),
             "schedule": self.schedule.summary(),
+            "checkpoint": self.checkpoints.summary() if self.checkpoints is not None else {"enabled": False},
             "ppo_episodes_fired": ppo.state.fired if ppo else 0,
             "ppo_episodes_failed": ppo.state.failed if ppo else 0,
             "ppo_episodes_ok": ppo.state.ok if ppo else 0,

@@ -1,21 +1,15 @@
 """Collectors as the hub sees them, and what of their self-chosen names may reach a log."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from pzstream.stream.text import LOGGED_ID_CHARS, printable  # noqa: F401  (re-exported: the hub's modules read them here)
 from pzstream.stream.wire import Hello
 
-LOGGED_ID_CHARS = 64  # a collector id is the peer's own text: cap what a log line repeats
-
-
-def printable(text: str, limit: int = LOGGED_ID_CHARS) -> str:
-    """``text`` safe for a terminal: control characters (ANSI escapes, NUL, newlines) and other
-    unprintable code points as ``\\xNN`` / ``\\uNNNN`` escapes, cut to ``limit`` characters
-    with the original length said."""
-    head = text[:limit]
-    safe = head if head.isprintable() else "".join(c if c.isprintable() else repr(c)[1:-1] for c in head)
-    return safe if len(text) <= limit else f"{safe}...({len(text)} chars)"
+MAX_STAT_KEY_CHARS = 64  # a heartbeat stats key longer than this is dropped
+STAT_VALUE_BYTES = 8  # what one number of a heartbeat's stats counts toward hub.max_stat_bytes
 
 
 def seed_of(hello: Hello) -> int | None:
@@ -79,3 +73,55 @@ class Peer:
     @property
     def gone(self) -> bool:
         return self.lost or self.closed
+
+
+def trim_stats(stats: Mapping[str, float], max_bytes: int) -> tuple[dict[str, float], int]:
+    """The heartbeat stats a hub keeps, and how many keys it dropped: keys over
+    ``MAX_STAT_KEY_CHARS`` go, the rest are kept in the peer's order while their cost (key
+    characters + ``STAT_VALUE_BYTES`` each) stays within ``max_bytes``."""
+    kept: dict[str, float] = {}
+    used = 0
+    for key, value in stats.items():
+        cost = len(key) + STAT_VALUE_BYTES
+        if len(key) > MAX_STAT_KEY_CHARS or used + cost > max_bytes:
+            continue
+        kept[key] = value
+        used += cost
+    return kept, len(stats) - len(kept)
+
+
+def peers_to_prune(peers: Mapping[bytes, Peer], now: float, ttl_s: float, max_peers: int, incoming: int = 0) -> list[bytes]:
+    """Identities to forget: gone peers silent for more than ``ttl_s`` (monotonic seconds ``now``),
+    then, while the table would still hold more than ``max_peers`` with ``incoming`` new ones, the
+    longest-silent gone peers. Live peers are never chosen: the caller refuses newcomers instead."""
+    gone = sorted((p.last_heard, ident) for ident, p in peers.items() if p.gone)
+    out = [ident for heard, ident in gone if now - heard > ttl_s]
+    excess = len(peers) - len(out) + incoming - max_peers
+    rest = [ident for heard, ident in gone if now - heard <= ttl_s]
+    return out + rest[:max(0, excess)]
+
+
+def prune_table(peers: dict[bytes, Peer], by_collector: dict[str, bytes], collector_stats: dict[str, dict[str, float]],
+                now: float, ttl_s: float, max_peers: int, incoming: int = 0) -> int:
+    """Forget the peers ``peers_to_prune`` picks: their entry, their id's owner and its stats (the
+    hub's totals keep what they sent). Returns how many went."""
+    gone = peers_to_prune(peers, now, ttl_s, max_peers, incoming)
+    for identity in gone:
+        peer = peers.pop(identity)
+        if by_collector.get(peer.collector_id) == identity:
+            del by_collector[peer.collector_id]
+            collector_stats.pop(peer.collector_id, None)
+    return len(gone)
+
+
+def credit_refusal(peer: Peer, seq: int, credit_window: int) -> tuple[str, str] | None:
+    """Why a segment with this seq gets no answer of its own (a duplicate, or no credit), else None."""
+    if seq <= peer.last_seq:
+        return "duplicate_seq", f"seq {seq} <= last answered {peer.last_seq}"
+    if peer.last_seq == -1 and peer.accepted == 0:
+        # A hub meeting a collector mid-stream (after a hub restart) learns its base from the
+        # first segment: the collector's window then ends at that seq - 1 + window.
+        peer.granted = max(peer.granted, seq - 1 + credit_window)
+    if seq > peer.granted:  # a collector that ignores its window cannot flood the hub
+        return "no_credit", f"seq {seq} beyond granted {peer.granted}"
+    return None

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
+import msgpack
 
 from pzstream.config import Config
 from pzstream.hub.parts import AcceptedSegment
@@ -39,10 +40,11 @@ class StoredSteps:
     they wait in the queue: one bytes object is far cheaper to hold and to free than the ~1,000
     objects of a decoded segment, and an episode takes only a few. Decoded again on first read."""
 
-    __slots__ = ("_data", "_limits", "_n", "_steps")
+    __slots__ = ("_data", "_limits", "_n", "_steps", "nbytes")
 
     def __init__(self, steps, data, limits: WireLimits):
         self._steps, self._data, self._limits, self._n = replace(steps, seg=None), data, limits, len(steps)
+        self.nbytes = len(data)  # what it holds while queued (ppo.queue_capacity_bytes)
 
     def __len__(self) -> int:
         return self._n
@@ -51,6 +53,24 @@ class StoredSteps:
         if self._steps.seg is None:  # the hub validated these bytes: decoding them again cannot fail
             self._steps = replace(self._steps, seg=wire.decode(self._data, self._limits))
         return self._steps[t]
+
+    def to_record(self) -> dict:
+        """For a checkpoint: the segment's bytes and the episode context its samples are built with."""
+        s = self._steps
+        return {"data": bytes(memoryview(self._data)), "n": self._n, "seed": s.seed, "history": [list(h) for h in s.history],
+                "prefix": None if s.prefix is None else list(s.prefix), "history_len": s.history_len,
+                "max_prefix": s.max_prefix}
+
+    @classmethod
+    def from_record(cls, rec: dict, limits: WireLimits) -> "StoredSteps":
+        from pzstream.orz.samples import SegmentSteps
+
+        steps = SegmentSteps(seg=None, seed=rec["seed"], history=tuple(tuple(h) for h in rec["history"]),
+                             prefix=None if rec["prefix"] is None else tuple(rec["prefix"]),
+                             history_len=rec["history_len"], max_prefix=rec["max_prefix"])
+        out = cls.__new__(cls)
+        out._steps, out._data, out._limits, out._n = steps, rec["data"], limits, int(rec["n"])
+        return out
 
 
 @dataclass
@@ -77,7 +97,7 @@ class PPOEpisodes:
 
         pc = cfg.ppo
         self.cfg, self.versions, self.run_dir, self.limits = cfg, versions, run_dir, limits
-        self.queue = PromptQueue(pc.queue_capacity, pc.fire_threshold)
+        self.queue = PromptQueue(pc.queue_capacity, pc.fire_threshold, capacity_bytes=pc.queue_capacity_bytes)
         self.state = PPOState()
         self.helper = None  # the supervisor's Helper; without one, samples queue and nothing fires
         self._tracker = EpisodeTracker(cfg.llm.history_len)
@@ -201,6 +221,35 @@ class PPOEpisodes:
         finally:
             if self._writer is not None:
                 self._writer.close()
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def checkpoint_state(self) -> bytes:
+        """The episode counters, the prompt queue (as segment bytes) and the sampling RNG."""
+        from pzstream.stream.checkpoint import rng_state
+
+        st = self.state
+        chunks, counters = self.queue.snapshot()
+        return msgpack.packb({
+            "state": {"fired": st.fired, "ok": st.ok, "failed": st.failed, "unsearched_steps": st.unsearched_steps,
+                      "running": st.running, "last": st.last, "errors": st.errors},
+            "queue": [[items.to_record(), first] for items, first in chunks], "queue_counters": counters,
+            "rng": rng_state(self._rng)})
+
+    def restore_state(self, data: bytes) -> None:
+        """Put back ``checkpoint_state``; an episode that was in flight then is counted failed (it is lost)."""
+        from pzstream.stream.checkpoint import load_rng
+
+        d = msgpack.unpackb(data)
+        s, st = d["state"], self.state
+        st.fired, st.ok, st.failed = int(s["fired"]), int(s["ok"]), int(s["failed"])
+        st.unsearched_steps, st.last, st.errors = int(s["unsearched_steps"]), dict(s["last"]), list(s["errors"])
+        if s["running"] is not None:
+            st.failed += 1
+            st.errors = (st.errors + [f"episode {s['running']} was in flight when the hub stopped"])[-5:]
+        self.queue.restore([(StoredSteps.from_record(rec, self.limits), first) for rec, first in d["queue"]],
+                           d["queue_counters"])
+        load_rng(self._rng, d["rng"])
 
     def summary(self) -> dict[str, object]:
         st = self.state

@@ -28,6 +28,11 @@ class PromptQueue:
     evicted: int = 0
     taken: int = 0
     skipped: int = 0
+    # bytes cap: a queued sequence's ``nbytes`` (a segment's frame) counts while any of it is queued;
+    # beyond the cap the oldest sequences go whole (counted in ``evicted`` and ``evicted_for_bytes``)
+    capacity_bytes: int | None = None
+    _bytes: int = 0
+    evicted_for_bytes: int = 0
 
     def __post_init__(self) -> None:
         if not 1 <= self.fire_threshold <= self.capacity:
@@ -42,7 +47,11 @@ class PromptQueue:
             return
         self._chunks.append([items, 0])
         self._size += n
+        self._bytes += getattr(items, "nbytes", 0)
         self.added += n
+        self._evict_beyond_capacity()
+
+    def _evict_beyond_capacity(self) -> None:
         while self._size > self.capacity:
             oldest = self._chunks[0]
             drop = min(self._size - self.capacity, len(oldest[0]) - oldest[1])
@@ -50,7 +59,13 @@ class PromptQueue:
             self._size -= drop
             self.evicted += drop
             if oldest[1] == len(oldest[0]):
-                self._chunks.popleft()
+                self._bytes -= getattr(self._chunks.popleft()[0], "nbytes", 0)
+        while self.capacity_bytes is not None and self._bytes > self.capacity_bytes and len(self._chunks) > 1:
+            items, first = self._chunks.popleft()
+            self._size -= len(items) - first
+            self.evicted += len(items) - first
+            self.evicted_for_bytes += len(items) - first
+            self._bytes -= getattr(items, "nbytes", 0)
 
     def __len__(self) -> int:
         return self._size
@@ -70,11 +85,32 @@ class PromptQueue:
                 items, first = next(chunks)
             out.append(items[first + i - base])
         self._chunks.clear()
-        self._size = 0
+        self._size = self._bytes = 0
         self.taken += len(picked)
         self.skipped += size - len(picked)
         return out
 
+    def snapshot(self) -> tuple[list[tuple[object, int]], dict[str, int]]:
+        """What a checkpoint keeps: the queued chunks as (sequence, index of its oldest item still
+        queued), oldest first, and the counters."""
+        return ([(items, first) for items, first in self._chunks],
+                {"added": self.added, "evicted": self.evicted, "taken": self.taken, "skipped": self.skipped})
+
+    def restore(self, chunks: list[tuple[object, int]], counters: dict[str, int]) -> None:
+        """Put back a ``snapshot`` (into this queue's capacity: the oldest beyond it are evicted)."""
+        self._chunks.clear()
+        self._size = self._bytes = 0
+        for items, first in chunks:
+            if not 0 <= first < len(items):
+                raise ValueError(f"a queued chunk of {len(items)} items cannot start at {first}")
+            self._chunks.append([items, first])
+            self._size += len(items) - first
+            self._bytes += getattr(items, "nbytes", 0)
+        self.added, self.evicted = int(counters["added"]), int(counters["evicted"])
+        self.taken, self.skipped = int(counters["taken"]), int(counters["skipped"])
+        self._evict_beyond_capacity()
+
     def summary(self) -> dict[str, int]:
         return {"size": self._size, "added": self.added, "evicted": self.evicted, "taken": self.taken,
-                "skipped": self.skipped, "capacity": self.capacity, "fire_threshold": self.fire_threshold}
+                "skipped": self.skipped, "capacity": self.capacity, "fire_threshold": self.fire_threshold,
+                "bytes": self._bytes, "evicted_for_bytes": self.evicted_for_bytes}

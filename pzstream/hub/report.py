@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 
@@ -16,16 +17,25 @@ from pzstream.hub.status import HubStatus
 log = logging.getLogger("pzstream.learner")
 
 SERIES_KEPT = 200  # (time, return) pairs per collector in the summary: the newest ones
+RETURNS_KEPT = 10_000  # returns kept per collector (the summary's means are over these)
 
 
 class ReturnTracker:
-    """Part: the return of every finished episode, per collector, summed across its segments."""
+    """Part: the return of every finished episode, per collector, summed across its segments.
 
-    def __init__(self) -> None:
+    Bounded whatever collectors send: the newest ``RETURNS_KEPT`` returns of at most
+    ``max_collectors`` collectors (the longest known go first) and at most ``4 x max_collectors``
+    unfinished episodes (the oldest go first); what goes is counted in ``caps["returns_dropped"]``.
+    """
+
+    def __init__(self, max_collectors: int = 1024) -> None:
         self._t0 = time.monotonic()
+        self.max_collectors = max_collectors
         self._partial: dict[tuple[str, int], float] = {}
         self.returns: dict[str, list[tuple[float, float]]] = {}  # collector -> [(seconds since start, return)]
+        self._cut: dict[str, int] = {}  # collector -> its returns no longer kept (past RETURNS_KEPT)
         self.policies: dict[str, str] = {}
+        self.caps: Counter[str] = Counter()
 
     def on_segment(self, accepted: AcceptedSegment) -> None:
         seg = accepted.segment
@@ -33,10 +43,26 @@ class ReturnTracker:
         key = (h.collector_id, h.episode_id)
         total = self._partial.pop(key, 0.0) + float(seg.reward.sum(dtype="float64"))
         if bool(seg.done[-1]):
-            self.returns.setdefault(h.collector_id, []).append((round(time.monotonic() - self._t0, 2), total))
-            self.policies[h.collector_id] = accepted.policy
+            cid = h.collector_id
+            if cid not in self.returns:
+                while len(self.returns) >= self.max_collectors:
+                    gone = next(iter(self.returns))
+                    self.caps["returns_dropped"] += len(self.returns.pop(gone))
+                    self._cut.pop(gone, None)
+                    self.policies.pop(gone, None)
+                self.returns[cid] = []
+            series = self.returns[cid]
+            series.append((round(time.monotonic() - self._t0, 2), total))
+            if len(series) > RETURNS_KEPT:
+                del series[0]
+                self._cut[cid] = self._cut.get(cid, 0) + 1
+                self.caps["returns_dropped"] += 1
+            self.policies[cid] = accepted.policy
         else:
             self._partial[key] = total
+            while len(self._partial) > 4 * self.max_collectors:
+                del self._partial[next(iter(self._partial))]
+                self.caps["returns_dropped"] += 1
 
     def recent_means(self, last: int = 10) -> dict[str, float]:
         return {cid: sum(r for _, r in s[-last:]) / len(s[-last:]) for cid, s in self.returns.items()}
@@ -46,7 +72,7 @@ class ReturnTracker:
         for cid, series in sorted(self.returns.items()):
             rets = [r for _, r in series]
             half = len(rets) // 2
-            out[cid] = {"policy": self.policies.get(cid, "unknown"), "episodes": len(rets),
+            out[cid] = {"policy": self.policies.get(cid, "unknown"), "episodes": len(rets) + self._cut.get(cid, 0),
                         "mean": round(sum(rets) / len(rets), 3),
                         "first_half_mean": round(sum(rets[:half]) / half, 3) if half else None,
                         "second_half_mean": round(sum(rets[half:]) / (len(rets) - half), 3),
@@ -134,6 +160,7 @@ def ingest_summary(s: HubStatus) -> dict[str, object]:
         "readers": {rid: {"lost": r.lost, "closed": r.closed, **r.stats} for rid, r in s.readers.items()},
         "collector_stats": {cid: c.stats for cid, c in s.collectors.items() if c.stats},
         "lag": {"wm": s.lag_wm, "llm": s.lag_llm},
+        "caps": dict(sorted(s.caps.items())),
         "megabytes": round(s.accepted_bytes / 1e6, 3),
         "wm_version_published": s.wm_version,
         "min_collector_wm_version": s.min_collector_version("wm"),

@@ -18,6 +18,25 @@ class HubCounters:
     lag_wm: Counter[int] = field(default_factory=Counter)
     lag_llm: Counter[int] = field(default_factory=Counter)
     collectors_lost: int = 0
+    # every memory cap that bit, by name (``CAPS`` below says what each one counts)
+    caps: Counter[str] = field(default_factory=Counter)
+
+
+#: The names under which the hub counts a memory cap biting (``HubCounters.caps``, the summary's ``caps``).
+CAPS = {
+    "peers_pruned": "gone peers forgotten (hub.peer_ttl_s, or to make room under hub.max_peers)",
+    "peers_refused": "hellos refused because hub.max_peers live peers are connected",
+    "hellos_too_large": "hello frames over hub.max_hello_bytes, refused",
+    "stats_trimmed": "heartbeat stats keys dropped (hub.max_stat_bytes, or a key over 64 characters)",
+    "games_folded": "segments counted under per_game '(other)' (hub.max_games)",
+    "returns_dropped": "episode returns or partial episodes forgotten (bounded per collector and in total)",
+    "recv_batches_cut": "receive batches cut short at hub.recv_queue_bytes",
+    "sends_dropped": "messages to a peer not reading them dropped at hub.max_pending_fetches",
+    "fetch_replies_dropped": "of those, weights chunks",
+    "log_records_too_large": "log records over hub.max_log_bytes, dropped",
+    "log_records_malformed": "log intake frames that are no log record, dropped",
+    "log_records_spoofed": "log records from a peer claiming the hub's own role, dropped",
+}
 
 
 @dataclass(frozen=True)
@@ -57,6 +76,7 @@ class HubStatus:
     wm_version: int  # newest published
     llm_version: int
     elapsed_s: float
+    caps: dict[str, int] = field(default_factory=dict)  # memory caps that bit (HubCounters.caps)
 
     @property
     def segments_rejected(self) -> int:

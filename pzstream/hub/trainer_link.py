@@ -2,16 +2,19 @@
 come back and are published.
 
 A full pipe never stalls ingestion: the segment is dropped for the trainer and counted
-(it samples from its own replay anyway).
+(it samples from its own replay anyway). With ``hold_until_ready`` (checkpoints on) a started
+trainer gets no segments until it says it is ready; ``on_ready`` then asks it to save a
+checkpoint, and it takes what it missed from the hub's journal (``pzstream.stream.journal``).
 """
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from pzstream.hub.parts import AcceptedSegment
 from pzstream.hub.publisher import PublishedVersions
 from pzstream.stream import internal
-from pzstream.stream.internal import BudgetSpent, NewWeights, SegmentFrame, TrainBudget, TrainerStats
+from pzstream.stream.internal import BudgetSpent, NewWeights, SegmentFrame, TrainBudget, TrainerStats, WorkerReady
 
 log = logging.getLogger("pzstream.learner")
 
@@ -27,13 +30,16 @@ class TrainerLink:
         self.stats: dict[str, float] = {}
         self.on_budget_spent = lambda: None  # the schedule's inbox (alternating mode)
         self.on_helper_start = lambda: None  # a (re)started trainer holds no budget: the schedule re-sends one
+        self.hold_until_ready = False  # segments wait in the hub's journal until the trainer is ready
+        self.attached = False  # the trainer is ready for segments
+        self.on_ready: Callable[[], bool] = lambda: True  # the trainer is ready: whether to attach it now
 
     def train(self, updates: int) -> bool:
         """Send the trainer a budget of updates (alternating schedule); False when it cannot take one."""
         return self.helper is not None and self.helper.send(TrainBudget(updates=updates))
 
     def on_segment(self, accepted: AcceptedSegment) -> None:
-        if self.helper is None:
+        if self.helper is None or (self.hold_until_ready and not self.attached):
             return
         if self.helper.send(SegmentFrame(accepted.data)):
             self.forwarded += 1
@@ -47,15 +53,17 @@ class TrainerLink:
             self.stats = dict(msg.stats)
         elif isinstance(msg, BudgetSpent):
             self.on_budget_spent()
+        elif isinstance(msg, WorkerReady):
+            self.attached = self.on_ready()
         else:
             log.error("trainer sent an unexpected %s", type(msg).__name__)
 
     def on_start(self, pid: int) -> None:
+        self.attached = False
         self.on_helper_start()
 
-
     def on_exit(self, why: str) -> None:
-        pass
+        self.attached = False
 
     @property
     def updates(self) -> int:

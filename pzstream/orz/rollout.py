@@ -69,11 +69,13 @@ def left_padded(prompt_ids: Sequence[list[int]], pad: int) -> tuple[torch.Tensor
 
 
 def transformers_sample(model: Any, tokenizer: Any, prompt_ids: Sequence[list[int]], n: int, max_tokens: int,
-                        temperature: float, seed: int, min_tokens: int = 0) -> list[list[list[int]]]:
+                        temperature: float, seed: int, min_tokens: int = 0,
+                        static_cache: bool = False) -> list[list[list[int]]]:
     """Free-mode sampling with a transformers model: all prompts x ``n`` answers in one batched
     ``generate`` (left-padded), in bfloat16 autocast on a GPU. ``min_tokens`` (benchmarks) keeps
     every answer going that long; ``temperature`` 0 is greedy. Returns the answers of prompt i as
-    list i, each cut at EOS."""
+    list i, each cut at EOS. ``static_cache``: a preallocated KV cache, with which transformers
+    compiles the decoding step on a GPU (fastest for a model that stays in bf16 between calls)."""
     if not prompt_ids:
         return []
     model.eval()
@@ -86,9 +88,34 @@ def transformers_sample(model: Any, tokenizer: Any, prompt_ids: Sequence[list[in
         sampling = dict(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0) if temperature > 0 else \
             dict(do_sample=False, temperature=None, top_k=None, top_p=None)
         gen = model.generate(input_ids=ids.to(device), attention_mask=mask.to(device), **sampling, num_return_sequences=n,
-                             max_new_tokens=max_tokens, min_new_tokens=min_tokens, pad_token_id=pad, eos_token_id=eos)
+                             max_new_tokens=max_tokens, min_new_tokens=min_tokens, pad_token_id=pad, eos_token_id=eos,
+                             **({"cache_implementation": "static"} if static_cache else {}))
     answers = gen[:, ids.shape[1]:].tolist()  # num_return_sequences keeps a prompt's n answers together
     return [[cut_at_eos(answers[i * n + j], eos) for j in range(n)] for i in range(len(prompt_ids))]
+
+
+class GenerationCopy:
+    """A bfloat16 copy of a model kept for sampling, the in-process runtime's stand-in for a
+    rollout engine: the fp32 policy trains, the copy generates with a static KV cache (compiled
+    decoding on a GPU). Measured on an H200 at 0.5 B, batch 64, 256 new tokens: 12,872 tokens/s
+    against 3,735 sampling from the fp32 policy under autocast (bench/generate.py).
+    ``refresh()`` after every update copies the policy's weights in; nothing else changes."""
+
+    def __init__(self, model: torch.nn.Module, dtype: torch.dtype = torch.bfloat16):
+        import copy
+
+        self.source = model
+        self.model = copy.deepcopy(model).to(dtype).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def refresh(self) -> None:
+        for mine, theirs in zip(self.model.state_dict().values(), self.source.state_dict().values()):
+            mine.copy_(theirs)
+
+    def sample(self, tokenizer: Any, prompt_ids: Sequence[list[int]], n: int, max_tokens: int, temperature: float,
+               seed: int) -> list[list[list[int]]]:
+        return transformers_sample(self.model, tokenizer, prompt_ids, n, max_tokens, temperature, seed,
+                                   static_cache=True)
 
 
 def vllm_sample(llm: Any, prompt_ids: Sequence[list[int]], n: int, max_tokens: int,

@@ -28,7 +28,7 @@ import torch
 
 from pzstream.config import PPOSection
 from pzstream.orz.models import CriticModel, PolicyModel, ReferenceModel, Seq
-from pzstream.orz.rollout import transformers_sample
+from pzstream.orz.rollout import GenerationCopy, transformers_sample
 
 log = logging.getLogger("pzstream.orz")
 
@@ -87,13 +87,18 @@ class InProcessRuntime:
             accumulation=_accumulation(cfg, cfg.critic_update_steps), seed=cfg.seed, pad_id=self.policy.pad_id,
             device=cfg.device)
         self.ref = ReferenceModel(model_path, cfg.device) if cfg.use_kl_loss else None
-        self.describe = f"transformers generation, torch AdamW, in this process on {cfg.device}"
+        # on a GPU a bf16 copy with a static cache samples (3.4x the fp32 policy, bench/generate.py)
+        self.generator = GenerationCopy(self.policy.model) if cfg.device.startswith("cuda") else None
+        self.describe = (f"transformers generation{' (bf16 copy, static cache)' if self.generator else ''}, "
+                         f"torch AdamW, in this process on {cfg.device}")
 
     def ensure_alive(self) -> None:
         pass
 
     def sample(self, prompt_ids: Sequence[list[int]], n: int, max_tokens: int, temperature: float,
                seed: int) -> list[list[list[int]]]:
+        if self.generator is not None:
+            return self.generator.sample(self.tokenizer, prompt_ids, n, max_tokens, temperature, seed)
         return transformers_sample(self.policy.model, self.tokenizer, prompt_ids, n, max_tokens, temperature, seed)
 
     def choice_logprobs(self, prompt_ids, choices) -> list:
@@ -109,6 +114,8 @@ class InProcessRuntime:
     def train(self, seqs, old_logp, adv, ref_logp, old_values, returns) -> dict[str, float]:
         c = self.cfg
         metrics = self.policy.train(seqs, old_logp, adv, ref_logp, c.policy_update_steps, c.eps_clip, c.kl_loss_coef)
+        if self.generator is not None:
+            self.generator.refresh()
         if self.critic is not None:
             metrics.update(self.critic.train(seqs, old_values, returns, c.critic_update_steps, c.value_clip))
         return metrics

@@ -56,7 +56,7 @@ def weights_client_for(cfg: Config, policy: Policy, prior: PriorSource | None, c
     installers: dict[str, Install] = {"wm": install_wm}
     if isinstance(prior, LocalPrior):
         installers["llm"] = prior.load
-    return WeightsClient(installers, who=f"collector {cid}")
+    return WeightsClient(installers, who=f"collector {cid}", max_bytes=cfg.wire.max_weights_bytes)
 
 
 async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None = None) -> dict[str, object]:

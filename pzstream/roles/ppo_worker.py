@@ -7,9 +7,17 @@ keeps training; a failed episode is counted and the next threshold fires a new a
 runtime restarts dead actors first).
 
 Messages on this local channel are the typed ones of ``pzstream.stream.internal``:
-    hub -> worker   EpisodeRequest (episode k, its prompt samples), Stop
+    hub -> worker   EpisodeRequest (episode k, its prompt samples), SaveCheckpoint, Stop
     worker -> hub   WorkerReady, EpisodeResult (ok: the new policy weights as payload;
                     otherwise the error and its traceback), WorkerFatal (the runtime could not start)
+
+Checkpoints: on ``SaveCheckpoint(step)``, when an episode has finished since the last one, the
+worker writes ``runs/<name>/checkpoints/ppo/step-N``: with the in-process runtime the policy
+and critic weights and their AdamW states; with the Ray runtime the policy weights only (a
+stated limit: its DeepSpeed optimiser and critic start afresh on resume). A worker that starts
+loads the run's newest complete PPO checkpoint, so neither a restarted worker nor a resumed run
+goes back to the base model. The request arrives between episodes: an episode in flight is
+never interrupted to save.
 """
 from __future__ import annotations
 
@@ -24,7 +32,15 @@ from pathlib import Path
 
 from pzstream.config import Config, PPOSection
 from pzstream.roles.lifecycle import die_with_parent
-from pzstream.stream.internal import EpisodeRequest, EpisodeResult, HelperChannel, Stop, WorkerFatal, WorkerReady
+from pzstream.stream.internal import (
+    EpisodeRequest,
+    EpisodeResult,
+    HelperChannel,
+    SaveCheckpoint,
+    Stop,
+    WorkerFatal,
+    WorkerReady,
+)
 from pzstream.orz.episode import RewardFn, run_episode
 from pzstream.orz.rewards import combine, parse_answer, parse_reward_specs, text_rewards
 from pzstream.orz.samples import PromptSample
@@ -84,6 +100,84 @@ def build_reward_fn(cfg: PPOSection, games_dir: str | None = None, cache_dir: st
     return reward, progress
 
 
+def runtime_state(runtime, episodes: int) -> dict[str, bytes]:
+    """A PPO checkpoint's parts: "ppo.pt" (in-process: policy and critic weights with their AdamW
+    states) or "policy.safetensors" (Ray: the last synced policy weights), and "episodes"."""
+    import io
+
+    import torch
+
+    parts = {"episodes": str(episodes).encode()}
+    if hasattr(runtime, "engines"):  # Ray: the weights the engines serve; optimiser state stays in the actors
+        if runtime.last_weights is not None:
+            parts["policy.safetensors"] = runtime.last_weights
+        return parts
+    buf = io.BytesIO()
+    state = {"policy": runtime.policy.model.state_dict(), "policy_opt": runtime.policy.trainable.optimizer.state_dict()}
+    if runtime.critic is not None:
+        state.update(critic=runtime.critic.model.state_dict(), critic_opt=runtime.critic.trainable.optimizer.state_dict())
+    torch.save(state, buf)
+    parts["ppo.pt"] = buf.getvalue()
+    return parts
+
+
+def load_runtime_state(runtime, parts: dict[str, bytes]) -> int:
+    """Put a ``runtime_state`` checkpoint back into a started runtime; the episodes it had done."""
+    import io
+
+    import torch
+
+    if hasattr(runtime, "engines"):
+        data = parts.get("policy.safetensors")
+        if data is not None:
+            import ray
+
+            ref = ray.put(data)
+            ray.get([runtime.policy.load_bytes.remote(ref)] + [e.load.remote(ref) for e in runtime.engines])
+            runtime.last_weights = data
+    elif "ppo.pt" in parts:
+        state = torch.load(io.BytesIO(parts["ppo.pt"]), weights_only=True)
+        runtime.policy.model.load_state_dict(state["policy"])
+        runtime.policy.trainable.optimizer.load_state_dict(state["policy_opt"])
+        if runtime.generator is not None:  # its bf16 sampling copy follows the restored policy
+            runtime.generator.refresh()
+        if runtime.critic is not None and "critic" in state:
+            runtime.critic.model.load_state_dict(state["critic"])
+            runtime.critic.trainable.optimizer.load_state_dict(state["critic_opt"])
+    return int(parts.get("episodes", b"0"))
+
+
+def _ppo_dir(run_dir: str) -> Path:
+    from pzstream.stream.checkpoint import checkpoint_root
+
+    return checkpoint_root(Path(run_dir)) / "ppo"
+
+
+def _resume(runtime, cfg: Config, run_dir: str) -> tuple[int, str]:
+    """Load the newest PPO checkpoint of the run, if checkpoints are on and one exists: (episodes, note)."""
+    from pzstream.stream.checkpoint import complete_steps, read_checkpoint
+
+    directory = _ppo_dir(run_dir)
+    if not cfg.checkpoint.enabled or not complete_steps(directory):
+        return 0, ""
+    ckpt = read_checkpoint(directory, fallback_on_corrupt=True)
+    episodes = load_runtime_state(runtime, ckpt.parts)
+    return episodes, f"; resumed from PPO checkpoint {ckpt.step} ({episodes} episodes trained)"
+
+
+def _save(runtime, cfg: Config, run_dir: str, step: int, episodes: int) -> None:
+    import time
+
+    from pzstream.stream.checkpoint import prune_checkpoints, write_checkpoint
+
+    t0 = time.monotonic()
+    parts = runtime_state(runtime, episodes)
+    write_checkpoint(_ppo_dir(run_dir), step, parts, {"episodes": episodes})
+    prune_checkpoints(_ppo_dir(run_dir), cfg.checkpoint.keep)
+    log.info("PPO checkpoint %d written in %.2fs (%d episodes, %.1f MB)", step, time.monotonic() - t0, episodes,
+             sum(map(len, parts.values())) / 1e6)
+
+
 def _exit_on_term(signum: int, _frame: object) -> None:
     raise SystemExit(128 + signum)  # unwinds through ``finally``: Ray's actors and processes are shut down
 
@@ -123,12 +217,14 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
             if pc.progress_value_weight > 0 and any(x.name == "progress" for x in parse_reward_specs(pc.rewards)):
                 wm_value = WorldModelValue(cfg, Path(run_dir) / "weights")
             reward_fn, _ = build_reward_fn(pc, cfg.env.games_dir, cfg.env.cache_dir, wm_value)
+            episodes, resumed = _resume(runtime, cfg, run_dir)
         except Exception as e:  # noqa: BLE001 - reported to the hub, which logs and counts it
             log.error("PPO runtime failed to start:\n%s", traceback.format_exc())
             channel.send(WorkerFatal(error=f"{type(e).__name__}: {e}"))
             return
-        log.info("PPO runtime %s ready: %s", runtime.name, runtime.describe)
-        channel.send(WorkerReady(runtime=runtime.name, describe=runtime.describe))
+        saved = episodes
+        log.info("PPO runtime %s ready: %s%s", runtime.name, runtime.describe, resumed)
+        channel.send(WorkerReady(runtime=runtime.name, describe=runtime.describe + resumed))
         while True:
             req = channel.receive() if channel.wait(1000) else None
             if req is None:
@@ -138,6 +234,14 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
                 continue
             if isinstance(req, Stop):
                 return
+            if isinstance(req, SaveCheckpoint):
+                if episodes != saved:  # the policy changed since the last save
+                    try:
+                        _save(runtime, cfg, run_dir, req.step, episodes)
+                        saved = episodes
+                    except OSError as e:  # a full disk: keep training, try again at the next request
+                        log.error("PPO checkpoint %d failed: %s", req.step, e)
+                continue
             if not isinstance(req, EpisodeRequest):
                 log.error("PPO worker got an unexpected %s", type(req).__name__)
                 continue
@@ -153,6 +257,7 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
                 log.error("PPO episode %d failed: %s\n%s", k, e, tb)
                 channel.send(EpisodeResult(episode=k, ok=False, error=f"{type(e).__name__}: {e}", traceback=tb[-4000:]))
                 continue
+            episodes += 1
             channel.send(EpisodeResult(episode=k, ok=True, metrics=result.metrics, games=result.games,
                                        rewards=result.rewards, payload=result.weights))
     finally:

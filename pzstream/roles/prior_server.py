@@ -20,7 +20,7 @@ import zmq.asyncio
 from pzstream.stream import wire
 from pzstream.llm.factory import History
 from pzstream.config import Config
-from pzstream.roles.serving import RequestRouter, client_socket, follow_hub
+from pzstream.roles.serving import RequestRouter, client_socket, follow_hub, score_request_problem
 from pzstream.stream.transport import CurveKeys
 from pzstream.stream.weights_client import WeightsClient
 
@@ -120,20 +120,19 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
     lc = cfg.llm
     backend = await anyio.to_thread.run_sync(make_backend, lc, prompt_config(lc))
     ctx = zmq.asyncio.Context()
-    router = RequestRouter(ctx, address, curve, wire.ScoreRequest)
+    router = RequestRouter(ctx, address, curve, wire.ScoreRequest, max_request_bytes=lc.prior_max_request_bytes)
     stats = {"requests": 0.0, "roots": 0.0, "batches": 0.0, "bad_requests": 0.0, "llm_version": 0.0}
     log.info("prior server on %s with model %s%s", address, lc.model, f", following hub {hub_address}" if hub_address else "")
 
     def counts_fit(r: object) -> str | None:
         assert isinstance(r, wire.ScoreRequest)
-        if sum(r.counts) == len(r.candidates) and min(r.counts, default=0) > 0:
-            return None
-        return "expected a score request with counts matching its candidates"
+        return score_request_problem(r, lc.prior_max_roots, lc.prior_max_candidates, cfg.wire.max_candidates_per_step)
 
     async def serve() -> None:
         while True:
             reqs = await router.requests(counts_fit)
             stats["bad_requests"] = float(sum(router.rejected.values()))
+            stats["requests_too_large"] = float(router.rejected["too_large"])
             if not reqs:
                 continue
             prompts, cands = [], []

@@ -176,7 +176,7 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
     limits = wire.WireLimits(max_message_bytes=cfg.wire.max_message_bytes, max_array_elements=cfg.wire.max_array_elements,
                              max_steps=cfg.wire.max_steps, max_candidates_per_step=cfg.wire.max_candidates_per_step)
     ctx = zmq.asyncio.Context()
-    router = RequestRouter(ctx, address, curve, wire.SearchRequest, limits)
+    router = RequestRouter(ctx, address, curve, wire.SearchRequest, limits, max_request_bytes=sc.max_request_bytes)
     queue: FairQueue[Root] = FairQueue(per_collector=sc.max_batch)
     keep = max(sc.keep_steps, cfg.world_model().context_steps, cfg.llm.history_len)
     contexts = ContextStore(keep)

@@ -27,6 +27,23 @@ from pzstream.stream.transport import (
 from pzstream.stream.weights_client import WeightsClient
 
 
+def score_request_problem(req: wire.ScoreRequest, max_roots: int, max_candidates: int,
+                          max_candidates_per_root: int) -> str | None:
+    """Why a prior server refuses a score request its codec accepted, or None: counts that do not
+    match the candidates, more roots than ``max_roots``, more candidates than ``max_candidates``,
+    or a root with more than ``max_candidates_per_root`` (a request's cost grows with its roots and
+    candidates, not only with its bytes)."""
+    if sum(req.counts) != len(req.candidates) or min(req.counts, default=0) <= 0:
+        return "expected a score request with counts matching its candidates"
+    if len(req.counts) > max_roots:
+        return f"{len(req.counts)} roots > {max_roots} (llm.prior_max_roots)"
+    if len(req.candidates) > max_candidates:
+        return f"{len(req.candidates)} candidates > {max_candidates} (llm.prior_max_candidates)"
+    if max(req.counts) > max_candidates_per_root:
+        return f"a root with {max(req.counts)} candidates > {max_candidates_per_root} (wire.max_candidates_per_step)"
+    return None
+
+
 def client_socket(ctx: zmq.Context, address: str, curve: CurveKeys | None) -> zmq.Socket:
     """A collector's DEALER to a server (CURVE client where the server is one); dropped and made
     again after a timeout, so nothing queued for a dead server is resent to its successor."""
@@ -38,16 +55,27 @@ def client_socket(ctx: zmq.Context, address: str, curve: CurveKeys | None) -> zm
     return sock
 
 
+#: Received requests one connection may have queued at a server (with RCVHWM in requests of the largest size).
+SERVER_QUEUE_BYTES = 64 * 1024 * 1024
+
+
 class RequestRouter:
     """A server's ROUTER: ``requests()`` awaits the next burst and returns its well-formed requests
-    of ``kind`` as (peer identity, message); the rest are rejected with a reason and counted."""
+    of ``kind`` as (peer identity, message); the rest are rejected with a reason and counted.
+
+    max_request_bytes: a larger request is refused (``too_large``, counted) before it is decoded
+    (requests far larger are dropped by libzmq with their connection); queued requests per
+    connection, and one burst, hold at most ``SERVER_QUEUE_BYTES``.
+    """
 
     def __init__(self, ctx: zmq.asyncio.Context, address: str, curve: CurveKeys | None, kind: type,
-                 limits: wire.WireLimits = wire.DEFAULT_LIMITS):
+                 limits: wire.WireLimits = wire.DEFAULT_LIMITS, max_request_bytes: int | None = None):
+        self.max_request_bytes = min(max_request_bytes or limits.max_message_bytes, limits.max_message_bytes)
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting collector keeps its identity
-        self.sock.setsockopt(zmq.MAXMSGSIZE, limits.max_message_bytes + 65536)
+        self.sock.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes + 65536)
+        self.sock.setsockopt(zmq.RCVHWM, max(8, SERVER_QUEUE_BYTES // self.max_request_bytes))
         if curve is not None:
             curve.make_server(self.sock)
         self.sock.bind(address)
@@ -58,8 +86,11 @@ class RequestRouter:
     async def requests(self, check: Callable[[object], str | None] = lambda m: None) -> list[tuple[bytes, object]]:
         """``check(msg)``: None, or why a decoded request of the right kind is still refused."""
         out = []
-        for frames in await recv_batch(self.sock, self._drain):
+        for frames in await recv_batch(self.sock, self._drain, max_bytes=SERVER_QUEUE_BYTES):
             ident = frames[0]
+            if len(frames[-1]) > self.max_request_bytes:  # before decoding: its cost grows with its size
+                await self.reject(ident, "too_large", f"request of {len(frames[-1])} bytes > {self.max_request_bytes}")
+                continue
             try:
                 msg = wire.decode(frames[-1], self.limits)
             except wire.WireError as e:
@@ -93,6 +124,7 @@ async def follow_hub(ctx: zmq.asyncio.Context, cfg: Config, hub_address: str, na
     ep = endpoints_for(hub_address)
     hello = wire.Hello(collector_id=f"{name}-{socket.gethostname()}-{os.getpid()}", game="",
                        host=socket.gethostname(), pid=os.getpid(), role="reader")
+    weights.max_bytes = cfg.wire.max_weights_bytes  # what this server may be made to buffer
     sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats_fn)
     notices = NoticeSubscriber(ctx, ep.weights, curve)
     try:

@@ -6,6 +6,14 @@ continuously, and sends new weights back (PUSH -> PULL, reliable) every ``publis
 updates together with its metrics, in the typed messages of ``pzstream.stream.internal``. The
 hub numbers the versions: the trainer only says which model the bytes are. Separate processes
 keep a slow trainer from stalling ingestion through the GIL, and the reverse.
+
+Checkpoints (``checkpoint.enabled``): on the hub's ``SaveCheckpoint(step)`` the trainer writes
+world model, target, optimiser, RNG states, counters and its replay (as wire frames) to
+``runs/<name>/checkpoints/trainer/step-N``. A trainer that starts (first start, restart, or a
+resumed run) loads the run's newest complete trainer checkpoint T and says it is ready; the hub
+then checkpoints (step K) and from there on forwards segments. Before saving K the trainer adds
+the segments of the hub's journals T..K-1 (``pzstream.stream.journal``): what the hub accepted
+while no trainer was there to take it.
 """
 from __future__ import annotations
 
@@ -22,7 +30,17 @@ from pzstream.config import Config
 from pzstream.roles.lifecycle import die_with_parent
 from pzstream.stream import wire
 from pzstream.model.replay import SegmentReplay
-from pzstream.stream.internal import BudgetSpent, HelperChannel, NewWeights, SegmentFrame, Stop, TrainBudget, TrainerStats
+from pzstream.stream.internal import (
+    BudgetSpent,
+    HelperChannel,
+    NewWeights,
+    SaveCheckpoint,
+    SegmentFrame,
+    Stop,
+    TrainBudget,
+    TrainerStats,
+    WorkerReady,
+)
 
 log = logging.getLogger("pzstream.trainer")
 
@@ -67,6 +85,138 @@ class LLMTraining:
         return self.last
 
 
+class TrainerState:
+    """Everything a trainer checkpoint holds, and the counters the trainer reports.
+
+    added: segments put into the replay (from checkpoints, journals and the channel);
+    expired: ``added`` less those still in the replay (evicted by its capacity).
+    """
+
+    def __init__(self, trainer, replay: SegmentReplay, rng: random.Random, llm: LLMTraining | None):
+        self.trainer, self.replay, self.rng, self.llm = trainer, replay, rng, llm
+        self.updates = self.published = self.received = self.added = 0
+        self.checkpoint_step: int | None = None
+
+    @property
+    def expired(self) -> int:
+        return self.added - len(self.replay.segments)
+
+    def add(self, seg: wire.Segment) -> None:
+        self.replay.add(seg)
+        self.added += 1
+
+    def parts(self) -> tuple[dict[str, bytes], dict[str, int]]:
+        import io
+        import json
+
+        import torch
+
+        from pzstream.stream.checkpoint import pack_frames
+        from pzstream.stream.checkpoint import rng_state
+
+        t = self.trainer
+        buf = io.BytesIO()
+        torch.save({"model": t.model.state_dict(), "target": t.target.state_dict(), "optimizer": t.opt.state_dict(),
+                    "steps": t.steps, "torch_rng": torch.get_rng_state()}, buf)
+        counters = {"updates": self.updates, "published": self.published, "received": self.received,
+                    "added": self.added, "replay_segments": len(self.replay.segments), "replay_steps": self.replay.steps,
+                    "evicted_steps": self.replay.evicted_steps, "expired_segments": self.expired}
+        parts = {"world_model.pt": buf.getvalue(),
+                 "replay.frames": pack_frames(wire.encode(seg) for seg in self.replay.segments),
+                 "state.json": json.dumps({"counters": counters, "rng": rng_state(self.rng)}).encode()}
+        if self.llm is not None:
+            buf = io.BytesIO()
+            torch.save({"weights": self.llm.backend.state_dict_bytes(), "optimizer": self.llm.trainer.opt.state_dict(),
+                        "updates": self.llm.updates, "published": self.llm.published}, buf)
+            parts["llm.pt"] = buf.getvalue()
+        return parts, counters
+
+    def load(self, parts: dict[str, bytes], limits: wire.WireLimits | None = None) -> None:
+        import io
+        import json
+
+        import torch
+
+        from pzstream.stream.checkpoint import CheckpointError, unpack_frames
+        from pzstream.stream.checkpoint import load_rng
+
+        t = self.trainer
+        saved = torch.load(io.BytesIO(parts["world_model.pt"]), weights_only=True)
+        try:
+            t.model.load_state_dict(saved["model"])
+            t.target.load_state_dict(saved["target"])
+        except RuntimeError as e:  # other shapes: the run was made with another model config
+            raise CheckpointError(f"the saved world model does not fit this config's: {str(e)[:300]}") from None
+        t.opt.load_state_dict(saved["optimizer"])
+        t.steps = int(saved["steps"])
+        torch.set_rng_state(saved["torch_rng"])
+        state = json.loads(parts["state.json"])
+        c = state["counters"]
+        self.updates, self.published, self.received = int(c["updates"]), int(c["published"]), int(c["received"])
+        self.added = int(c["added"]) - int(c["replay_segments"])  # those expired before; the replay adds the rest
+        self.replay.evicted_steps = int(c["evicted_steps"])
+        for frame in unpack_frames(parts["replay.frames"]):
+            self.add(_segment(frame, limits))
+        load_rng(self.rng, state["rng"])
+        if self.llm is not None and "llm.pt" in parts:
+            llm = torch.load(io.BytesIO(parts["llm.pt"]), weights_only=True)
+            self.llm.backend.load_state_dict_bytes(llm["weights"])
+            self.llm.trainer.opt.load_state_dict(llm["optimizer"])
+            self.llm.updates, self.llm.published = int(llm["updates"]), int(llm["published"])
+
+
+def _segment(frame: bytes, limits: wire.WireLimits | None) -> wire.Segment:
+    msg = wire.decode(frame, limits) if limits is not None else wire.decode(frame)
+    if not isinstance(msg, wire.Segment):
+        raise ValueError(f"a replay frame holds a {type(msg).__name__}, not a segment")
+    return msg
+
+
+def resume_trainer(state: TrainerState, run_dir: Path) -> int:
+    """Load the newest complete trainer checkpoint of the run, if any; the step the journals are
+    to be read from (0 without one: every journal)."""
+    from pzstream.stream.checkpoint import complete_steps, read_checkpoint
+    from pzstream.stream.checkpoint import checkpoint_root
+
+    directory = checkpoint_root(run_dir) / "trainer"
+    if not complete_steps(directory):
+        return 0
+    ckpt = read_checkpoint(directory, fallback_on_corrupt=True)
+    state.load(ckpt.parts)
+    state.checkpoint_step = ckpt.step
+    log.info("trainer resumed from checkpoint %d: %d updates, replay %d segments (%d steps)", ckpt.step,
+             state.updates, len(state.replay.segments), state.replay.steps)
+    return ckpt.step
+
+
+def catch_up(state: TrainerState, run_dir: Path, since: int, before: int) -> None:
+    """Add the segments of the hub's journals ``since <= step < before`` (accepted while this trainer was not taking them)."""
+    from pzstream.stream.checkpoint import checkpoint_root
+    from pzstream.stream.journal import journal_segments
+
+    t0, n = time.monotonic(), 0
+    for frame in journal_segments(checkpoint_root(run_dir) / "journal", since, before):
+        state.add(_segment(frame, None))
+        state.received += 1
+        n += 1
+    log.info("trainer took %d segments from the hub's journals %d..%d (%.1fs); replay %d segments", n, since, before - 1,
+             time.monotonic() - t0, len(state.replay.segments))
+
+
+def save_trainer(state: TrainerState, run_dir: Path, step: int, keep: int) -> None:
+    from pzstream.stream.checkpoint import prune_checkpoints, write_checkpoint
+    from pzstream.stream.checkpoint import checkpoint_root
+
+    t0 = time.monotonic()
+    parts, counters = state.parts()
+    directory = checkpoint_root(run_dir) / "trainer"
+    write_checkpoint(directory, step, parts, counters)
+    prune_checkpoints(directory, keep)
+    state.checkpoint_step = step
+    log.info("trainer checkpoint %d written in %.2fs: %d updates, replay %d segments, %.1f MB", step,
+             time.monotonic() - t0, state.updates, len(state.replay.segments), sum(map(len, parts.values())) / 1e6)
+
+
 def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: str | None) -> None:
     """Process entry point: train until the hub sends Stop or goes away."""
     die_with_parent()
@@ -83,22 +233,26 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     torch.set_num_threads(tc.threads)
     wm_cfg = cfg.world_model()
     torch.manual_seed(0)
-    trainer = Trainer(WorldModel(wm_cfg), wm_cfg, device=tc.device)
+    trainer = Trainer(WorldModel(wm_cfg), wm_cfg, device=tc.device, autocast=tc.autocast)
     llm = LLMTraining(cfg) if cfg.llm.enabled and cfg.llm.train else None
     writer = None
     if tc.tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(Path(run_dir) / "tb" / "trainer"))
-    channel = HelperChannel(inbox, outbox, linger_ms=2000)
-    replay = SegmentReplay(tc.replay_capacity_steps)
+    replay = SegmentReplay(tc.replay_capacity_steps, tc.replay_capacity_bytes)
     rng = random.Random(0)
+    state = TrainerState(trainer, replay, rng, llm)
+    # with checkpoints: the journals to read from, at the first SaveCheckpoint (None: nothing to catch up)
+    journal_from = resume_trainer(state, Path(run_dir)) if cfg.checkpoint.enabled else None
+    channel = HelperChannel(inbox, outbox, linger_ms=2000)
+    channel.send(WorkerReady(runtime="trainer", describe=f"checkpoint {state.checkpoint_step}"))
     parent = os.getppid()
-    updates, published, received = 0, 0, 0
     # schedule.mode=alternating: train only the budgets the hub sends (None = always train)
     budget: int | None = 0 if cfg.schedule.mode == "alternating" else None
     spent = 0
     t0 = time.monotonic()
+    updates0 = updates = state.updates  # a resumed trainer counts on; its rate counts this process's updates
     last_rebuild = -10**9
     log.info("trainer up on %s: world model %d parameters, batch %d, publish every %d updates", tc.device,
              sum(p.numel() for p in trainer.model.parameters()), wm_cfg.batch_size, tc.publish_every)
@@ -114,6 +268,12 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 if isinstance(note, TrainBudget):
                     budget, spent = (budget or 0) + note.updates, 0
                     continue
+                if isinstance(note, SaveCheckpoint):
+                    if journal_from is not None:
+                        catch_up(state, Path(run_dir), journal_from, note.step)
+                        journal_from = None
+                    save_trainer(state, Path(run_dir), note.step, cfg.checkpoint.keep)
+                    continue
                 if not isinstance(note, SegmentFrame):
                     log.error("trainer got an unexpected %s", type(note).__name__)
                     continue
@@ -123,8 +283,8 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                     log.error("trainer got an undecodable segment: %s", e)
                     continue
                 if isinstance(msg, wire.Segment):
-                    replay.add(msg)
-                    received += 1
+                    state.add(msg)
+                    state.received += 1
             if os.getppid() != parent:
                 log.warning("hub process is gone; trainer exits")
                 return
@@ -138,9 +298,9 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
             if replay.steps < tc.min_replay_steps:
                 channel.wait(200)
                 continue
-            if updates - last_rebuild >= 10 or not replay.windows:
+            if state.updates - last_rebuild >= 10 or not replay.windows:
                 replay.rebuild(wm_cfg)
-                last_rebuild = updates
+                last_rebuild = state.updates
             if not replay.windows:
                 if budget is not None:  # nothing to train on yet (no full window): end the phase, do not stall it
                     channel.send(BudgetSpent(updates=spent))
@@ -150,7 +310,8 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 continue
             t_step = time.monotonic()
             metrics = trainer.step(collate(replay.sample(wm_cfg.batch_size, rng), wm_cfg))
-            updates += 1
+            state.updates += 1
+            updates = state.updates
             budget_done = False
             if budget is not None:
                 budget, spent = budget - 1, spent + 1
@@ -158,7 +319,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
             if tc.max_updates_per_s > 0:
                 time.sleep(max(0.0, 1.0 / tc.max_updates_per_s - (time.monotonic() - t_step)))
             if updates % tc.publish_every == 0 or budget_done:  # a train phase ends on published weights
-                published += 1
+                state.published += 1
                 channel.send(NewWeights(model="wm", payload=weights_bytes(trainer.model)))
             if llm is not None and updates % cfg.llm.train_every == 0:
                 llm_metrics = llm.step(list(replay.segments), rng)
@@ -171,17 +332,22 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 channel.send(BudgetSpent(updates=spent))
                 spent = 0
             if updates % tc.log_every == 0 or budget_done:
-                rate = updates / (time.monotonic() - t0)
+                rate = (updates - updates0) / (time.monotonic() - t0)
                 if llm is not None:
                     metrics.update(llm.last)
                     metrics["llm_updates"] = float(llm.updates)
                     metrics["llm_published"] = float(llm.published)
-                stats = {"updates": float(updates), "updates_per_s": rate, "published": float(published),
+                stats = {"updates": float(updates), "updates_per_s": rate, "published": float(state.published),
                          "replay_steps": float(replay.steps), "windows": float(len(replay.windows)),
-                         "segments_received": float(received), **{k: float(v) for k, v in metrics.items()}}
+                         "replay_bytes": float(replay.nbytes), "replay_bytes_evicted": float(replay.evicted_bytes),
+                         "replay_evicted_for_bytes": float(replay.evicted_for_bytes),
+                         "segments_received": float(state.received), "replay_segments": float(len(replay.segments)),
+                         "expired_segments": float(state.expired),
+                         "checkpoint_step": float(-1 if state.checkpoint_step is None else state.checkpoint_step),
+                         **{k: float(v) for k, v in metrics.items()}}
                 channel.send(TrainerStats(stats=stats))
                 log.info("wm update %d (%.1f/s), %d published: loss %.3f (reward %.3f, value %.3f, policy %.3f, latent %.3f), replay %d steps",
-                         updates, rate, published, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
+                         updates, rate, state.published, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
                          metrics["loss/policy"], metrics["loss/latent"], replay.steps)
                 if writer is not None:
                     for k, v in metrics.items():

@@ -6,9 +6,9 @@ ZeroMQ multipart message: frame 0 is a msgpack map ``{"kind": ..., fields...}``;
 with a ``payload`` (weights bytes, a segment frame) carries it as frame 1, never copied into
 the map.
 
-    hub -> trainer     SegmentFrame (the accepted segment's wire bytes), TrainBudget, Stop
-    trainer -> hub     NewWeights (model, payload), TrainerStats, BudgetSpent
-    hub -> PPO worker  EpisodeRequest, Stop
+    hub -> trainer     SegmentFrame (the accepted segment's wire bytes), TrainBudget, SaveCheckpoint, Stop
+    trainer -> hub     WorkerReady, NewWeights (model, payload), TrainerStats, BudgetSpent
+    hub -> PPO worker  EpisodeRequest, SaveCheckpoint, Stop
     PPO worker -> hub  WorkerReady, EpisodeResult (payload: the new policy weights), WorkerFatal
 
 Weights carry no version: the hub's ``PublishedVersions`` numbers every version it publishes.
@@ -67,6 +67,13 @@ class BudgetSpent:
 
 
 @dataclass(frozen=True)
+class SaveCheckpoint:
+    """hub -> helper: save your state as checkpoint ``step`` (after everything sent before this message)."""
+
+    step: int
+
+
+@dataclass(frozen=True)
 class EpisodeRequest:
     """hub -> PPO worker: run episode ``episode`` on these prompt samples (``PromptSample.to_dict()`` each)."""
 
@@ -104,12 +111,12 @@ class EpisodeResult:
     payload: bytes = b""
 
 
-Internal = (Stop | SegmentFrame | NewWeights | TrainerStats | TrainBudget | BudgetSpent | EpisodeRequest | WorkerReady
-            | WorkerFatal | EpisodeResult)
+Internal = (Stop | SegmentFrame | NewWeights | TrainerStats | TrainBudget | BudgetSpent | SaveCheckpoint | EpisodeRequest
+            | WorkerReady | WorkerFatal | EpisodeResult)
 
 _KINDS: dict[str, type] = {
     "stop": Stop, "segment": SegmentFrame, "new_weights": NewWeights, "trainer_stats": TrainerStats,
-    "train_budget": TrainBudget, "budget_spent": BudgetSpent,
+    "train_budget": TrainBudget, "budget_spent": BudgetSpent, "save_checkpoint": SaveCheckpoint,
     "episode": EpisodeRequest, "ready": WorkerReady, "fatal": WorkerFatal, "result": EpisodeResult,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}

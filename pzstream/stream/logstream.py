@@ -1,15 +1,23 @@
-"""The live log stream: every role publishes its records; monitors follow them."""
+"""The live log stream: every role publishes its records; monitors follow them.
+
+The hub's own records (role ``learner``) reach its relay inside its process; every other record
+comes through the network intake and is shown with the address it came from
+(``collector/c1@127.0.0.1``): no peer can print a line as the hub's, or as another line.
+"""
 from __future__ import annotations
 
 import logging
+import math
 import sys
 import time
 from typing import TextIO
 
 import anyio
+import zmq
 import zmq.asyncio
 
-from pzstream.stream.transport import CurveKeys, LogSubscriber, ZmqLogHandler, endpoints_for
+from pzstream.stream.text import printable
+from pzstream.stream.transport import HUB_LOG_ROLE, HUB_OWN_LOGS, CurveKeys, LogSubscriber, ZmqLogHandler, endpoints_for
 from pzstream.stream.wire import Log
 
 LEVELS = {"DEBUG": logging.DEBUG, "INFO": logging.INFO, "WARNING": logging.WARNING, "ERROR": logging.ERROR}
@@ -34,7 +42,10 @@ def setup_logging(role: str, sender: str, level: str, hub_address: str | None,
     root.addHandler(console)
     if hub_address is None:
         return None
-    handler = ZmqLogHandler(local_address(endpoints_for(hub_address).logs_in), role, sender, curve)
+    if role == HUB_LOG_ROLE:  # the hub itself: straight to its relay, which trusts only this path
+        handler = ZmqLogHandler(HUB_OWN_LOGS, role, sender, ctx=zmq.Context.instance())
+    else:
+        handler = ZmqLogHandler(local_address(endpoints_for(hub_address).logs_in), role, sender, curve)
     handler.setFormatter(logging.Formatter("%(message)s"))
     root.addHandler(handler)
     return handler
@@ -50,9 +61,19 @@ def setup_helper_logging(role: str, sender: str, level: str, logs_in: str | None
         logging.getLogger().addHandler(handler)
 
 
+MAX_SHOWN_LINE_CHARS = 8192  # one line of a record as a monitor prints it
+
+
+def shown_text(text: str, limit: int = MAX_SHOWN_LINE_CHARS) -> str:
+    """A record's text for a terminal: control characters escaped (no ANSI sequences, no carriage
+    returns), and each further line indented, so a record cannot print a line that looks like another record."""
+    return "\n    ".join(printable(line, limit) for line in text.split("\n"))
+
+
 def format_record(rec: Log) -> str:
-    stamp = time.strftime("%H:%M:%S", time.localtime(rec.time)) + f".{int(rec.time * 1000) % 1000:03d}"
-    return f"{stamp} {logging.getLevelName(rec.level):<7} {rec.role}/{rec.sender} {rec.message}"
+    t = rec.time if math.isfinite(rec.time) and 0 <= rec.time < 1e11 else 0.0  # a peer's clock may say anything
+    stamp = time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t * 1000) % 1000:03d}"
+    return f"{stamp} {printable(logging.getLevelName(rec.level), 16):<7} {printable(rec.role, 32)}/{printable(rec.sender, 128)} {shown_text(rec.message)}"
 
 
 async def run_monitor(hub_address: str, stop: anyio.Event, roles: tuple[str, ...] = (), level: str = "INFO",

@@ -15,7 +15,7 @@ import os
 import socket
 import threading
 import time
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
@@ -28,13 +28,24 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from pzstream.stream import wire
-from pzstream.stream.weights import BlobAssembler
+from pzstream.stream.text import printable
+from pzstream.stream.weights import DEFAULT_MAX_WEIGHTS_BYTES, BlobAssembler
 from pzstream.stream.wire import Blob, Credit, Heartbeat, Hello, Log, Reject, Segment, Welcome, WireError
 
 log = logging.getLogger("pzstream.transport")
 
 # Rejections a collector cannot fix by reconnecting.
-FATAL_REJECTS = frozenset({"bad_version", "collector_id_in_use", "unknown_kind", "bad_field"})
+FATAL_REJECTS = frozenset({"bad_version", "unknown_kind", "bad_field"})
+#: How long a collector whose id the hub still holds for another connection keeps saying hello
+#: (each heartbeat) before it gives up: a collector restarted at once after a crash finds its old
+#: connection live until the hub declares it lost (``hub.peer_timeout_heartbeats``).
+ID_IN_USE_WAIT_S = 60.0
+
+#: The hub's own log records: its process publishes them here (inproc, in ``zmq.Context.instance()``),
+#: never through the network intake, so no peer can speak as the hub.
+HUB_OWN_LOGS = "inproc://pzstream-hub-own-logs"
+#: The role of the hub's own records; the log intake drops peers' records that claim it.
+HUB_LOG_ROLE = "learner"
 
 
 class SecurityError(RuntimeError):
@@ -160,31 +171,52 @@ def check_bind_security(address: str, curve: CurveKeys | None, allow_insecure: b
 # ---------------------------------------------------------------------------- hub side
 
 
-async def recv_batch(sock: zmq.asyncio.Socket, drain: zmq.Socket, cap: int = 256, copy: bool = True) -> list[list]:
+def frames_nbytes(frames: list) -> int:
+    return sum(len(f) for f in frames)
+
+
+async def recv_batch(sock: zmq.asyncio.Socket, drain: zmq.Socket, cap: int = 256, copy: bool = True,
+                     max_bytes: int | None = None) -> list[list]:
     """Await one multipart message on ``sock``, then take what is already queued through ``drain``
     (a sync shadow of the same socket): far cheaper than awaiting each message. ``copy=False``
-    gives ``zmq.Frame``s (no copy of the bytes; they can be forwarded without one either)."""
+    gives ``zmq.Frame``s (no copy of the bytes; they can be forwarded without one either).
+    The batch stops at ``cap`` messages or once it holds ``max_bytes``: everything in it stays
+    alive until the whole batch is handled, so a flood of large frames must not all be taken at once."""
     batch = [await sock.recv_multipart(copy=copy)]
-    while len(batch) < cap:
+    held = frames_nbytes(batch[0])
+    while len(batch) < cap and (max_bytes is None or held < max_bytes):
         try:
             batch.append(drain.recv_multipart(flags=zmq.NOBLOCK, copy=copy))
         except zmq.Again:
             break
+        held += frames_nbytes(batch[-1])
     return batch
 
 
 class HubRouter:
-    """The hub's ROUTER: receives ``[identity, frame]`` in batches, answers peers by identity."""
+    """The hub's ROUTER: receives ``[identity, frame]`` in batches, answers peers by identity.
 
-    def __init__(self, ctx: zmq.asyncio.Context, address: str, curve: CurveKeys | None, max_message_bytes: int):
+    Memory it holds for peers is bounded by configuration (docs/wire.md, "Caps"): per connection
+    at most ``recv_queue_bytes`` of received frames (RCVHWM in frames of the largest size), one
+    batch at most as much, and at most ``max_pending`` messages queued to a peer that does not
+    read them (SNDHWM; with ROUTER_MANDATORY a full queue is seen, and what is dropped counted in
+    ``caps``).
+    """
+
+    def __init__(self, ctx: zmq.asyncio.Context, address: str, curve: CurveKeys | None, max_message_bytes: int,
+                 recv_queue_bytes: int = 64 * 1024 * 1024, max_pending: int = 16, caps: Counter[str] | None = None):
         self.sock = ctx.socket(zmq.ROUTER)
         self.sock.setsockopt(zmq.LINGER, 0)
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting collector keeps its identity
-        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 0)
+        # a full queue to a peer raises zmq.Again (counted) instead of dropping unseen
+        self.sock.setsockopt(zmq.ROUTER_MANDATORY, 1)
         # libzmq drops bigger frames at the socket and closes that connection; +64 KiB leaves room
         # so the codec sees (and counts) moderately oversized frames itself.
         self.sock.setsockopt(zmq.MAXMSGSIZE, max_message_bytes + 65536)
-        self.sock.setsockopt(zmq.RCVHWM, 10_000)
+        self.recv_queue_bytes = recv_queue_bytes
+        self.sock.setsockopt(zmq.RCVHWM, max(2, recv_queue_bytes // max_message_bytes))
+        self.sock.setsockopt(zmq.SNDHWM, max_pending)
+        self.caps: Counter[str] = caps if caps is not None else Counter()
         if curve is not None:
             curve.make_server(self.sock)
         self.monitor = self.sock.get_monitor_socket(
@@ -193,13 +225,24 @@ class HubRouter:
         self._drain = zmq.Socket.shadow(self.sock.underlying)  # sync view for NOBLOCK draining
 
     async def recv_batch(self, cap: int = 256, copy: bool = True) -> list[list]:
-        return await recv_batch(self.sock, self._drain, cap, copy)
+        batch = await recv_batch(self.sock, self._drain, cap, copy, self.recv_queue_bytes)
+        if len(batch) < cap and sum(frames_nbytes(f) for f in batch) >= self.recv_queue_bytes:
+            self.caps["recv_batches_cut"] += 1
+        return batch
 
-    async def send(self, identity: bytes, data: bytes) -> None:
+    async def send(self, identity: bytes, data: bytes) -> bool:
+        """Queue ``data`` for a peer without waiting; False when it was dropped (the peer is gone,
+        or its queue is full: it does not read, and the heartbeat timeout will catch it)."""
         try:
             await self.sock.send_multipart([identity, data], flags=zmq.NOBLOCK)
-        except zmq.Again:  # peer's pipe full: it is not reading, the heartbeat timeout will catch it
-            pass
+            return True
+        except zmq.Again:
+            self.caps["sends_dropped"] += 1
+            return False
+        except zmq.ZMQError as e:
+            if e.errno == zmq.EHOSTUNREACH:  # no such connection (any more)
+                return False
+            raise
 
     async def handshake_failures(self) -> str:
         """Await the next failed handshake (a peer without the CURVE key); returns its reason."""
@@ -234,19 +277,77 @@ class NoticePublisher:
         self.sock.close(0)
 
 
-class LogRelay:
-    """XSUB (roles publish in) joined to XPUB (monitors subscribe) by a zmq proxy thread."""
+def peer_of(frame: zmq.Frame) -> str:
+    """Who sent a received frame, as the connection says (never as the peer claims): its address,
+    and with CURVE the start of its public key."""
+    try:
+        who = frame.get("Peer-Address") or "local"
+    except zmq.ZMQError:
+        who = "local"
+    try:
+        user = frame.get("User-Id")
+    except zmq.ZMQError:
+        user = ""
+    return f"{who}#{user[:8]}" if user else who
 
-    def __init__(self, ctx: zmq.Context, logs_in: str, logs_out: str, curve: CurveKeys | None):
+
+def attributed_log(frames: list, max_bytes: int) -> tuple[list[bytes] | None, str]:
+    """A log record from the network intake, checked and re-addressed: ``([topic, data], "")``
+    with the sender suffixed by the connection's own address (``c1@10.0.0.5``), or ``(None,
+    why)`` with why a ``CAPS`` name: too large, no log record, or one claiming the hub's role."""
+    if frames_nbytes(frames) > max_bytes:
+        return None, "log_records_too_large"
+    if len(frames) != 2:
+        return None, "log_records_malformed"
+    try:
+        rec = wire.decode(frames[1].bytes if isinstance(frames[1], zmq.Frame) else frames[1])
+    except WireError:
+        return None, "log_records_malformed"
+    if not isinstance(rec, Log):
+        return None, "log_records_malformed"
+    if rec.role == HUB_LOG_ROLE:
+        return None, "log_records_spoofed"
+    peer = peer_of(frames[1]) if isinstance(frames[1], zmq.Frame) else "local"
+    role, sender = printable(rec.role, 32), f"{printable(rec.sender)}@{peer}"
+    out = replace(rec, role=role, sender=sender)
+    return [f"{role}/{sender}".encode(), wire.encode(out)], ""
+
+
+class LogRelay:
+    """Log records in (XSUB: every role publishes) and out (XPUB: monitors subscribe), relayed by a
+    thread that checks each one: records over ``max_log_bytes`` or that are no log record are
+    dropped, a peer's record is attributed to the connection it came on (its sender gains
+    ``@address``), and only the hub's own process (``HUB_OWN_LOGS``) speaks as the hub
+    (``HUB_LOG_ROLE``). What it drops is counted in ``caps``. Queues hold at most
+    ``queue_bytes`` of records per connection in and per monitor out.
+    """
+
+    def __init__(self, ctx: zmq.Context, logs_in: str, logs_out: str, curve: CurveKeys | None,
+                 max_log_bytes: int = 64 * 1024, queue_bytes: int = 16 * 1024 * 1024, caps: Counter[str] | None = None):
         self.ctx = ctx
+        self.max_log_bytes = max_log_bytes
+        self.caps: Counter[str] = caps if caps is not None else Counter()
+        hwm = max(16, queue_bytes // max_log_bytes)
         self.xsub = ctx.socket(zmq.XSUB)
         self.xpub = ctx.socket(zmq.XPUB)
         for s in (self.xsub, self.xpub):
             s.setsockopt(zmq.LINGER, 0)
             if curve is not None:
                 curve.make_server(s)
+        self.xsub.setsockopt(zmq.RCVHWM, hwm)
+        # far bigger records are dropped by libzmq with their connection; moderately bigger ones are counted here
+        self.xsub.setsockopt(zmq.MAXMSGSIZE, 4 * max_log_bytes)
+        self.xpub.setsockopt(zmq.SNDHWM, hwm)
         self.xsub.bind(logs_in)
         self.xpub.bind(logs_out)
+        # the hub's own records, from this process only (one hub per process binds it)
+        self.own = zmq.Context.instance().socket(zmq.SUB)
+        self.own.setsockopt(zmq.LINGER, 0)
+        self.own.setsockopt(zmq.SUBSCRIBE, b"")
+        try:
+            self.own.bind(HUB_OWN_LOGS)
+        except zmq.ZMQError as e:  # another hub of this process relays them
+            log.debug("hub's own log records are relayed elsewhere: %s", e)
         self._control_addr = f"inproc://log-relay-{id(self)}"
         self._control = ctx.socket(zmq.PAIR)
         self._control.bind(self._control_addr)
@@ -256,17 +357,44 @@ class LogRelay:
     def _run(self) -> None:
         control = self.ctx.socket(zmq.PAIR)
         control.connect(self._control_addr)
+        poller = zmq.Poller()
+        for s in (self.xsub, self.xpub, self.own, control):
+            poller.register(s, zmq.POLLIN)
         try:
-            zmq.proxy_steerable(self.xsub, self.xpub, None, control)
+            while True:
+                ready = dict(poller.poll())
+                if control in ready:
+                    return
+                if self.xpub in ready:  # monitors' (un)subscriptions go upstream, as a proxy's do
+                    self.xsub.send_multipart(self.xpub.recv_multipart())
+                if self.own in ready:
+                    self._publish(self.own.recv_multipart())
+                if self.xsub in ready:
+                    for _ in range(256):
+                        try:
+                            frames = self.xsub.recv_multipart(flags=zmq.NOBLOCK, copy=False)
+                        except zmq.Again:
+                            break
+                        out, why = attributed_log(frames, self.max_log_bytes)
+                        if out is None:
+                            self.caps[why] += 1
+                        else:
+                            self._publish(out)
         except zmq.ContextTerminated:
             pass
         finally:
             control.close(0)
 
+    def _publish(self, frames: list) -> None:
+        try:
+            self.xpub.send_multipart(frames, flags=zmq.NOBLOCK)
+        except zmq.Again:
+            pass
+
     def close(self) -> None:
         self._control.send(b"TERMINATE")
         self._thread.join(timeout=2)
-        for s in (self._control, self.xsub, self.xpub):
+        for s in (self._control, self.xsub, self.xpub, self.own):
             s.close(0)
 
 
@@ -280,11 +408,13 @@ class ZmqLogHandler(logging.Handler):
     at its high-water mark records are dropped, which is acceptable for logs only.
     """
 
-    def __init__(self, address: str, role: str, sender: str, curve: CurveKeys | None = None):
+    def __init__(self, address: str, role: str, sender: str, curve: CurveKeys | None = None,
+                 ctx: zmq.Context | None = None):
         super().__init__()
         self.role, self.sender = role, sender
         self.topic = f"{role}/{sender}".encode()
-        self._ctx = zmq.Context()
+        self._own_ctx = ctx is None  # an inproc address needs the context its reader binds in
+        self._ctx = zmq.Context() if ctx is None else ctx
         self._sock = self._ctx.socket(zmq.PUB)
         self._sock.setsockopt(zmq.LINGER, 500)
         self._sock.setsockopt(zmq.SNDHWM, 10_000)
@@ -308,7 +438,8 @@ class ZmqLogHandler(logging.Handler):
     def close(self) -> None:
         with self._lock:
             self._sock.close()
-            self._ctx.term()
+            if self._own_ctx:
+                self._ctx.term()
         super().close()
 
 
@@ -388,8 +519,13 @@ class SegmentSender:
 
     def __init__(self, ctx: zmq.asyncio.Context, address: str, hello: Hello, heartbeat_s: float,
                  timeout_heartbeats: int = 3, curve: CurveKeys | None = None,
-                 stats_fn: Callable[[], dict[str, float]] = dict):
+                 stats_fn: Callable[[], dict[str, float]] = dict, id_in_use_wait_s: float = ID_IN_USE_WAIT_S):
+        # the session proves "the same process" when a later connection says hello (wire.Hello)
+        hello = hello if hello.session is not None else replace(hello, session=os.urandom(16).hex())
         self.ctx, self.address, self.hello, self.curve = ctx, address, hello, curve
+        self.id_in_use_wait_s = id_in_use_wait_s
+        self._in_use_since: float | None = None
+        self._rehello_at: float | None = None
         self.heartbeat_s = heartbeat_s
         self.timeout_s = heartbeat_s * timeout_heartbeats
         self.stats_fn = stats_fn
@@ -440,9 +576,11 @@ class SegmentSender:
         self._give_up_at = time.monotonic() + after_s
         self._notify()
 
-    async def fetch(self, notice: wire.Weights, chunk_timeout_s: float = 10.0) -> bytes:
-        """Fetch the bytes a weights notice announces, chunk by chunk; raises WeightsError or TimeoutError."""
-        asm = BlobAssembler(notice)
+    async def fetch(self, notice: wire.Weights, chunk_timeout_s: float = 10.0,
+                    max_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES) -> bytes:
+        """Fetch the bytes a weights notice announces, chunk by chunk, each checked as it comes;
+        raises WeightsError (a notice over ``max_bytes`` before any fetch) or TimeoutError."""
+        asm = BlobAssembler(notice, max_bytes)
         while not asm.done:
             req = asm.next_request()
             self._blob = None
@@ -478,6 +616,9 @@ class SegmentSender:
                 elif now - self._last_heard > (self.timeout_s if self.stats.welcomes else max(self.timeout_s, 5.0)):
                     log.warning("hub %s silent for %.1fs; reconnecting", self.address, now - self._last_heard)
                     self.stats.reconnects += 1
+                    self._connect()
+                if self._rehello_at is not None and now >= self._rehello_at:
+                    self._rehello_at = None
                     self._connect()
                 if now - last_beat >= self.heartbeat_s:
                     last_beat = now
@@ -537,6 +678,7 @@ class SegmentSender:
         elif isinstance(msg, Blob):
             self._blob = msg
         elif isinstance(msg, Welcome):
+            self._in_use_since = None
             first = self.welcome is None and self.stats.reconnects == 0 and self.next_seq == 0
             self.welcome, self.window = msg, msg.window
             self.stats.welcomes += 1
@@ -550,6 +692,8 @@ class SegmentSender:
             if msg.reason in FATAL_REJECTS:
                 self.fatal = FatalReject(f"hub rejected collector {self.hello.collector_id}: {msg.reason}: {msg.detail}")
                 log.error("%s", self.fatal)
+            elif msg.reason == "collector_id_in_use":
+                self._on_id_in_use(msg)
             elif msg.reason == "hello_required":
                 if self.welcome is not None:  # only once: later rejects are for segments queued before
                     log.info("hub does not know us (restarted?); saying hello again")
@@ -558,6 +702,20 @@ class SegmentSender:
             else:
                 log.warning("hub rejected a message: %s: %s", msg.reason, msg.detail)
         self._notify()
+
+    def _on_id_in_use(self, msg: Reject) -> None:
+        """Our id is held by a connection the hub still thinks live (ours, before a crash and a quick
+        restart): say hello again each heartbeat until the hub declares it lost, up to a limit."""
+        now = time.monotonic()
+        self._in_use_since = self._in_use_since or now
+        if now - self._in_use_since > self.id_in_use_wait_s:
+            self.fatal = FatalReject(f"hub rejected collector {self.hello.collector_id}: collector_id_in_use for "
+                                     f"{now - self._in_use_since:.0f}s: {msg.detail}")
+            log.error("%s", self.fatal)
+            return
+        log.warning("collector id %s still in use at the hub (%s); saying hello again in %.1fs",
+                    self.hello.collector_id, msg.detail, self.heartbeat_s)
+        self._rehello_at = now + self.heartbeat_s
 
     def _on_credit(self, msg: Credit) -> None:
         self.window = msg.n

@@ -14,6 +14,7 @@ from pathlib import Path
 from pzstream.stream.wire import Blob, Fetch, Weights
 
 CHUNK_BYTES = 512 * 1024  # below the codec's 1 MiB cap on one bin value
+DEFAULT_MAX_WEIGHTS_BYTES = 16 * 1024 ** 3  # wire.max_weights_bytes: a 7B model in bf16 fits
 HUB_URI = "hub"  # a notice whose bytes are fetched from the hub over the segment connection
 
 
@@ -107,9 +108,14 @@ class WeightsStore:
 
 
 class BlobAssembler:
-    """Collects the chunks of one notice's weights in order and checks them against it."""
+    """Collects the chunks of one notice's weights in order and checks each against it as it
+    comes: a notice declaring more than ``max_bytes`` is refused before any chunk is asked for,
+    and a chunk longer than asked for or running past the declared size is refused at once."""
 
-    def __init__(self, notice: Weights):
+    def __init__(self, notice: Weights, max_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES):
+        if not 0 <= notice.nbytes <= max_bytes:
+            raise WeightsError(f"{notice.model} v{notice.version}: notice declares {notice.nbytes} bytes, more than "
+                               f"this reader takes ({max_bytes}, wire.max_weights_bytes)")
         self.notice = notice
         self._parts: list[bytes] = []
         self.received = 0
@@ -130,6 +136,9 @@ class BlobAssembler:
                                f"notice said {n.nbytes}/{n.sha256[:12]}")
         if blob.offset != self.received or not blob.data:
             raise WeightsError(f"{n.model} v{n.version}: chunk at {blob.offset}, expected {self.received}")
+        if len(blob.data) > CHUNK_BYTES or self.received + len(blob.data) > n.nbytes:
+            raise WeightsError(f"{n.model} v{n.version}: chunk of {len(blob.data)} bytes at {blob.offset} runs past "
+                               f"the chunk size ({CHUNK_BYTES}) or the declared {n.nbytes} bytes")
         self._parts.append(blob.data)
         self.received += len(blob.data)
 

@@ -21,7 +21,7 @@ from typing import Awaitable, Callable, Mapping
 
 import anyio
 
-from pzstream.stream.weights import WeightsError, read_mirrored
+from pzstream.stream.weights import DEFAULT_MAX_WEIGHTS_BYTES, WeightsError, read_mirrored
 from pzstream.stream.wire import Weights
 
 log = logging.getLogger("pzstream.weights")
@@ -37,6 +37,7 @@ class WeightsClientStats:
     versions: dict[str, int] = field(default_factory=dict)
     installed: int = 0
     rejected: int = 0
+    too_large: int = 0  # notices declaring more than max_bytes: refused before fetching anything
     errors: list[str] = field(default_factory=list)  # the last few faults, for summaries
 
 
@@ -44,9 +45,10 @@ class WeightsClient:
     """Follows weights notices for the models in ``installers``; fetches, checks and swaps in newer versions."""
 
     def __init__(self, installers: Mapping[str, Install], who: str = "reader",
-                 versions: Mapping[str, int] | None = None):
+                 versions: Mapping[str, int] | None = None, max_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES):
         self.installers = dict(installers)
         self.who = who
+        self.max_bytes = max_bytes  # wire.max_weights_bytes: the most a notice may make this reader buffer
         self.stats = WeightsClientStats(versions={m: 0 for m in self.installers} | dict(versions or {}))
         self._tried: set[tuple[str, int]] = set()
 
@@ -66,6 +68,11 @@ class WeightsClient:
             if not self.wants(note):
                 continue
             self._tried.add((note.model, note.version))
+            if note.nbytes > self.max_bytes:  # checked before a single chunk is fetched and buffered
+                self.stats.too_large += 1
+                self._reject(note.model, note.version, f"notice declares {note.nbytes} bytes > {self.max_bytes} "
+                             "(wire.max_weights_bytes); not fetched")
+                continue
             try:
                 data = await fetch(note)
             except (WeightsError, TimeoutError) as e:

@@ -95,6 +95,9 @@ class Hello:
     role: one of HELLO_ROLES; None = "collector" (plays and sends segments). A "reader" (a prior
     or search server) only follows weights: it fetches and heartbeats, never sends segments, and
     the hub does not count it as a collector.
+    session: a secret the sender draws once per process (never shown in logs or status); a new
+    connection whose hello repeats the live connection's session continues that collector (the
+    same process reconnecting). None: no such continuation.
     """
 
     collector_id: str
@@ -104,6 +107,7 @@ class Hello:
     capabilities: tuple[str, ...] = ()
     seed: int | None = None
     role: str | None = None
+    session: str | None = None
 
 
 @dataclass(frozen=True)
@@ -464,7 +468,7 @@ _KIND_OF: dict[type, str] = {
     ScoreRequest: "score", ScoreReply: "prior", SearchRequest: "search", SearchReply: "searched",
 }
 _FIELDS_OF: dict[type, tuple[str, ...]] = {cls: tuple(f.name for f in fields(cls)) for cls in _KIND_OF}
-_OPTIONAL_OF: dict[type, tuple[str, ...]] = {Hello: ("seed", "role"), Reject: ("seq",)}
+_OPTIONAL_OF: dict[type, tuple[str, ...]] = {Hello: ("seed", "role", "session"), Reject: ("seq",)}
 _KINDS = frozenset(_KIND_OF.values())
 
 
@@ -740,6 +744,12 @@ def _shown(text: str) -> str:
     return text if len(text) <= _MAX_DETAIL_CHARS else text[:_MAX_DETAIL_CHARS] + "..."
 
 
+def _any_ext(code: int, data: bytes) -> tuple[int, bytes]:
+    # msgpack.ExtType refuses the reserved codes -128..-2, but they are valid msgpack: a frame
+    # that holds one is judged by where it stands (bad_version, bad_field, ...), not malformed
+    return code, data
+
+
 def _explain(data: bytes | memoryview, limits: WireLimits, error: Exception) -> WireError:
     """The WireError for a frame the typed decoder refused.
 
@@ -759,7 +769,7 @@ def _explain(data: bytes | memoryview, limits: WireLimits, error: Exception) -> 
             data, raw=False, strict_map_key=True, use_list=True,
             max_str_len=caps["str"][0], max_bin_len=caps["bin"][0],
             max_array_len=min(size, caps["array"][0]), max_map_len=min(size, caps["map"][0]),
-            max_ext_len=min(size, caps["ext"][0]),
+            max_ext_len=min(size, caps["ext"][0]), ext_hook=_any_ext,
         )
     except Exception as e:  # msgpack documents that it may raise other types too
         # msgpack reports a broken limit only in its message: "N exceeds max_array_len(L)"

@@ -45,3 +45,23 @@ def test_sampling_gives_n_answers_per_prompt_of_the_asked_length(tiny):
     assert [len(a) for a in out] == [3, 3]
     assert all(len(ans) == 6 for a in out for ans in a)
     assert out == transformers_sample(model, tok, prompts, 3, 6, temperature=1.0, seed=0, min_tokens=6)  # seeded
+
+
+def test_the_generation_copy_follows_the_policy_after_each_update(tiny):
+    from pzstream.orz.rollout import GenerationCopy
+
+    model, tok = tiny
+    gen = GenerationCopy(model, dtype=torch.bfloat16)
+    first = next(gen.model.parameters())
+    assert first.dtype == torch.bfloat16 and not first.requires_grad
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(0.01)
+    assert not torch.equal(first, next(model.parameters()).to(torch.bfloat16))
+    gen.refresh()
+    assert all(torch.equal(a, b.to(torch.bfloat16)) for a, b in zip(gen.model.parameters(), model.parameters()))
+    out = gen.sample(tok, [tok("north")["input_ids"]], 2, 4, 1.0, 0)
+    assert len(out) == 1 and len(out[0]) == 2 and all(1 <= len(a) <= 4 for a in out[0])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.sub_(0.01)

@@ -1,0 +1,47 @@
+"""A hub in a process of its own, for tests that measure its memory (tests/test_memory_caps.py).
+
+    python tests/hub_process.py RUN_DIR WEIGHTS_BYTES [key=value ...]
+
+Publishes WEIGHTS_BYTES of world-model weights (0: none) before it serves, prints ``READY`` when it
+listens, and on SIGTERM prints its summary as one JSON line.
+"""
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+
+import anyio
+
+
+async def main(run_dir: Path, weights_bytes: int, overrides: list[str]) -> None:
+    from pzstream.config import load_config
+    from pzstream.hub.learner import LearnerHub
+    from pzstream.roles.lifecycle import die_with_parent, serve_until_stopped
+    from pzstream.stream.logstream import setup_logging
+
+    die_with_parent()
+    cfg = load_config(None, overrides)
+    setup_logging("learner", "hub", "WARNING", cfg.hub.address)
+    hub = LearnerHub(cfg, run_dir=run_dir)
+    if weights_bytes:
+        await hub.publish("wm", os.urandom(weights_bytes))
+
+    async def serve(stop: anyio.Event) -> dict[str, object]:
+        async def say_ready() -> None:
+            await hub.ready.wait()
+            print("READY", flush=True)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(say_ready)
+            summary = await hub.serve(stop)
+            tg.cancel_scope.cancel()
+        return summary
+
+    summary = await serve_until_stopped(serve, None)
+    print(json.dumps(summary, default=str), flush=True)
+
+
+if __name__ == "__main__":
+    anyio.run(main, Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])
