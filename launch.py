@@ -6,6 +6,7 @@ Examples:
   python launch.py --role learner --resume runs/debug              # continue a stopped or crashed run
   python launch.py --role collector --learner tcp://hub-host:5555 --game zork1 security.curve_dir=keys
   python launch.py --role monitor --learner tcp://hub-host:5555 --roles collector --level WARNING
+  python launch.py --role monitor --learner tcp://hub-host:5555 --dashboard
   python launch.py --role prior --prior tcp://0.0.0.0:5600 --learner tcp://hub-host:5555
   python launch.py --role search --search tcp://0.0.0.0:5700 --learner tcp://hub-host:5555
   python launch.py --role collector --learner tcp://hub-host:5555 collector.search=server collector.search_server=tcp://search-host:5700
@@ -49,6 +50,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--max-steps", type=int, default=None, help="collector: stop after this many env steps")
     p.add_argument("--roles", default="", help="monitor: comma-separated roles to show (default all)")
     p.add_argument("--level", default="INFO", help="monitor: lowest level shown")
+    p.add_argument("--dashboard", action="store_true",
+                   help="monitor: a live terminal dashboard of the hub's reports (rates, versions and lag, losses, "
+                        "returns per game, PPO, rejections, caps, collectors' health, memory) instead of log lines")
     p.add_argument("--out", default="keys", help="keys: directory for the key files")
     p.add_argument("--prior", default=None, help="prior server address (bind for --role prior, connect for collectors)")
     p.add_argument("--search", default=None, help="search server address (bind for --role search; for --role all, "
@@ -145,13 +149,21 @@ async def main_collector(cfg: Config) -> dict[str, object]:
     return await serve_until_stopped(lambda stop: run_collector(cfg, stop, curve_keys(cfg)), cfg.run.max_seconds)
 
 
-async def main_monitor(cfg: Config, roles: str, level: str) -> None:
+async def main_monitor(cfg: Config, roles: str, level: str, dashboard: bool = False) -> None:
     from pzstream.stream.logstream import LEVELS, run_monitor
 
     level = level.upper()
     if level not in LEVELS:
         raise ConfigError(f"--level {level!r}: use one of {', '.join(LEVELS)}")
     role_filter = tuple(r.strip() for r in roles.split(",") if r.strip())
+    if dashboard:
+        from pzstream.roles.dashboard import run_dashboard
+
+        print(f"dashboard of {cfg.collector.learner} (roles: {', '.join(role_filter) or 'all'}); Ctrl-C to stop",
+              file=sys.stderr)
+        await serve_until_stopped(lambda stop: run_dashboard(cfg.collector.learner, stop, role_filter, curve_keys(cfg)),
+                                  cfg.run.max_seconds)
+        return
     print(f"following {cfg.collector.learner} (roles: {', '.join(role_filter) or 'all'}, level >= {level}); Ctrl-C to stop",
           file=sys.stderr)
     await serve_until_stopped(lambda stop: run_monitor(cfg.collector.learner, stop, role_filter, level, curve_keys(cfg)),
@@ -329,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = build_config(args)
         check_resume(cfg, args)
+        if args.dashboard and args.role != "monitor":
+            raise ConfigError(f"--dashboard is for --role monitor, not --role {args.role}")
         if args.role in ("learner", "all", "search", "prior", "collector", "eval"):
             check_placement(cfg, args.role)
         if args.role in ("learner", "all") and args.helper_output == "file":
@@ -348,7 +362,7 @@ def main(argv: list[str] | None = None) -> int:
         elif args.role == "eval":
             result = main_eval(cfg, args)
         elif args.role == "monitor":
-            anyio.run(main_monitor, cfg, args.roles, args.level)
+            anyio.run(main_monitor, cfg, args.roles, args.level, args.dashboard)
             return 0
         else:
             result = anyio.run(main_all, cfg, args)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, ValidationError, field_validator, model_validator
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = REPO_ROOT / "config"
@@ -173,6 +173,12 @@ class TrainerConfig(_Section):
     max_updates_per_s: float = Field(0.0, ge=0, description="0 = as fast as the CPU allows")
     max_wm_lag: int | None = Field(None, ge=0, description="segments played with weights older than this are dropped (counted)")
     tensorboard: bool = True
+    fail_every: int = Field(0, ge=0, description="testing aid: every N-th world-model update a trainer process "
+                            "attempts raises inside the update (0 = never); it is logged, counted "
+                            "(trainer_failed_updates) and skipped")
+    crash_at_update: int = Field(0, ge=0, description="testing aid: a trainer that started without a checkpoint "
+                                 "exits with code 70, as a crash, at this update (0 = never); the hub starts another, "
+                                 "which resumes from the run's checkpoints and does not crash again")
 
 
 class SearchSection(_Section):
@@ -353,6 +359,21 @@ class PPOSection(_Section):
     progress_value_weight: float = Field(0.0, ge=0, description="progress reward: game reward + this x value of the result")
     seed: int = 0
     episode_timeout_s: float = Field(900.0, gt=0, description="an episode running longer is failed")
+    fail_episodes: list[PositiveInt] = Field(default_factory=list, description="testing aid: these episodes (the hub numbers "
+                                     "them from 1) raise inside the episode, at their first reward; e.g. 2 or '2,5'")
+
+    @field_validator("fail_episodes", mode="before")
+    @classmethod
+    def _episode_list(cls, v: Any) -> Any:
+        # from the command line: ppo.fail_episodes=2 or ppo.fail_episodes=2,5 (YAML reads an int or a string)
+        if isinstance(v, int) and not isinstance(v, bool):
+            return [v]
+        if isinstance(v, str):
+            try:
+                return [int(x) for x in v.split(",") if x.strip()]
+            except ValueError:
+                raise ValueError(f"{v!r} is not a list of episode numbers such as '2,5'") from None
+        return v
 
     @model_validator(mode="after")
     def _divisible(self) -> "PPOSection":

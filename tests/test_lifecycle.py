@@ -34,3 +34,47 @@ def test_sigterm_stops_the_role_cleanly():
     finally:
         timer.cancel()
     assert summary["stopped"] and summary["elapsed"] < 10
+
+
+CHILD = '''
+import time
+
+
+def child(flag):
+    time.sleep(2.0)  # still importing, say, when the parent ends
+    from pzstream.roles.lifecycle import die_with_parent
+
+    die_with_parent()
+    open(flag, "w").write("outlived its parent")
+'''
+
+PARENT = '''
+import multiprocessing as mp, os, sys
+sys.path.insert(0, {dir!r})
+import slowchild
+
+if __name__ == "__main__":
+    p = mp.get_context("spawn").Process(target=slowchild.child, args=({flag!r},))
+    p.start()
+    print(p.pid, flush=True)
+    os._exit(0)  # like kill -9: no clean-up, the child is not told
+'''
+
+
+def test_a_child_whose_parent_ended_before_it_asked_for_the_signal_ends_too(tmp_path):
+    """die_with_parent closes the race of a child still importing when its parent dies."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    (tmp_path / "slowchild.py").write_text(CHILD)
+    flag = tmp_path / "flag"
+    out = subprocess.run([sys.executable, "-c", PARENT.format(dir=str(tmp_path), flag=str(flag))],
+                         capture_output=True, text=True, timeout=60)
+    pid = int(out.stdout.split()[0])
+    try:
+        psutil.Process(pid).wait(30)
+    except psutil.NoSuchProcess:
+        pass
+    assert not flag.exists(), "the child ran on after its parent had ended"

@@ -58,9 +58,9 @@ print("MAXDIFF", float((engine_path - parts_path).abs().max()), int(pk.mask.sum(
 """
 
 
-def test_zero3_logprobs_through_body_and_head_equal_the_engines_whole_forward():
-    """Under ZeRO-3 the answer log-probs come from the body and the output layer at the answer
-    positions only (the full vocabulary at every position made ZeRO-3 3.3x slower, issue 13)."""
+def test_zero3_logprobs_at_answer_positions_only_equal_the_engines_whole_forward():
+    """Under ZeRO-3 the engine's forward computes logits at the answer positions only
+    (``logits_to_keep``; the full vocabulary at every position made ZeRO-3 3.3x slower, issue 13)."""
     import subprocess
     import sys
 

@@ -80,7 +80,9 @@ def test_collectors_stream_intact_segments(address, procs):
 
 @pytest.mark.slow
 def test_kill_9_collector_hub_serves_the_rest(address, procs):
-    hub = HubThread(hub_config(address, "hub.peer_timeout_heartbeats=4")).start()
+    # hub_config's 10 silent heartbeats of 0.2 s: a real loss is seen in 2 s, and a collector starved
+    # of CPU for under a second is not declared lost (with 4, a full CI run beside other work did)
+    hub = HubThread(hub_config(address)).start()
     for i in range(3):
         procs.append(collector(address, f"k{i}", "collector.segment_steps=5"))
     hub.wait_for(lambda h: all(accepted(h, f"k{i}") >= 2 for i in range(3)), what="3 collectors streaming")

@@ -21,10 +21,11 @@ import zmq
 
 from pzstream.config import HubConfig
 from pzstream.hub.parts import AcceptedSegment, SegmentPart
-from pzstream.hub.peers import Peer, credit_refusal, printable, prune_table, trim_stats
+from pzstream.hub.peers import Peer, credit_refusal, excuse_stall, printable, prune_table, trim_stats
 from pzstream.hub.publisher import PublishedVersions
 from pzstream.hub.status import CollectorStatus, HubCounters
 from pzstream.stream import wire
+from pzstream.stream.liveness import LoopClock
 from pzstream.stream.transport import HubRouter
 from pzstream.stream.weights import WeightsStore
 from pzstream.stream.wire import (
@@ -82,6 +83,7 @@ class Ingest:
         self.by_collector: dict[str, bytes] = {}
         self.collector_stats: dict[str, dict[str, float]] = {}
         self._logged_reasons: set[str] = set()
+        self.loop_clock = LoopClock(cfg.heartbeat_s)  # housekeeping's ticks: when the hub's loop stood still
         self.window = lambda: cfg.credit_window  # the credit window now (a schedule closes it to pause collectors)
         self._router: HubRouter | None = None
 
@@ -94,8 +96,10 @@ class Ingest:
             batch = await router.recv_batch(copy=False)
             acks: dict[bytes, int] = {}
             for frames in batch:
-                if len(frames) != 2:
-                    self.count_reject("bad_framing", f"{len(frames)} frames")
+                if len(frames) != 2:  # a message is one frame (docs/wire.md, Framing): answered, not read
+                    identity = frames[0].bytes
+                    await self._reject(router, identity, self.peers.get(identity), "bad_framing",
+                                       f"a message of {len(frames) - 1} frames; send each message as one frame")
                     continue
                 await self._handle(router, frames[0].bytes, frames[1], acks)
             window = self.window()
@@ -157,7 +161,7 @@ class Ingest:
             old = self.peers.pop(owner)
             last_seq = old.last_seq if same_process else -1
         else:
-            last_seq = peer.last_seq if peer is not None else -1
+            old, last_seq = peer, (peer.last_seq if peer is not None else -1)
         if identity not in self.peers and not self.prune(incoming=1):
             self.counters.caps["peers_refused"] += 1
             await self._reject(router, identity, None, "too_many_peers",
@@ -165,8 +169,8 @@ class Ingest:
             return
         window = self.window()
         fresh = Peer(identity=identity, hello=hello, last_heard=time.monotonic(), last_seq=last_seq, granted=last_seq + window)
-        if peer is not None and not peer.gone:
-            fresh.accepted, fresh.rejected, fresh.steps = peer.accepted, peer.rejected, peer.steps
+        if old is not None and old.collector_id == hello.collector_id:  # an id's counts outlive its losses
+            fresh.accepted, fresh.rejected, fresh.steps = old.accepted, old.rejected, old.steps
         self.peers[identity] = fresh
         if peer is not None and peer.collector_id != hello.collector_id and self.by_collector.get(peer.collector_id) == identity:
             del self.by_collector[peer.collector_id]  # a connection that renames itself frees its old id
@@ -301,10 +305,11 @@ class Ingest:
             self.count_reject(reason, "a peer without the CURVE key", self.counters.connections_rejected)
 
     async def housekeeping(self, router: HubRouter) -> None:
-        """Heartbeats to live peers, loss detection, and forgetting peers gone past hub.peer_ttl_s."""
+        """Heartbeats, loss detection on the hub's running clock (``excuse_stall``), forgetting gone peers."""
         timeout = self.cfg.heartbeat_s * self.cfg.peer_timeout_heartbeats
         while True:
             now = time.monotonic()
+            excuse_stall(self.peers, self.loop_clock.tick(now), now, timeout)
             beat = wire.encode(Heartbeat(sender=self.hub_id, time=time.time(), stats={"accepted": float(self.counters.accepted)}))
             for peer in list(self.peers.values()):
                 if peer.gone:

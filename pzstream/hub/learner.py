@@ -29,7 +29,8 @@ from pzstream.hub.parts import SegmentPart
 from pzstream.hub.ppo import PPOEpisodes
 from pzstream.hub.publisher import PublishedVersions
 from pzstream.hub.schedule import SchedulePart
-from pzstream.hub.report import HubReport, ReturnTracker, ingest_summary
+from pzstream.hub.report import HubExtras, HubReport, ReturnTracker, ingest_summary
+from pzstream.stream.report_record import PPOFigures
 from pzstream.hub.status import HubStatus, lag_summary
 from pzstream.hub.supervisor import HelperSpec, StartFn, Supervisor
 from pzstream.hub.trainer_link import TrainerLink
@@ -142,7 +143,7 @@ class LearnerHub:
             self.checkpoints.start()
         supervisor = self._supervise(ctx)
         tb = self.run_dir / "tb" / "hub" if self.cfg.trainer.tensorboard else None
-        report = HubReport(self.cfg.hub.report_every_s, self.status, self.returns, lambda: self.trainer.updates, tb)
+        report = HubReport(self.cfg.hub.report_every_s, self.status, self.returns, self.report_extras, tb)
         self._t0 = time.monotonic()
         log.info("hub %s listening: segments %s, weights %s, logs in %s, monitor %s%s", self.hub_id,
                  self.endpoints.segments, self.endpoints.weights, self.endpoints.logs_in, self.endpoints.logs_out,
@@ -200,6 +201,20 @@ class LearnerHub:
             wm_version=self.versions.wm, llm_version=self.versions.llm,
             elapsed_s=(self._t_end or time.monotonic()) - self._t0, caps=dict(c.caps + self.returns.caps))
 
+    def report_extras(self) -> HubExtras:
+        """What the periodic report reads beside :meth:`status`."""
+        now, ppo = time.monotonic(), self.ppo
+        heard: dict[str, float] = {}
+        for p in self.ingest.peers.values():  # an id may have an old connection beside its new one
+            heard[p.collector_id] = min(heard.get(p.collector_id, float("inf")), now - p.last_heard)
+        figures = None if ppo is None else PPOFigures(
+            fired=ppo.state.fired, ok=ppo.state.ok, failed=ppo.state.failed, running=ppo.state.running is not None,
+            reward_mean=ppo.state.last.get("reward_mean"), queue_size=len(ppo.queue))
+        helpers = {"trainer": self.trainer.helper, "ppo": ppo.helper if ppo else None}
+        return HubExtras(wm_updates=self.trainer.updates, trainer_stats=dict(self.trainer.stats),
+                         trainer_dropped=self.trainer.dropped, ppo=figures, last_heard_s=heard,
+                         pids={name: h.pid for name, h in helpers.items() if h is not None})
+
     def _collectors(self):
         collectors = self.ingest.collectors()
         return self.checkpoints.carried(collectors) if self.checkpoints is not None else collectors
@@ -212,6 +227,10 @@ class LearnerHub:
             "wm_updates": self.trainer.updates,
             "trainer": self.trainer.stats,
             "trainer_dropped": self.trainer.dropped,
+            "hub_stalls": {"count": self.ingest.loop_clock.stalls,  # times its own loop stood still (issue 14)
+                           "longest_s": round(self.ingest.loop_clock.longest_stall_s, 2)},
+            "trainer_failed_updates": self.trainer.failed_updates,
+            "trainer_restarts": self.trainer.restarts,
             "episode_returns": self.returns.summary(),
             "schedule": self.schedule.summary(),
             "checkpoint": self.checkpoints.summary() if self.checkpoints is not None else {"enabled": False},

@@ -1,12 +1,16 @@
 """Collectors as the hub sees them, and what of their self-chosen names may reach a log."""
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 
+from pzstream.stream.liveness import excused
 from pzstream.stream.text import LOGGED_ID_CHARS, printable  # noqa: F401  (re-exported: the hub's modules read them here)
 from pzstream.stream.wire import Hello
+
+log = logging.getLogger("pzstream.learner")
 
 MAX_STAT_KEY_CHARS = 64  # a heartbeat stats key longer than this is dropped
 STAT_VALUE_BYTES = 8  # what one number of a heartbeat's stats counts toward hub.max_stat_bytes
@@ -38,7 +42,7 @@ class Peer:
 
     identity: bytes
     hello: Hello
-    last_heard: float
+    last_heard: float  # monotonic seconds, moved on by the time the hub's own loop stood still (``excuse_stall``)
     last_seq: int = -1
     granted: int = -1
     accepted: int = 0
@@ -112,6 +116,19 @@ def prune_table(peers: dict[bytes, Peer], by_collector: dict[str, bytes], collec
             del by_collector[peer.collector_id]
             collector_stats.pop(peer.collector_id, None)
     return len(gone)
+
+
+def excuse_stall(peers: Mapping[bytes, Peer], stall_s: float, now: float, timeout_s: float) -> None:
+    """Excuse every live peer the ``stall_s`` seconds the hub's loop stood still (``liveness.excused``):
+    a peer is judged by how long the hub listened without hearing it, not by the clock (issue 14)."""
+    if stall_s <= 0:
+        return
+    for peer in peers.values():
+        if not peer.gone:
+            peer.last_heard = excused(peer.last_heard, stall_s, now)
+    # a busy loop runs late often and by little: only a stall that could have cost a peer is worth a line
+    log.log(logging.WARNING if stall_s >= timeout_s / 2 else logging.DEBUG, "the hub's loop stood still for %.1fs "
+            "(stopped or starved of CPU); peers' silence meanwhile is not counted against them", stall_s)
 
 
 def credit_refusal(peer: Peer, seq: int, credit_window: int) -> tuple[str, str] | None:

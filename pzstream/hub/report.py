@@ -1,18 +1,32 @@
-"""What the hub tells people: episode returns per collector, periodic log lines and TensorBoard
-scalars while it runs, and the summary dict when it stops."""
+"""What the hub tells people: episode returns per collector, periodic log lines, a structured
+report record on the live log stream (``pzstream.stream.report_record``: what the dashboard reads)
+and TensorBoard scalars while it runs, and the summary dict when it stops."""
 from __future__ import annotations
 
 import logging
+import math
+import os
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import anyio
 
 from pzstream.hub.parts import AcceptedSegment
 from pzstream.hub.peers import printable
-from pzstream.hub.status import HubStatus
+from pzstream.hub.status import CollectorStatus, HubStatus
+from pzstream.stream.report_record import (
+    MAX_PEER_ROWS,
+    GameReturns,
+    PeerHealth,
+    PPOFigures,
+    ReportPublisher,
+    ReportRecord,
+    finite,
+    process_rss_bytes,
+)
 
 log = logging.getLogger("pzstream.learner")
 
@@ -64,6 +78,10 @@ class ReturnTracker:
                 del self._partial[next(iter(self._partial))]
                 self.caps["returns_dropped"] += 1
 
+    def episodes(self, cid: str) -> int:
+        """Episodes of ``cid`` finished so far, those no longer kept included."""
+        return len(self.returns.get(cid, ())) + self._cut.get(cid, 0)
+
     def recent_means(self, last: int = 10) -> dict[str, float]:
         return {cid: sum(r for _, r in s[-last:]) / len(s[-last:]) for cid, s in self.returns.items()}
 
@@ -72,7 +90,7 @@ class ReturnTracker:
         for cid, series in sorted(self.returns.items()):
             rets = [r for _, r in series]
             half = len(rets) // 2
-            out[cid] = {"policy": self.policies.get(cid, "unknown"), "episodes": len(rets) + self._cut.get(cid, 0),
+            out[cid] = {"policy": self.policies.get(cid, "unknown"), "episodes": self.episodes(cid),
                         "mean": round(sum(rets) / len(rets), 3),
                         "first_half_mean": round(sum(rets[:half]) / half, 3) if half else None,
                         "second_half_mean": round(sum(rets[half:]) / (len(rets) - half), 3),
@@ -81,12 +99,90 @@ class ReturnTracker:
         return out
 
 
+@dataclass(frozen=True)
+class HubExtras:
+    """What the report reads beside :class:`HubStatus`, taken on the hub's loop.
+
+    trainer_stats: the trainer's last stats (``loss/*`` among them); last_heard_s: peer id ->
+    seconds since the hub last heard from it; pids: helper name -> its process id (None: not running).
+    """
+
+    wm_updates: int
+    trainer_stats: dict[str, float]
+    trainer_dropped: int
+    ppo: PPOFigures | None
+    last_heard_s: dict[str, float]
+    pids: dict[str, int | None]
+
+
+def returns_by_game(returns: ReturnTracker, games: dict[str, str], last: int = 10) -> dict[str, GameReturns]:
+    """Per game (``games``: collector id -> game; others count as ``(unknown)``): episodes finished and
+    the mean return of the last ``last`` episodes of each of its collectors."""
+    sums: dict[str, tuple[int, list[float], int]] = {}
+    for cid, series in returns.returns.items():
+        if not series:
+            continue
+        game = games.get(cid, "(unknown)")
+        episodes, recent, collectors = sums.get(game, (0, [], 0))
+        sums[game] = (episodes + returns.episodes(cid), recent + [r for _, r in series[-last:]], collectors + 1)
+    return {g: GameReturns(episodes=n, recent_mean=round(sum(r) / len(r), 4), collectors=k)
+            for g, (n, r, k) in sorted(sums.items())}
+
+
+def peer_health(c: CollectorStatus, role: str, last_heard_s: float | None) -> PeerHealth:
+    """One health row from a peer's status and its last heartbeat's stats."""
+    st = c.stats
+
+    def version(key: str) -> int | None:
+        return int(st[key]) if key in st and math.isfinite(st[key]) else None
+
+    return PeerHealth(peer_id=c.collector_id, role=role, game=c.game, policy=c.policy, accepted=c.accepted,
+                      rejected=c.rejected, steps=c.steps, lost=c.lost, closed=c.closed,
+                      last_heard_s=None if last_heard_s is None else round(last_heard_s, 2),
+                      blocked=bool(st.get("blocked", 0.0)), blocked_s=round(finite(st.get("blocked_s", 0.0)) or 0.0, 2),
+                      wm_version=version("wm_version"), llm_version=version("llm_version"),
+                      return_mean=finite(st.get("return_mean")),
+                      rss_bytes=int(st["rss_bytes"]) if finite(st.get("rss_bytes")) is not None else None)
+
+
+def report_record(s: HubStatus, x: HubExtras, returns: ReturnTracker, interval_s: float,
+                  previous: tuple[int, int, int], rss_bytes: dict[str, int]) -> ReportRecord:
+    """The structured report: ``s`` and ``x`` now, ``previous`` (segments, env steps, wm updates) at the
+    report ``interval_s`` seconds ago (the rates are over that interval)."""
+    dt = max(interval_s, 1e-9)
+    rows = [peer_health(c, "collector", x.last_heard_s.get(cid)) for cid, c in s.collectors.items()]
+    rows += [peer_health(c, "reader", x.last_heard_s.get(cid)) for cid, c in s.readers.items()]
+    rows.sort(key=lambda r: (r.lost or r.closed, r.role, r.peer_id))  # live ones first
+    losses = {k[len("loss/"):]: v for k, v in x.trainer_stats.items() if k.startswith("loss/") and finite(v) is not None}
+    return ReportRecord(
+        elapsed_s=round(s.elapsed_s, 2), interval_s=round(interval_s, 3),
+        segments_accepted=s.segments_accepted, segments_per_s=round((s.segments_accepted - previous[0]) / dt, 3),
+        env_steps=s.env_steps, steps_per_s=round((s.env_steps - previous[1]) / dt, 3),
+        wm_updates=x.wm_updates, wm_updates_per_s=round((x.wm_updates - previous[2]) / dt, 3),
+        wm_version=s.wm_version, llm_version=s.llm_version,
+        min_collector_wm_version=s.min_collector_version("wm"), min_collector_llm_version=s.min_collector_version("llm"),
+        lag_wm={k: float(v) for k, v in s.lag_wm.items()}, lag_llm={k: float(v) for k, v in s.lag_llm.items()},
+        losses=losses, returns=returns_by_game(returns, {cid: c.game for cid, c in s.collectors.items()}),
+        ppo=replace(x.ppo, reward_mean=finite(x.ppo.reward_mean)) if x.ppo else None,
+        rejected_by_reason=dict(s.rejected_by_reason), connections_rejected=dict(s.connections_rejected),
+        caps=dict(sorted(s.caps.items())), peers=tuple(rows[:MAX_PEER_ROWS]), peers_total=len(rows),
+        collectors_live=s.live_collectors, collectors_lost=s.collectors_lost, trainer_dropped=x.trainer_dropped,
+        rss_bytes=rss_bytes)
+
+
+def measure_rss(pids: dict[str, int | None]) -> dict[str, int]:
+    """Resident memory of this process (``hub``) and of each named helper that runs."""
+    named = {"hub": os.getpid(), **{name: pid for name, pid in pids.items() if pid is not None}}
+    return {name: rss for name, pid in named.items() if (rss := process_rss_bytes(pid)) is not None}
+
+
 class HubReport:
-    """A log line (and TensorBoard scalars) every ``every_s`` seconds."""
+    """Every ``every_s`` seconds: a log line, a structured :class:`ReportRecord` on the live log
+    stream, and TensorBoard scalars."""
 
     def __init__(self, every_s: float, status: Callable[[], HubStatus], returns: ReturnTracker,
-                 wm_updates: Callable[[], int], tensorboard_dir: Path | None):
-        self.every_s, self.status, self.returns, self.wm_updates = every_s, status, returns, wm_updates
+                 extras: Callable[[], HubExtras], tensorboard_dir: Path | None):
+        self.every_s, self.status, self.returns, self.extras = every_s, status, returns, extras
         self.tensorboard_dir = tensorboard_dir
 
     async def run(self) -> None:
@@ -95,34 +191,37 @@ class HubReport:
             from torch.utils.tensorboard import SummaryWriter
 
             writer = SummaryWriter(str(self.tensorboard_dir))
+        publisher = ReportPublisher()
         t0 = last_t = time.monotonic()
-        last, last_steps = 0, 0
+        s, x = self.status(), self.extras()  # a resumed hub's counters start where they stopped
+        previous = (s.segments_accepted, s.env_steps, x.wm_updates)
         try:
             while True:
                 await anyio.sleep(self.every_s)
-                now, s = time.monotonic(), self.status()
-                dt = max(now - last_t, 1e-9)
-                rate, step_rate = (s.segments_accepted - last) / dt, (s.env_steps - last_steps) / dt
-                last, last_t, last_steps = s.segments_accepted, now, s.env_steps
+                now, s, x = time.monotonic(), self.status(), self.extras()
+                record = report_record(s, x, self.returns, now - last_t, previous, measure_rss(x.pids))
+                previous, last_t = (s.segments_accepted, s.env_steps, x.wm_updates), now
+                publisher.publish(record)
                 lag_mean = float(s.lag_wm.get("mean", 0.0))
                 log.info("segments %d (%.1f/s), steps %d, rejected %s, collectors live %d, cache hit %.1f%%, "
-                         "wm v%d (updates %d, lag mean %.1f)", s.segments_accepted, rate, s.env_steps,
+                         "wm v%d (updates %d, lag mean %.1f)", s.segments_accepted, record.segments_per_s, s.env_steps,
                          s.rejected_by_reason or 0, s.live_collectors, 100 * s.cache_hit_rate(), s.wm_version,
-                         self.wm_updates(), lag_mean)
+                         x.wm_updates, lag_mean)
                 means = self.returns.recent_means()
                 for cid, mean in means.items():
                     log.info("returns %s (%s): last %d episodes mean %.2f", printable(cid),
                              printable(self.returns.policies.get(cid, "unknown")), min(10, len(self.returns.returns[cid])), mean)
                 if writer is not None:
                     t = round(now - t0)
-                    writer.add_scalar("ingest/segments_per_s", rate, t)
-                    writer.add_scalar("ingest/steps_per_s", step_rate, t)
+                    writer.add_scalar("ingest/segments_per_s", record.segments_per_s, t)
+                    writer.add_scalar("ingest/steps_per_s", record.steps_per_s, t)
                     writer.add_scalar("lag/wm_mean", lag_mean, t)
                     writer.add_scalar("weights/wm_version", s.wm_version, t)
                     for cid, mean in means.items():
                         writer.add_scalar(f"returns/{cid}", mean, t)
                     writer.flush()
         finally:
+            publisher.close()
             if writer is not None:
                 writer.close()
 

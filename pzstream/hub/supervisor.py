@@ -5,7 +5,9 @@ Each helper talks to the hub over a pair of ipc sockets in a fresh directory, in
 messages of ``pzstream.stream.internal``: the hub PUSHes to the helper's inbox without ever
 blocking (``hwm`` bounds what waits) and PULLs what it sends back. A helper that dies, or that
 its client asks to restart (a hung episode, a runtime that did not start), is stopped and
-started again after ``restart_delay_s``; ingestion never waits for any of it.
+started again after ``restart_delay_s``; ingestion never waits for any of it. A message that
+cannot be decoded or handled (its weights cannot be published, say) is logged and counted
+(``message_errors``), never allowed to end the hub.
 """
 from __future__ import annotations
 
@@ -69,6 +71,7 @@ class Helper:
         self._pull.bind(self.outbox)
         self.proc: mp.process.BaseProcess | None = None
         self.restarts = 0
+        self.message_errors = 0
         self._restart: tuple[str, float] | None = None
 
     @property
@@ -99,7 +102,7 @@ class Helper:
             with anyio.move_on_after(1.0):
                 frames = await self._pull.recv_multipart()
             if frames is not None:
-                await self.client.on_message(internal.decode(frames))
+                await self._deliver(frames)
             if self._restart is not None:
                 (why, delay), self._restart = self._restart, None
                 log.warning("%s (pid %d) restarting: %s", self.spec.title, self.proc.pid, why)
@@ -114,6 +117,15 @@ class Helper:
                 self.proc, delay = None, self.spec.restart_delay_s
                 self.restarts += 1
                 self.client.on_exit(why)
+
+    async def _deliver(self, frames: list) -> None:
+        """Hand one message to the client; a failure is this message's, not the hub's."""
+        try:
+            await self.client.on_message(internal.decode(frames))
+        except Exception as e:  # noqa: BLE001 - the hub serves on; the helper's next message may do better
+            self.message_errors += 1
+            log.exception("a message from the %s could not be handled (%d so far): %s: %s", self.spec.title,
+                          self.message_errors, type(e).__name__, e)
 
     def close(self) -> None:
         """Stop the process and remove the channel (the hub is shutting down)."""
@@ -158,4 +170,5 @@ class Supervisor:
             helper.close()
 
     def summary(self) -> dict[str, dict[str, object]]:
-        return {name: {"pid": h.pid, "restarts": h.restarts} for name, h in self.helpers.items()}
+        return {name: {"pid": h.pid, "restarts": h.restarts, "message_errors": h.message_errors}
+                for name, h in self.helpers.items()}

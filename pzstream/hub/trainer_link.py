@@ -5,6 +5,9 @@ A full pipe never stalls ingestion: the segment is dropped for the trainer and c
 (it samples from its own replay anyway). With ``hold_until_ready`` (checkpoints on) a started
 trainer gets no segments until it says it is ready; ``on_ready`` then asks it to save a
 checkpoint, and it takes what it missed from the hub's journal (``pzstream.stream.journal``).
+
+Failures are counted over the run: updates that failed and were skipped (each trainer process
+reports its own count; those of processes that ended are kept here) and trainer restarts.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ class TrainerLink:
         self.dropped = 0
         self.forwarded = 0
         self.stats: dict[str, float] = {}
+        self._failed_before = 0  # failed updates of trainer processes that have ended
         self.on_budget_spent = lambda: None  # the schedule's inbox (alternating mode)
         self.on_helper_start = lambda: None  # a (re)started trainer holds no budget: the schedule re-sends one
         self.hold_until_ready = False  # segments wait in the hub's journal until the trainer is ready
@@ -64,7 +68,19 @@ class TrainerLink:
 
     def on_exit(self, why: str) -> None:
         self.attached = False
+        self._failed_before += int(self.stats.get("failed_updates", 0))
+        self.stats = {k: v for k, v in self.stats.items() if k != "failed_updates"}  # the next process counts from 0
 
     @property
     def updates(self) -> int:
         return int(self.stats.get("updates", 0))
+
+    @property
+    def failed_updates(self) -> int:
+        """World-model updates that raised and were skipped, over every trainer process of this hub."""
+        return self._failed_before + int(self.stats.get("failed_updates", 0))
+
+    @property
+    def restarts(self) -> int:
+        """Times the trainer process was started again (it died, or was restarted)."""
+        return self.helper.restarts if self.helper is not None else 0

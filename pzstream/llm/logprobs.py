@@ -9,6 +9,8 @@ from the logits at the position before it.
 """
 from __future__ import annotations
 
+import inspect
+
 from dataclasses import dataclass
 from typing import Any, Sequence
 
@@ -61,21 +63,28 @@ def _device_of(model: Any) -> torch.device:
 def token_logprobs(model: Any, pk: Packed, engine: Any = None) -> torch.Tensor:
     """float [B, T]: log p(answer token t | everything before it); 0 on padding (on the model's device).
 
-    ``engine``: a DeepSpeed ZeRO-3 engine wrapping ``model``, used for a model without a separate
-    body and output layer. Otherwise the body and the output layer are called directly, under ZeRO-3
-    too (its parameter gathering hooks every submodule; same log-probs, tested): the full output
-    layer at every position was what made ZeRO-3 3.3x slower than ZeRO-2 (issue 13)."""
+    The vocabulary projection runs only where an answer token is predicted: the prompt's logits are
+    never needed, and over 151,936 words they dominate the cost for short answers after long
+    prompts (under ZeRO-3 they made it 3.3x slower than ZeRO-2, issue 13).
+
+    ``engine``: a DeepSpeed ZeRO-3 engine wrapping ``model``. The forward then goes through the
+    engine whole (its parameter prefetching follows the engine's forward: calling the body and
+    the output layer directly gave wrong log-probs on 2 ranks), asking the model for logits at the
+    answer positions only (``logits_to_keep``, where the model takes it)."""
     pk = to_device(pk, _device_of(model))
     prefix = getattr(model, "base_model_prefix", "model")
     body = getattr(model, prefix, None)
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if body is None or head is None:
+    if engine is not None and "logits_to_keep" in inspect.signature(model.forward).parameters:
+        keep = torch.unique(pk.gather_pos)  # sorted positions where any row predicts an answer token
+        logits = engine(input_ids=pk.input_ids, attention_mask=pk.attention_mask, logits_to_keep=keep).logits
+        idx = torch.searchsorted(keep, pk.gather_pos).unsqueeze(-1).expand(-1, -1, logits.shape[-1])
+        logits = torch.gather(logits, 1, idx)
+    elif engine is not None or body is None or head is None:
         logits = (engine or model)(input_ids=pk.input_ids, attention_mask=pk.attention_mask).logits
         idx = pk.gather_pos.unsqueeze(-1).expand(-1, -1, logits.shape[-1])
         logits = torch.gather(logits, 1, idx)
     else:
-        # the vocabulary projection only where an answer token is predicted: the prompt's logits
-        # are never needed, and they dominate the cost for short answers after long prompts
         h = body(input_ids=pk.input_ids, attention_mask=pk.attention_mask, use_cache=False).last_hidden_state
         idx = pk.gather_pos.unsqueeze(-1).expand(-1, -1, h.shape[-1])
         logits = head(torch.gather(h, 1, idx))

@@ -18,6 +18,7 @@ from pzstream.agent import GamePlayer, MctsPolicy, Policy, RandomPlayer, RandomP
 from pzstream.llm.factory import LocalPrior, PriorSource
 from pzstream.config import Config
 from pzstream.env import open_game
+from pzstream.stream.report_record import process_rss_bytes
 from pzstream.stream.transport import CurveKeys, NoticeSubscriber, SegmentSender, SendAbandoned, endpoints_for
 from pzstream.stream.weights_client import Install, WeightsClient
 from pzstream.stream.wire import Hello
@@ -108,10 +109,13 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
                 **({"llm_version": float(served.llm_version)} if prior is None and served is not None and cfg.llm.enabled
                    else {}),
                 "weights_rejected": float(weights.stats.rejected if weights is not None else 0),
+                **({"weights_gone": float(weights.stats.gone), "weights_timeouts": float(weights.stats.timeouts)}
+                   if weights is not None else {}),
                 **({"search_served": float(served.stats.served), "search_fallbacks": float(served.stats.fallbacks),
                     "search_resends": float(served.stats.resends), "search_waits": float(served.stats.waits)}
                    if served is not None else {}),
-                "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0}
+                "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0,
+                **({"rss_bytes": float(rss)} if (rss := process_rss_bytes()) is not None else {})}  # the dashboard's memory panel
 
     ctx = zmq.asyncio.Context()
     hello = Hello(collector_id=cid, game=game.name, host=socket.gethostname(), pid=os.getpid(),

@@ -8,6 +8,7 @@ supervisor. Helper processes (trainer, PPO worker) are stopped by their supervis
 """
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Awaitable, Callable, TypeVar
@@ -27,8 +28,14 @@ def die_with_parent(sig: int = signal.SIGTERM) -> None:
     if not sys.platform.startswith("linux"):
         return
     import ctypes
+    import multiprocessing
 
     ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+    # a multiprocessing child asks only once its imports are done: a parent that ended before
+    # then sent nothing (seen under load: a trainer outlived kill -9 of its run), so end now
+    parent = multiprocessing.parent_process()
+    if parent is not None and os.getppid() != parent.pid:
+        os.kill(os.getpid(), sig)
 
 
 async def stop_on_signal_or_deadline(stop: anyio.Event, max_seconds: float | None) -> None:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 
 from pzstream.config import Config, PPOSection
+from pzstream.roles.faults import failing_reward
 from pzstream.roles.lifecycle import die_with_parent
 from pzstream.stream.internal import (
     EpisodeRequest,
@@ -250,7 +251,8 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
                 if wm_value is not None:
                     wm_value.refresh()
                 samples = [PromptSample.from_dict(d) for d in req.samples]
-                result = run_episode(runtime, samples, pc, reward_fn, history_len=cfg.llm.history_len,
+                episode_reward = failing_reward(k) if k in pc.fail_episodes else reward_fn  # a testing aid
+                result = run_episode(runtime, samples, pc, episode_reward, history_len=cfg.llm.history_len,
                                      seed=pc.seed + 1000 * k)
             except Exception as e:  # noqa: BLE001 - isolation: the episode fails, the worker lives on
                 tb = traceback.format_exc()

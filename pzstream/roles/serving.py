@@ -125,7 +125,8 @@ async def follow_hub(ctx: zmq.asyncio.Context, cfg: Config, hub_address: str, na
     hello = wire.Hello(collector_id=f"{name}-{socket.gethostname()}-{os.getpid()}", game="",
                        host=socket.gethostname(), pid=os.getpid(), role="reader")
     weights.max_bytes = cfg.wire.max_weights_bytes  # what this server may be made to buffer
-    sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats_fn)
+    sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats_fn,
+                           timeout_heartbeats=cfg.hub.peer_timeout_heartbeats)
     notices = NoticeSubscriber(ctx, ep.weights, curve)
     try:
         async with anyio.create_task_group() as tg:

@@ -14,6 +14,11 @@ resumed run) loads the run's newest complete trainer checkpoint T and says it is
 then checkpoints (step K) and from there on forwards segments. Before saving K the trainer adds
 the segments of the hub's journals T..K-1 (``pzstream.stream.journal``): what the hub accepted
 while no trainer was there to take it.
+
+Failures: an update that raises is logged with its traceback, counted (``failed_updates``, sent
+to the hub at once) and skipped; training goes on with the next batch. ``MAX_FAILED_IN_A_ROW``
+failures one after another mean the process itself is broken (a wedged device, say): it exits
+and the hub's supervisor starts a fresh trainer, which resumes from the run's checkpoints.
 """
 from __future__ import annotations
 
@@ -21,12 +26,15 @@ import logging
 import multiprocessing as mp
 import os
 import random
+import sys
 import time
+import traceback
 from pathlib import Path
 
 import numpy as np
 
 from pzstream.config import Config
+from pzstream.roles.faults import CRASH_EXIT_CODE, UpdateFault, crashes_now, update_fails
 from pzstream.roles.lifecycle import die_with_parent
 from pzstream.stream import wire
 from pzstream.model.replay import SegmentReplay
@@ -43,6 +51,9 @@ from pzstream.stream.internal import (
 )
 
 log = logging.getLogger("pzstream.trainer")
+
+#: Updates failing one after another before the trainer gives up and exits (the hub restarts it).
+MAX_FAILED_IN_A_ROW = 5
 
 
 class LLMTraining:
@@ -89,12 +100,15 @@ class TrainerState:
     """Everything a trainer checkpoint holds, and the counters the trainer reports.
 
     added: segments put into the replay (from checkpoints, journals and the channel);
-    expired: ``added`` less those still in the replay (evicted by its capacity).
+    expired: ``added`` less those still in the replay (evicted by its capacity);
+    failed_updates: updates of this process that raised and were skipped (not checkpointed: the
+    hub sums them over the trainer processes of a run).
     """
 
     def __init__(self, trainer, replay: SegmentReplay, rng: random.Random, llm: LLMTraining | None):
         self.trainer, self.replay, self.rng, self.llm = trainer, replay, rng, llm
         self.updates = self.published = self.received = self.added = 0
+        self.failed_updates = 0
         self.checkpoint_step: int | None = None
 
     @property
@@ -217,6 +231,20 @@ def save_trainer(state: TrainerState, run_dir: Path, step: int, keep: int) -> No
              time.monotonic() - t0, state.updates, len(state.replay.segments), sum(map(len, parts.values())) / 1e6)
 
 
+def trainer_stats(state: TrainerState, rate: float, metrics: dict[str, float]) -> dict[str, float]:
+    """What a TrainerStats message carries: counters, replay sizes, the last update's metrics."""
+    replay = state.replay
+    return {"updates": float(state.updates), "updates_per_s": rate, "published": float(state.published),
+            "failed_updates": float(state.failed_updates),
+            "replay_steps": float(replay.steps), "windows": float(len(replay.windows)),
+            "replay_bytes": float(replay.nbytes), "replay_bytes_evicted": float(replay.evicted_bytes),
+            "replay_evicted_for_bytes": float(replay.evicted_for_bytes),
+            "segments_received": float(state.received), "replay_segments": float(len(replay.segments)),
+            "expired_segments": float(state.expired),
+            "checkpoint_step": float(-1 if state.checkpoint_step is None else state.checkpoint_step),
+            **{k: float(v) for k, v in metrics.items()}}
+
+
 def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: str | None) -> None:
     """Process entry point: train until the hub sends Stop or goes away."""
     die_with_parent()
@@ -245,6 +273,8 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     state = TrainerState(trainer, replay, rng, llm)
     # with checkpoints: the journals to read from, at the first SaveCheckpoint (None: nothing to catch up)
     journal_from = resume_trainer(state, Path(run_dir)) if cfg.checkpoint.enabled else None
+    resumed = state.checkpoint_step is not None
+    fault = UpdateFault(trainer.model) if tc.fail_every else None
     channel = HelperChannel(inbox, outbox, linger_ms=2000)
     channel.send(WorkerReady(runtime="trainer", describe=f"checkpoint {state.checkpoint_step}"))
     parent = os.getppid()
@@ -253,6 +283,8 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     spent = 0
     t0 = time.monotonic()
     updates0 = updates = state.updates  # a resumed trainer counts on; its rate counts this process's updates
+    attempts = failed_in_a_row = 0
+    metrics: dict[str, float] = {}
     last_rebuild = -10**9
     log.info("trainer up on %s: world model %d parameters, batch %d, publish every %d updates", tc.device,
              sum(p.numel() for p in trainer.model.parameters()), wm_cfg.batch_size, tc.publish_every)
@@ -309,9 +341,35 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 channel.wait(200)
                 continue
             t_step = time.monotonic()
-            metrics = trainer.step(collate(replay.sample(wm_cfg.batch_size, rng), wm_cfg))
+            attempts += 1
+            try:
+                if fault is not None:
+                    fault.armed = update_fails(attempts, tc.fail_every)
+                metrics = trainer.step(collate(replay.sample(wm_cfg.batch_size, rng), wm_cfg))
+            except Exception as e:  # noqa: BLE001 - one bad update must not end training: skip it, say so
+                state.failed_updates += 1
+                failed_in_a_row += 1
+                log.error("world-model update %d failed (%d failed in this trainer, %d in a row); skipped: %s: %s\n%s",
+                          state.updates + 1, state.failed_updates, failed_in_a_row, type(e).__name__, e,
+                          traceback.format_exc(limit=-8))
+                rate = (state.updates - updates0) / (time.monotonic() - t0)
+                channel.send(TrainerStats(stats=trainer_stats(state, rate, metrics)))
+                if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                    log.error("%d world-model updates failed in a row: this trainer exits and the hub starts another",
+                              failed_in_a_row)
+                    raise
+                continue
+            finally:
+                if fault is not None:
+                    fault.armed = False
+            failed_in_a_row = 0
             state.updates += 1
             updates = state.updates
+            if crashes_now(updates, tc.crash_at_update, resumed):
+                log.error("trainer.crash_at_update=%d: the trainer exits now, as a crash (code %d)", updates,
+                          CRASH_EXIT_CODE)
+                sys.stderr.flush()
+                os._exit(CRASH_EXIT_CODE)
             budget_done = False
             if budget is not None:
                 budget, spent = budget - 1, spent + 1
@@ -337,15 +395,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                     metrics.update(llm.last)
                     metrics["llm_updates"] = float(llm.updates)
                     metrics["llm_published"] = float(llm.published)
-                stats = {"updates": float(updates), "updates_per_s": rate, "published": float(state.published),
-                         "replay_steps": float(replay.steps), "windows": float(len(replay.windows)),
-                         "replay_bytes": float(replay.nbytes), "replay_bytes_evicted": float(replay.evicted_bytes),
-                         "replay_evicted_for_bytes": float(replay.evicted_for_bytes),
-                         "segments_received": float(state.received), "replay_segments": float(len(replay.segments)),
-                         "expired_segments": float(state.expired),
-                         "checkpoint_step": float(-1 if state.checkpoint_step is None else state.checkpoint_step),
-                         **{k: float(v) for k, v in metrics.items()}}
-                channel.send(TrainerStats(stats=stats))
+                channel.send(TrainerStats(stats=trainer_stats(state, rate, metrics)))
                 log.info("wm update %d (%.1f/s), %d published: loss %.3f (reward %.3f, value %.3f, policy %.3f, latent %.3f), replay %d steps",
                          updates, rate, state.published, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
                          metrics["loss/policy"], metrics["loss/latent"], replay.steps)

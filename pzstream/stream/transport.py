@@ -28,9 +28,10 @@ import zmq.auth
 from zmq.auth.thread import ThreadAuthenticator
 
 from pzstream.stream import wire
+from pzstream.stream.liveness import LoopClock, excused
 from pzstream.stream.text import printable
 from pzstream.stream.weights import DEFAULT_MAX_WEIGHTS_BYTES, BlobAssembler
-from pzstream.stream.wire import Blob, Credit, Heartbeat, Hello, Log, Reject, Segment, Welcome, WireError
+from pzstream.stream.wire import Blob, Credit, Fetch, Heartbeat, Hello, Log, Reject, Segment, Welcome, WireError
 
 log = logging.getLogger("pzstream.transport")
 
@@ -193,6 +194,27 @@ async def recv_batch(sock: zmq.asyncio.Socket, drain: zmq.Socket, cap: int = 256
     return batch
 
 
+#: ZMTP protocol errors that mean the two ends' security does not match: CURVE on one end only
+#: (mechanism mismatch), or a wrong or forged key (the CURVE boxes do not open).
+SECURITY_MISMATCH = frozenset({
+    zmq.PROTOCOL_ERROR_ZMTP_MECHANISM_MISMATCH, zmq.PROTOCOL_ERROR_ZMTP_CRYPTOGRAPHIC,
+    zmq.PROTOCOL_ERROR_ZMTP_KEY_EXCHANGE, zmq.PROTOCOL_ERROR_ZMTP_MALFORMED_COMMAND_HELLO,
+    zmq.PROTOCOL_ERROR_ZMTP_MALFORMED_COMMAND_INITIATE})
+
+
+def handshake_rejection(event: int, value: int) -> str | None:
+    """The ``connections_rejected`` reason for a failed-handshake monitor event, or None when no
+    security refused the peer: ``curve_auth`` (the authenticator denied its key), ``handshake_failed``
+    (its security does not match the hub's, ``SECURITY_MISMATCH``). A peer that hangs up mid-handshake
+    (``EVENT_HANDSHAKE_FAILED_NO_DETAIL``: a collector's connection abandoned when it reconnected
+    while the hub was stopped, issue 14; a port scan) is no refusal, nor is another ZMTP error."""
+    if event == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
+        return "curve_auth"
+    if event == zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL and value in SECURITY_MISMATCH:
+        return "handshake_failed"
+    return None
+
+
 class HubRouter:
     """The hub's ROUTER: receives ``[identity, frame]`` in batches, answers peers by identity.
 
@@ -245,14 +267,16 @@ class HubRouter:
             raise
 
     async def handshake_failures(self) -> str:
-        """Await the next failed handshake (a peer without the CURVE key); returns its reason."""
+        """Await the next handshake the hub's security refused; returns its reason
+        (``handshake_rejection``). Other failed handshakes are no refusal and pass unseen."""
         from zmq.utils.monitor import parse_monitor_message
 
         while True:
             event = parse_monitor_message(await self.monitor.recv_multipart())
-            if event["event"] == zmq.EVENT_HANDSHAKE_FAILED_AUTH:
-                return "curve_auth"
-            return "handshake_failed"
+            reason = handshake_rejection(event["event"], event["value"])
+            if reason is not None:
+                return reason
+            log.debug("handshake ended without a refusal (event %#x, value %#x)", event["event"], event["value"])
 
     def close(self) -> None:
         self.sock.disable_monitor()
@@ -472,6 +496,11 @@ class LogSubscriber:
 
 
 class NoticeSubscriber:
+    """SUB on the hub's weights notices, newest first: a notice already queued behind a newer one of
+    the same model is dropped (counted in ``superseded``). A hub resuming after a stall publishes the
+    versions its trainer made meanwhile in a burst; only the newest of them is worth fetching, the
+    others are gone from its store by then (issue 14)."""
+
     def __init__(self, ctx: zmq.asyncio.Context, address: str, curve: CurveKeys | None = None):
         self.sock = ctx.socket(zmq.SUB)
         self.sock.setsockopt(zmq.LINGER, 0)
@@ -479,22 +508,44 @@ class NoticeSubscriber:
             curve.make_client(self.sock)
         self.sock.setsockopt(zmq.SUBSCRIBE, b"")
         self.sock.connect(address)
+        self._drain = zmq.Socket.shadow(self.sock.underlying)  # sync view for NOBLOCK draining
+        self._pending: dict[str, wire.Weights] = {}  # model -> the newest notice queued, not yet returned
+        self.superseded = 0
 
     async def recv(self) -> wire.Weights:
-        while True:
-            try:
-                msg = wire.decode(await self.sock.recv())
-            except WireError as e:
-                log.warning("ignoring bad weights notice: %s", e)
-                continue
-            if isinstance(msg, wire.Weights):
-                return msg
+        """The next notice: the newest of those queued for one model."""
+        while not self._pending:
+            self._keep(await self.sock.recv())
+            for _ in range(1024):  # what is queued now (SUB's receive queue holds about this many)
+                try:
+                    self._keep(self._drain.recv(flags=zmq.NOBLOCK))
+                except zmq.Again:
+                    break
+        return self._pending.pop(next(iter(self._pending)))
+
+    def _keep(self, data: bytes) -> None:
+        try:
+            msg = wire.decode(data)
+        except WireError as e:
+            log.warning("ignoring bad weights notice: %s", e)
+            return
+        if not isinstance(msg, wire.Weights):
+            return
+        held = self._pending.get(msg.model)
+        if held is None or msg.version > held.version:
+            self.superseded += held is not None
+            self._pending[msg.model] = msg
 
     def close(self) -> None:
         self.sock.close(0)
 
 
 # ---------------------------------------------------------------------------- collector side
+
+
+def answers(blob: Blob | None, req: Fetch) -> bool:
+    """Whether ``blob`` is the hub's reply to ``req`` (same model, version and offset)."""
+    return blob is not None and (blob.model, blob.version, blob.offset) == (req.model, req.version, req.offset)
 
 
 @dataclass
@@ -518,7 +569,7 @@ class SegmentSender:
     """
 
     def __init__(self, ctx: zmq.asyncio.Context, address: str, hello: Hello, heartbeat_s: float,
-                 timeout_heartbeats: int = 3, curve: CurveKeys | None = None,
+                 timeout_heartbeats: int = 5, curve: CurveKeys | None = None,
                  stats_fn: Callable[[], dict[str, float]] = dict, id_in_use_wait_s: float = ID_IN_USE_WAIT_S):
         # the session proves "the same process" when a later connection says hello (wire.Hello)
         hello = hello if hello.session is not None else replace(hello, session=os.urandom(16).hex())
@@ -539,6 +590,7 @@ class SegmentSender:
         self.fatal: FatalReject | None = None
         self._changed = anyio.Event()
         self._sock: zmq.asyncio.Socket | None = None
+        self._connection = 0  # counts the sockets made: what was sent on an earlier one may be lost
         self._last_heard = 0.0
         self._blocked_since: float | None = None
         self._give_up_at: float | None = None
@@ -579,14 +631,23 @@ class SegmentSender:
     async def fetch(self, notice: wire.Weights, chunk_timeout_s: float = 10.0,
                     max_bytes: int = DEFAULT_MAX_WEIGHTS_BYTES) -> bytes:
         """Fetch the bytes a weights notice announces, chunk by chunk, each checked as it comes;
-        raises WeightsError (a notice over ``max_bytes`` before any fetch) or TimeoutError."""
+        raises WeightsError (a notice over ``max_bytes`` before any fetch; WeightsGone when the hub
+        no longer has that version) or TimeoutError (no chunk within ``chunk_timeout_s``).
+
+        A request lost with a connection (the hub silent, then a reconnect) is asked again once
+        the hub welcomes this collector back; a chunk answering another request (a late reply to
+        an earlier fetch, or one asked twice) is not taken for the one awaited."""
         asm = BlobAssembler(notice, max_bytes)
         while not asm.done:
             req = asm.next_request()
             self._blob = None
+            asked_on = self._connection
             await self._send(wire.encode(req))
             with anyio.fail_after(chunk_timeout_s):
-                while self._blob is None or self._blob.offset != req.offset:
+                while not answers(self._blob, req):
+                    if self._connection != asked_on and self.welcome is not None:  # welcomed on a new connection
+                        asked_on = self._connection
+                        await self._send(wire.encode(req))
                     await self._wait_changed()
             asm.add(self._blob)
         return asm.result()
@@ -601,15 +662,22 @@ class SegmentSender:
         return not self.unacked
 
     async def run(self, stop: anyio.Event) -> None:
-        """Keep the conversation alive: hello, credits, heartbeats, reconnects."""
+        """Keep the conversation alive: hello, credits, heartbeats, reconnects.
+
+        The hub's silence is judged on this loop's running clock: time it stood still (this process
+        stopped or starved of CPU) is excused (``liveness``), so a collector does not reconnect just
+        because it was not running to read what the hub sent."""
         self._connect()
         last_beat = 0.0
+        tick = min(self.heartbeat_s, 0.25)
+        clock = LoopClock(tick)
         try:
             while not stop.is_set() and self.fatal is None:
                 msg_data = None
-                with anyio.move_on_after(min(self.heartbeat_s, 0.25)):
+                with anyio.move_on_after(tick):
                     msg_data = await self._sock.recv()  # type: ignore[union-attr]
                 now = time.monotonic()
+                self._last_heard = excused(self._last_heard, clock.tick(now), now)
                 if msg_data is not None:
                     self._last_heard = now
                     await self._handle(msg_data)
@@ -654,6 +722,7 @@ class SegmentSender:
             self.curve.make_client(sock)
         sock.connect(self.address)
         self._sock = sock
+        self._connection += 1
         self.welcome = None
         self._last_heard = time.monotonic()
         sock.send(wire.encode(self.hello))

@@ -32,6 +32,10 @@ class WeightsError(ValueError):
     """Fetched weights that cannot be used: wrong checksum, wrong size, gone from the store."""
 
 
+class WeightsGone(WeightsError):
+    """The hub no longer holds the version asked for: newer ones replaced it (fetch the newest notice)."""
+
+
 def _write_atomic(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp")
     tmp.write_bytes(data)
@@ -130,7 +134,7 @@ class BlobAssembler:
     def add(self, blob: Blob) -> None:
         n = self.notice
         if blob.total == 0 and n.nbytes > 0:
-            raise WeightsError(f"{n.model} v{n.version} is no longer on the hub")
+            raise WeightsGone(f"{n.model} v{n.version} is no longer on the hub")
         if blob.total != n.nbytes or blob.sha256 != n.sha256:
             raise WeightsError(f"{n.model} v{n.version}: chunk says {blob.total} bytes/{blob.sha256[:12]}, "
                                f"notice said {n.nbytes}/{n.sha256[:12]}")

@@ -10,7 +10,11 @@ mirror on disk). Each names what it reads with one *installer* per model: a bloc
     client.load_mirror(Path("runs/debug/weights"))            # offline: a run's mirror
 
 A notice is tried once per (model, version): a version that failed its checksum or its load is
-not fetched again, and a newer one still is. Faults are counted and logged, never raised.
+not fetched again, and a newer one still is. Faults are counted and logged, never raised. Two are
+no fault of the weights and are handled quietly: a version the hub replaced before it was fetched
+(after a stall, issue 14) is counted in ``gone`` and logged once, and the newest notice is fetched
+next; a fetch that timed out is counted in ``timeouts`` and may be tried again when the hub
+repeats that notice.
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from typing import Awaitable, Callable, Mapping
 
 import anyio
 
-from pzstream.stream.weights import DEFAULT_MAX_WEIGHTS_BYTES, WeightsError, read_mirrored
+from pzstream.stream.weights import DEFAULT_MAX_WEIGHTS_BYTES, WeightsError, WeightsGone, read_mirrored
 from pzstream.stream.wire import Weights
 
 log = logging.getLogger("pzstream.weights")
@@ -38,6 +42,8 @@ class WeightsClientStats:
     installed: int = 0
     rejected: int = 0
     too_large: int = 0  # notices declaring more than max_bytes: refused before fetching anything
+    gone: int = 0  # versions the hub had replaced before they were fetched (not a fault: newer ones exist)
+    timeouts: int = 0  # fetches the hub did not answer in time (it was away); tried again on its next notice
     errors: list[str] = field(default_factory=list)  # the last few faults, for summaries
 
 
@@ -51,6 +57,7 @@ class WeightsClient:
         self.max_bytes = max_bytes  # wire.max_weights_bytes: the most a notice may make this reader buffer
         self.stats = WeightsClientStats(versions={m: 0 for m in self.installers} | dict(versions or {}))
         self._tried: set[tuple[str, int]] = set()
+        self._timed_out: tuple[str, int] | None = None  # the last version whose fetch timed out (logged once)
 
     def version(self, model: str) -> int:
         return self.stats.versions.get(model, 0)
@@ -75,7 +82,13 @@ class WeightsClient:
                 continue
             try:
                 data = await fetch(note)
-            except (WeightsError, TimeoutError) as e:
+            except WeightsGone as e:
+                self._gone(e)
+                continue
+            except TimeoutError:
+                self._timeout(note)
+                continue
+            except WeightsError as e:
                 self._reject(note.model, note.version, f"fetch failed: {e}")
                 continue
             await anyio.to_thread.run_sync(self.install, note.model, note.version, data)
@@ -105,6 +118,24 @@ class WeightsClient:
             if found is not None and found[0] > self.version(model):
                 self.install(model, found[0], found[1])
         return dict(self.stats.versions)
+
+    def _gone(self, e: WeightsGone) -> None:
+        """A version replaced on the hub before we fetched it: a newer notice is on its way (queued, or the
+        hub's next repeat); only the first of these is worth a log line."""
+        self.stats.gone += 1
+        log.log(logging.INFO if self.stats.gone == 1 else logging.DEBUG,
+                "%s: %s; fetching the newest version instead (further replaced versions are only counted)", self.who, e)
+
+    def _timeout(self, note: Weights) -> None:
+        """The hub did not answer in time (stopped, or reconnecting): not the weights' fault, so the version
+        may be fetched again when the hub repeats its notice."""
+        key = (note.model, note.version)
+        self.stats.timeouts += 1
+        self._tried.discard(key)
+        log.log(logging.DEBUG if key == self._timed_out else logging.WARNING,
+                "%s: fetching %s v%d timed out (the hub is away?); keeping v%d, trying again on its next notice",
+                self.who, note.model, note.version, self.version(note.model))
+        self._timed_out = key
 
     def _reject(self, model: str, version: int, why: str) -> None:
         self.stats.rejected += 1
