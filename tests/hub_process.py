@@ -15,18 +15,9 @@ from pathlib import Path
 import anyio
 
 
-async def main(run_dir: Path, weights_bytes: int, overrides: list[str]) -> None:
-    from pzstream.config import load_config
-    from pzstream.hub.learner import LearnerHub
-    from pzstream.roles.lifecycle import die_with_parent, serve_until_stopped
-    from pzstream.stream.logstream import setup_logging
-
-    die_with_parent()
-    cfg = load_config(None, overrides)
-    setup_logging("learner", "hub", "WARNING", cfg.hub.address)
-    hub = LearnerHub(cfg, run_dir=run_dir)
-    if weights_bytes:
-        await hub.publish("wm", os.urandom(weights_bytes))
+async def serve_until_stopped_printing(hub) -> None:
+    """Serve ``hub`` until SIGTERM: print ``READY`` once it listens, then its summary as one JSON line."""
+    from pzstream.roles.lifecycle import serve_until_stopped
 
     async def serve(stop: anyio.Event) -> dict[str, object]:
         async def say_ready() -> None:
@@ -42,6 +33,21 @@ async def main(run_dir: Path, weights_bytes: int, overrides: list[str]) -> None:
     summary = await serve_until_stopped(serve, None)
     print(json.dumps(summary, default=str), flush=True)
 
+
+async def main(run_dir: Path, weights_bytes: int, overrides: list[str]) -> None:
+    from pzstream.config import load_config
+    from pzstream.hub.learner import LearnerHub
+    from pzstream.roles.lifecycle import die_with_parent
+    from pzstream.stream.logstream import setup_logging
+
+    die_with_parent()
+    cfg = load_config(None, overrides)
+    setup_logging("learner", "hub", "WARNING", cfg.hub.address)
+    hub = LearnerHub(cfg, run_dir=run_dir)
+    if weights_bytes:
+        await hub.publish("wm", os.urandom(weights_bytes))
+
+    await serve_until_stopped_printing(hub)
 
 if __name__ == "__main__":
     anyio.run(main, Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])

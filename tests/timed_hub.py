@@ -9,13 +9,13 @@ segment (the monotonic clock is the machine's, so a test compares it with its ow
 """
 from __future__ import annotations
 
-import json
 import sys
 import time
 from pathlib import Path
 from typing import TextIO
 
 import anyio
+from hub_process import serve_until_stopped_printing  # this folder is the script's sys.path[0]
 
 
 class AcceptLog:
@@ -33,7 +33,7 @@ class AcceptLog:
 async def main(run_dir: Path, accept_log: Path, overrides: list[str]) -> None:
     from pzstream.config import load_config
     from pzstream.hub.learner import LearnerHub
-    from pzstream.roles.lifecycle import die_with_parent, serve_until_stopped
+    from pzstream.roles.lifecycle import die_with_parent
     from pzstream.stream.logstream import setup_logging
 
     die_with_parent()
@@ -41,20 +41,7 @@ async def main(run_dir: Path, accept_log: Path, overrides: list[str]) -> None:
     setup_logging("learner", "hub", "INFO", cfg.hub.address, stream=sys.stderr)
     with accept_log.open("a") as out:
         hub = LearnerHub(cfg, run_dir=run_dir, extra_parts=[AcceptLog(out)])
-
-        async def serve(stop: anyio.Event) -> dict[str, object]:
-            async def say_ready() -> None:
-                await hub.ready.wait()
-                print("READY", flush=True)
-
-            async with anyio.create_task_group() as tg:
-                tg.start_soon(say_ready)
-                summary = await hub.serve(stop)
-                tg.cancel_scope.cancel()
-            return summary
-
-        summary = await serve_until_stopped(serve, None)
-    print(json.dumps(summary, default=str), flush=True)
+        await serve_until_stopped_printing(hub)
 
 
 if __name__ == "__main__":
