@@ -166,6 +166,9 @@ class TrainerConfig(_Section):
     threads: int = Field(1, ge=1, description="torch threads of the trainer process")
     min_replay_steps: int = Field(200, ge=1, description="steps stored before training starts")
     replay_capacity_steps: int = Field(50_000, ge=100)
+    pipe_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description="segment bytes the hub forwards to the "
+                            "trainer before it has taken them off its pipe; more are dropped for the trainer (counted: "
+                            "trainer_dropped_for_bytes)")
     replay_capacity_bytes: int = Field(1024 ** 3, ge=1024 * 1024, description="the replay's bytes (segment frames as "
                                        "received, plus the decoded strings' overhead); the oldest segments go first")
     publish_every: int = Field(25, ge=1, description="publish new weights every N updates")

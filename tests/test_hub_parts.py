@@ -23,6 +23,7 @@ from pzstream.stream.internal import (
     NewWeights,
     SegmentFrame,
     Stop,
+    Taken,
     TrainerStats,
     WorkerFatal,
     WorkerReady,
@@ -30,7 +31,7 @@ from pzstream.stream.internal import (
 
 
 @pytest.mark.parametrize("msg", [
-    Stop(), SegmentFrame(b"\x81segment bytes"), NewWeights("wm", b"\x00" * 1000), TrainerStats({"updates": 3.0}),
+    Stop(), SegmentFrame(b"\x81segment bytes"), NewWeights("wm", b"\x00" * 1000), TrainerStats({"updates": 3.0}), Taken(4096),
     EpisodeRequest(7, [{"game": "g", "history": [["o", "a", 1.0]]}]), WorkerReady("inprocess", "torch"),
     WorkerFatal("ImportError: no ray"),
     EpisodeResult(2, True, {"reward_mean": 0.5}, {"g": 8}, [0.0, 1.0], payload=b"weights"),
@@ -195,3 +196,34 @@ def test_a_restarted_hub_numbers_on_from_its_mirror(tmp_path):
     assert (again.wm, again.llm) == (3, 0)
     assert anyio.run(again.publish, "wm", b"d").version == 4
     assert PublishedVersions(WeightsStore(directory=tmp_path / "fresh")).wm == 0
+
+
+class PipeRecorder:
+    """The trainer's inbox as the hub's TrainerLink sees it (the supervisor's Helper.send): takes all."""
+
+    def __init__(self) -> None:
+        self.sent: list[bytes] = []
+
+    def send(self, msg) -> bool:
+        self.sent.append(msg.payload)
+        return True
+
+
+def test_the_trainer_link_forwards_at_most_pipe_bytes_not_yet_taken(tmp_path):
+    from pzstream.hub.parts import AcceptedSegment
+    from pzstream.hub.publisher import PublishedVersions
+    from pzstream.hub.trainer_link import TrainerLink
+    from pzstream.stream.weights import WeightsStore
+
+    link = TrainerLink(PublishedVersions(WeightsStore(directory=tmp_path)), pipe_bytes=1000)
+    link.helper, link.attached = PipeRecorder(), True
+    frame = AcceptedSegment(segment=None, data=b"x" * 300, seed=None, policy="random")
+    for _ in range(5):
+        link.on_segment(frame)
+    assert (link.forwarded, link.dropped, link.dropped_for_bytes, link.inflight_bytes) == (3, 2, 2, 900)
+    anyio.run(link.on_message, Taken(600))  # the trainer read two of them
+    link.on_segment(frame)
+    link.on_segment(frame)
+    assert (link.forwarded, link.dropped_for_bytes, link.inflight_bytes) == (5, 2, 900)
+    link.on_start(pid=1)  # a new trainer process starts with an empty pipe
+    assert link.inflight_bytes == 0

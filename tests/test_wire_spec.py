@@ -338,7 +338,11 @@ def test_a_client_written_from_the_document_is_accepted_exactly(address):
         client.reconnects += 1
         client.connect()
         client.until(lambda: client.welcome is not None and not client.unacked, 20, "the resent segments acked")
-        assert client.resent and client.answer_order() == ["credit", "welcome"]
+        # the resend itself: unless the hub had already taken all three (its credit's ack then
+        # covers them, a race with the socket's close), they went again on the new connection;
+        # a credit comes first (acks of the old connection's last segments may come before welcome)
+        assert client.answer_order()[0] == "credit"
+        assert client.resent or client.acked >= 12
         for _ in range(4):
             client.send_segment(frame)
         client.until(lambda: not client.unacked and client.hub_heartbeats > 0, 20, "all acked")

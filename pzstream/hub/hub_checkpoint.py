@@ -35,7 +35,7 @@ import shutil
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import msgpack
@@ -55,7 +55,7 @@ from pzstream.config import Config
 from pzstream.stream.journal import PeerRecord, SegmentJournal, SegmentRecord, journal_path, journal_steps, prune_journals, read_journal
 from pzstream.hub.parts import AcceptedSegment, SegmentPart
 from pzstream.hub.peers import Peer, policy_of, seed_of
-from pzstream.hub.status import CollectorStatus, HubCounters
+from pzstream.hub.status import HubCounters
 from pzstream.stream import wire
 from pzstream.stream.internal import SaveCheckpoint
 from pzstream.stream.weights import WeightsError, read_mirrored
@@ -155,7 +155,6 @@ class HubCheckpointer:
         self.written = 0
         self.trainer_told = False  # the last checkpoint reached the trainer
         self.resumed: ResumeReport | None = None
-        self._restored: dict[bytes, Peer] = {}
 
     def _owner(self, cid: str) -> tuple[bytes, wire.Hello] | None:
         ingest = self.hub.ingest
@@ -329,8 +328,7 @@ class HubCheckpointer:
             peer = Peer(identity=p.identity, hello=p.hello, last_heard=now, last_seq=p.last_seq, granted=p.last_seq,
                         accepted=p.accepted, rejected=p.rejected, steps=p.steps, lost=True)
             ingest.peers[p.identity] = peer
-            ingest.by_collector[p.hello.collector_id] = p.identity
-            self._restored[p.identity] = peer
+            ingest.by_collector[p.hello.collector_id] = p.identity  # its hello carries the counts on (ingest)
 
     def _serve_mirrored_weights(self, saved: dict[str, int]) -> None:
         """The newest weights of the run's mirror are served again under their versions."""
@@ -345,22 +343,6 @@ class HubCheckpointer:
             if h.versions.published(model) < int(saved[model]):
                 log.warning("the weights mirror holds %s v%d, the checkpoint saw v%d: versions number on from v%d",
                             model, h.versions.published(model), saved[model], h.versions.published(model))
-
-    def carried(self, collectors: dict[str, CollectorStatus]) -> dict[str, CollectorStatus]:
-        """Per-collector counts with what a resumed connection had before the restart added back."""
-        if not self._restored:
-            return collectors
-        out = dict(collectors)
-        ingest = self.hub.ingest
-        for identity, old in self._restored.items():
-            now = ingest.peers.get(identity)
-            if now is None or now is old or now.is_reader:
-                continue
-            st = out.get(now.collector_id)
-            if st is not None and ingest.by_collector.get(now.collector_id) == identity:
-                out[now.collector_id] = replace(st, accepted=st.accepted + old.accepted,
-                                                rejected=st.rejected + old.rejected, steps=st.steps + old.steps)
-        return out
 
     def summary(self) -> dict[str, object]:
         r = self.resumed

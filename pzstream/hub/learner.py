@@ -69,7 +69,7 @@ class LearnerHub:
         self.hub_id = f"{socket.gethostname()}-{os.getpid()}"
         self.weights = WeightsStore(keep=3, directory=self.run_dir / "weights")
         self.versions = PublishedVersions(self.weights)
-        self.trainer = TrainerLink(self.versions)
+        self.trainer = TrainerLink(self.versions, cfg.trainer.pipe_bytes)
         w = cfg.wire
         limits = WireLimits(max_message_bytes=w.max_message_bytes, max_array_elements=w.max_array_elements,
                             max_steps=w.max_steps, max_candidates_per_step=w.max_candidates_per_step)
@@ -194,7 +194,7 @@ class LearnerHub:
         return HubStatus(
             segments_accepted=c.accepted, env_steps=c.accepted_steps, accepted_bytes=c.accepted_bytes,
             rejected_by_reason=dict(c.rejected), connections_rejected=dict(c.connections_rejected),
-            collectors=self._collectors(), readers=self.ingest.collectors(readers=True),
+            collectors=self.ingest.collectors(), readers=self.ingest.collectors(readers=True),
             collectors_lost=c.collectors_lost,
             per_game={g: dict(v) for g, v in sorted(c.per_game.items())},
             lag_wm=lag_summary(c.lag_wm), lag_llm=lag_summary(c.lag_llm),
@@ -215,10 +215,6 @@ class LearnerHub:
                          trainer_dropped=self.trainer.dropped, ppo=figures, last_heard_s=heard,
                          pids={name: h.pid for name, h in helpers.items() if h is not None})
 
-    def _collectors(self):
-        collectors = self.ingest.collectors()
-        return self.checkpoints.carried(collectors) if self.checkpoints is not None else collectors
-
     def summary(self) -> dict[str, object]:
         """The JSON summary ``launch.py`` prints last."""
         ppo = self.ppo
@@ -226,7 +222,7 @@ class LearnerHub:
             **ingest_summary(self.status()),
             "wm_updates": self.trainer.updates,
             "trainer": self.trainer.stats,
-            "trainer_dropped": self.trainer.dropped,
+            "trainer_dropped": self.trainer.dropped, "trainer_dropped_for_bytes": self.trainer.dropped_for_bytes,
             "hub_stalls": {"count": self.ingest.loop_clock.stalls,  # times its own loop stood still (issue 14)
                            "longest_s": round(self.ingest.loop_clock.longest_stall_s, 2)},
             "trainer_failed_updates": self.trainer.failed_updates,

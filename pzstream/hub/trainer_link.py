@@ -2,7 +2,9 @@
 come back and are published.
 
 A full pipe never stalls ingestion: the segment is dropped for the trainer and counted
-(it samples from its own replay anyway). With ``hold_until_ready`` (checkpoints on) a started
+(it samples from its own replay anyway). The pipe is full at its high-water mark or when
+``pipe_bytes`` of segments are forwarded and not yet taken (the trainer says ``Taken``): a peer
+sending large segments faster than the trainer reads them cannot grow the trainer's memory. With ``hold_until_ready`` (checkpoints on) a started
 trainer gets no segments until it says it is ready; ``on_ready`` then asks it to save a
 checkpoint, and it takes what it missed from the hub's journal (``pzstream.stream.journal``).
 
@@ -17,7 +19,7 @@ from collections.abc import Callable
 from pzstream.hub.parts import AcceptedSegment
 from pzstream.hub.publisher import PublishedVersions
 from pzstream.stream import internal
-from pzstream.stream.internal import BudgetSpent, NewWeights, SegmentFrame, TrainBudget, TrainerStats, WorkerReady
+from pzstream.stream.internal import BudgetSpent, NewWeights, SegmentFrame, Taken, TrainBudget, TrainerStats, WorkerReady
 
 log = logging.getLogger("pzstream.learner")
 
@@ -25,8 +27,11 @@ log = logging.getLogger("pzstream.learner")
 class TrainerLink:
     """Part (segments to the trainer) and helper client (weights and stats from it)."""
 
-    def __init__(self, versions: PublishedVersions):
+    def __init__(self, versions: PublishedVersions, pipe_bytes: int = 256 * 1024 * 1024):
         self.versions = versions
+        self.pipe_bytes = pipe_bytes
+        self.inflight_bytes = 0  # forwarded, not yet taken by the trainer
+        self.dropped_for_bytes = 0
         self.helper = None  # the supervisor's Helper, attached when the hub starts one
         self.dropped = 0
         self.forwarded = 0
@@ -45,8 +50,13 @@ class TrainerLink:
     def on_segment(self, accepted: AcceptedSegment) -> None:
         if self.helper is None or (self.hold_until_ready and not self.attached):
             return
-        if self.helper.send(SegmentFrame(accepted.data)):
+        size = len(accepted.data)
+        if self.inflight_bytes + size > self.pipe_bytes:
+            self.dropped += 1
+            self.dropped_for_bytes += 1
+        elif self.helper.send(SegmentFrame(accepted.data)):
             self.forwarded += 1
+            self.inflight_bytes += size
         else:  # the trainer is behind: say how much it missed
             self.dropped += 1
 
@@ -55,6 +65,8 @@ class TrainerLink:
             await self.versions.publish(msg.model, msg.payload)
         elif isinstance(msg, TrainerStats):
             self.stats = dict(msg.stats)
+        elif isinstance(msg, Taken):
+            self.inflight_bytes = max(0, self.inflight_bytes - msg.nbytes)
         elif isinstance(msg, BudgetSpent):
             self.on_budget_spent()
         elif isinstance(msg, WorkerReady):
@@ -64,6 +76,7 @@ class TrainerLink:
 
     def on_start(self, pid: int) -> None:
         self.attached = False
+        self.inflight_bytes = 0  # a new process: its pipe starts empty
         self.on_helper_start()
 
     def on_exit(self, why: str) -> None:

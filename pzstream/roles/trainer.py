@@ -44,6 +44,7 @@ from pzstream.stream.internal import (
     NewWeights,
     SaveCheckpoint,
     SegmentFrame,
+    Taken,
     Stop,
     TrainBudget,
     TrainerStats,
@@ -283,7 +284,7 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
     spent = 0
     t0 = time.monotonic()
     updates0 = updates = state.updates  # a resumed trainer counts on; its rate counts this process's updates
-    attempts = failed_in_a_row = 0
+    attempts = failed_in_a_row = taken = 0
     metrics: dict[str, float] = {}
     last_rebuild = -10**9
     log.info("trainer up on %s: world model %d parameters, batch %d, publish every %d updates", tc.device,
@@ -314,9 +315,13 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
                 except wire.WireError as e:  # the hub validated it; this would be a bug, not input
                     log.error("trainer got an undecodable segment: %s", e)
                     continue
+                taken += len(note.payload)
                 if isinstance(msg, wire.Segment):
                     state.add(msg)
                     state.received += 1
+            if taken:  # the hub's byte credit for this pipe
+                channel.send(Taken(nbytes=taken))
+                taken = 0
             if os.getppid() != parent:
                 log.warning("hub process is gone; trainer exits")
                 return

@@ -7,7 +7,7 @@ with a ``payload`` (weights bytes, a segment frame) carries it as frame 1, never
 the map.
 
     hub -> trainer     SegmentFrame (the accepted segment's wire bytes), TrainBudget, SaveCheckpoint, Stop
-    trainer -> hub     WorkerReady, NewWeights (model, payload), TrainerStats, BudgetSpent
+    trainer -> hub     WorkerReady, NewWeights (model, payload), TrainerStats, Taken, BudgetSpent
     hub -> PPO worker  EpisodeRequest, SaveCheckpoint, Stop
     PPO worker -> hub  WorkerReady, EpisodeResult (payload: the new policy weights), WorkerFatal
 
@@ -50,6 +50,14 @@ class TrainerStats:
     """trainer -> hub: the trainer's counters and last losses (name -> number)."""
 
     stats: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Taken:
+    """trainer -> hub: segment bytes it has taken off its pipe since it last said so (the hub
+    forwards at most ``trainer.pipe_bytes`` not yet taken)."""
+
+    nbytes: int
 
 
 @dataclass(frozen=True)
@@ -111,11 +119,11 @@ class EpisodeResult:
     payload: bytes = b""
 
 
-Internal = (Stop | SegmentFrame | NewWeights | TrainerStats | TrainBudget | BudgetSpent | SaveCheckpoint | EpisodeRequest
+Internal = (Stop | SegmentFrame | NewWeights | TrainerStats | Taken | TrainBudget | BudgetSpent | SaveCheckpoint | EpisodeRequest
             | WorkerReady | WorkerFatal | EpisodeResult)
 
 _KINDS: dict[str, type] = {
-    "stop": Stop, "segment": SegmentFrame, "new_weights": NewWeights, "trainer_stats": TrainerStats,
+    "stop": Stop, "segment": SegmentFrame, "new_weights": NewWeights, "trainer_stats": TrainerStats, "taken": Taken,
     "train_budget": TrainBudget, "budget_spent": BudgetSpent, "save_checkpoint": SaveCheckpoint,
     "episode": EpisodeRequest, "ready": WorkerReady, "fatal": WorkerFatal, "result": EpisodeResult,
 }
