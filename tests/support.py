@@ -165,3 +165,17 @@ def recv_kind(sock: zmq.Socket, kind: type, timeout: float = 10.0):
             if isinstance(msg, kind):
                 return msg
     raise AssertionError(f"no {kind.__name__} within {timeout}s")
+
+
+def wait_until(predicate, timeout: float, what: str, proc=None, log_file: Path | None = None) -> None:
+    """Poll ``predicate()`` until it holds; give up early when ``proc`` has ended. On timeout the
+    assertion names ``what`` and shows the end of ``log_file``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            break
+        time.sleep(0.2)
+    tail = log_file.read_text()[-4000:] if log_file is not None and log_file.exists() else ""
+    raise AssertionError(f"timed out waiting for {what}\n{tail}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-from support import launch
+from support import launch, wait_until
 
 from pzstream.stream.checkpoint import (
     MANIFEST,
@@ -173,18 +173,6 @@ def _collector(tmp_path: Path, address: str, cid: str):
                   "llm.enabled=false", "ppo.enabled=false", f"collector.seed={int(cid[1:])}", stdout=out, stderr=err)
 
 
-def _wait(predicate, timeout: float, what: str, proc=None, log_file: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    tail = log_file.read_text()[-3000:] if log_file is not None and log_file.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
-
-
 def _last_json(path: Path) -> dict:
     return json.loads(path.read_text().strip().splitlines()[-1])
 
@@ -204,7 +192,7 @@ def test_sigterm_writes_a_final_checkpoint_of_hub_and_trainer(tmp_path, address,
     learner = _learner(run_dir, address, "checkpoint.every_s=1000")
     procs.append(learner)
     helpers = run_dir / "helpers.log"
-    _wait(lambda: helpers.exists() and "trainer checkpoint" in helpers.read_text(), 90,
+    wait_until(lambda: helpers.exists() and "trainer checkpoint" in helpers.read_text(), 90,
           "the trainer's first checkpoint (it is ready)", learner, tmp_path / "learner.err")
     first = complete_steps(run_dir / "checkpoints" / "trainer")
     learner.send_signal(signal.SIGTERM)
@@ -234,7 +222,7 @@ def test_kill_9_at_a_random_point_then_resume_loses_no_acknowledged_segment(tmp_
         return bool(steps) and json.loads((step_dir(trainer_dir, steps[-1]) / MANIFEST).read_text())[
             "counters"]["replay_segments"] >= 40 and _newest(run_dir, "hub").manifest.counters["wm_version"] >= 1
 
-    _wait(saved_with_data, 150, "a trainer checkpoint with data and a published world model", learner,
+    wait_until(saved_with_data, 150, "a trainer checkpoint with data and a published world model", learner,
           tmp_path / "learner.err")
     time.sleep(rng.uniform(0.0, 4.0))  # somewhere in the next checkpoint interval(s)
     before = _newest(run_dir, "hub")  # the last complete checkpoint before the kill (it may grow one more)
@@ -250,12 +238,12 @@ def test_kill_9_at_a_random_point_then_resume_loses_no_acknowledged_segment(tmp_
     resumed = _learner(run_dir, address, "checkpoint.every_s=2", resume=True, log_name="resumed")
     procs.append(resumed)
     err = tmp_path / "resumed.err"
-    _wait(lambda: err.exists() and "resumed from checkpoint" in err.read_text(), 60, "the resume", resumed, err)
+    wait_until(lambda: err.exists() and "resumed from checkpoint" in err.read_text(), 60, "the resume", resumed, err)
     assert f"resumed from checkpoint {saved.step}" in err.read_text()
-    _wait(lambda: f"published wm v{mirror_wm + 1} " in err.read_text(), 120,
+    wait_until(lambda: f"published wm v{mirror_wm + 1} " in err.read_text(), 120,
           "the resumed trainer's first version, above the saved ones", resumed, err)
     accepted_then = saved.manifest.counters["segments_accepted"]
-    _wait(lambda: "collector c0 joined" in err.read_text() and "collector c1 joined" in err.read_text(), 60,
+    wait_until(lambda: "collector c0 joined" in err.read_text() and "collector c1 joined" in err.read_text(), 60,
           "both collectors back", resumed, err)
     time.sleep(4.0)  # they stream on
     for c in collectors:

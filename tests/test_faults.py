@@ -16,7 +16,7 @@ import pytest
 import torch
 import zmq
 import zmq.asyncio
-from support import launch
+from support import launch, wait_until as wait
 
 from pzstream.config import ConfigError, load_config
 from pzstream.hub.supervisor import HelperSpec, Supervisor
@@ -142,18 +142,6 @@ def collector(tmp_path: Path, address: str, cid: str, *extra: str):
     return launch("--role", "collector", "--learner", address, f"collector.id={cid}", "collector.segment_steps=5",
                   f"collector.seed={int(cid[1:])}", *HEARTBEAT, *extra,
                   stdout=open(tmp_path / f"{cid}.out", "wb"), stderr=open(tmp_path / f"{cid}.err", "wb"))
-
-
-def wait(predicate, timeout: float, what: str, proc=None, log_file: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            break
-        time.sleep(0.2)
-    tail = log_file.read_text()[-4000:] if log_file is not None and log_file.exists() else ""
-    raise AssertionError(f"timed out waiting for {what}\n{tail}")
 
 
 def text(path: Path) -> str:
