@@ -42,7 +42,7 @@ import transformers  # noqa: E402
 from pzstream.llm.prior import (candidate_logprobs_naive, candidate_logprobs_shared,  # noqa: E402
                                 candidate_logprobs_tree)
 from pzstream.llm.prompts import PromptConfig, build_prompt  # noqa: E402
-from pzstream.llm.tiny import build_tiny  # noqa: E402
+from pzstream.llm.tiny import resolve_model  # noqa: E402
 
 K = 20
 CAND_TOKENS = 6
@@ -55,7 +55,7 @@ _VERBS = ("take", "drop", "open", "close", "examine", "read", "push", "pull", "g
 def make_model(shape: str, device: str):
     from transformers import AutoModelForCausalLM, AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    path = build_tiny()
+    path = resolve_model("tiny")  # built locally on first use
     tok = AutoTokenizer.from_pretrained(path)
     if shape == "tiny":
         model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)

@@ -59,6 +59,13 @@ class RandomPolicy:
         return Move(int(self.rng.integers(k)), np.full(k, 1.0 / k, np.float32), float("nan"))
 
 
+class _Ask:
+    """``MctsPolicy.search_roots``'s default: ask the LLM for the roots' priors in the call."""
+
+
+ASK = _Ask()
+
+
 class MctsPolicy:
     """MCTS over the world model (one root per move); root prior = the world model's policy.
 
@@ -112,38 +119,47 @@ class MctsPolicy:
         mixed, got = self.roots_prior(root_logits, legal, [history], [observation], [valid])
         return mixed, (got[0] if got is not None else None)
 
-    def roots_prior(self, root_logits: np.ndarray, legal: np.ndarray, histories: list[History],
-                   observations: list[str], valids: list[list[str]]) -> tuple[np.ndarray | None, list[np.ndarray] | None]:
-        """(mixed root prior [B, K] or None, the LLM probs over each root's valid actions or None).
-
-        One prior call for all B roots: the LLM's packed forward is what batching pays for."""
-        from pzstream.search import mix_root_prior, root_llm_weight, softmax_masked
-
+    def llm_priors(self, histories: list[History], observations: list[str],
+                   valids: list[list[str]]) -> list[np.ndarray] | None:
+        """The LLM's probabilities over each root's valid actions (one packed prior call for all B roots:
+        the LLM's forward is what batching pays for), or None: no LLM, or it failed (such moves play
+        with the world model's prior; the fault is counted and logged once, never the collector's)."""
         if self.prior_source is None:
-            return None, None
+            return None
         try:
             got = self.prior_source.prior(histories, observations, valids)
-        except Exception as e:  # an LLM fault costs these moves their prior, never the collector
+        except Exception as e:
             self.prior_errors += 1
             if self.prior_errors == 1:
                 log.exception("LLM prior failed (%s); playing with the world model's prior for such moves", e)
-            return None, None
+            return None
+        return list(got) if got is not None else None
+
+    def roots_prior(self, root_logits: np.ndarray, legal: np.ndarray,
+                    got: list[np.ndarray] | None) -> np.ndarray | None:
+        """The mixed root prior [B, K] of the world model's root logits and the LLM's probabilities ``got``
+        (None: no LLM prior, the search uses the world model's own)."""
+        from pzstream.search import mix_root_prior, root_llm_weight, softmax_masked
+
         if got is None:
-            return None, None
+            return None
         llm = np.zeros_like(root_logits, dtype=np.float32)
-        for i, valid in enumerate(valids):
-            k = min(len(valid), llm.shape[1])
-            llm[i, :k] = got[i][:k]
+        for i, probs in enumerate(got):
+            k = min(len(probs), llm.shape[1])
+            llm[i, :k] = probs[:k]
         wm = softmax_masked(root_logits, legal)
         weight = root_llm_weight(self.mix, wm, legal, self.fixed_weight, *self.adaptive_range)
-        return mix_root_prior(wm, llm, weight, legal), list(got)
+        return mix_root_prior(wm, llm, weight, legal)
 
     def act(self, history: History, observation: str, valid: list[str]) -> Move:
         return self.search_roots([history], [observation], [valid])[0]
 
-    def search_roots(self, histories: list[History], observations: list[str], valids: list[list[str]]) -> list[Move]:
+    def search_roots(self, histories: list[History], observations: list[str], valids: list[list[str]],
+                     llm_probs: list[np.ndarray] | None | _Ask = ASK) -> list[Move]:
         """One batched search of B roots (a collector's one move, or a search server's batch);
-        new world-model weights offered before the call are swapped in first."""
+        new world-model weights offered before the call are swapped in first. ``llm_probs``: the LLM's
+        priors of these roots when already computed (``llm_priors``; a search server computes the next
+        batch's while this one searches), None for none; by default they are asked for here."""
         import torch
 
         from pzstream.search import RecurrentFnOutput, RootFnOutput, run_search
@@ -164,7 +180,9 @@ class MctsPolicy:
             with torch.inference_mode():
                 root = self.adapter.root([[(o, a) for o, a, _ in h] for h in histories], observations, valids)
             net += time.perf_counter() - t0
-            mixed, llm_probs = self.roots_prior(root.prior_logits, root.legal, histories, observations, valids)
+            if isinstance(llm_probs, _Ask):
+                llm_probs = self.llm_priors(histories, observations, valids)
+            mixed = self.roots_prior(root.prior_logits, root.legal, llm_probs)
             result = run_search(RootFnOutput(prior_logits=root.prior_logits, value=root.value, handle=root.handle),
                                 recurrent, root.legal, self.search_cfg, self.rng, root_prior=mixed)
         finally:

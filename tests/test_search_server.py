@@ -64,6 +64,22 @@ def full_request(cid: str, rid: int, history, obs: str, valid: list[str]) -> wir
                               tuple(a for _, a, _ in history), tuple(float(r) for _, _, r in history))
 
 
+def clients_at_once(address: str, n: int, play) -> None:
+    """``play(i, client)`` for n collectors at once, each with its own connection (threads)."""
+    def one(i: int) -> None:
+        client = SearchClient(address)
+        try:
+            play(i, client)
+        finally:
+            client.close()
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+
+
 # ------------------------------------------------------------------ pure parts
 
 
@@ -129,21 +145,13 @@ def test_the_servers_visits_equal_a_local_search_of_the_same_roots(address, back
     try:
         answers: dict[int, wire.SearchReply] = {}
 
-        def ask(i: int) -> None:
-            client = SearchClient(address)
-            try:
-                h, o, v = roots[i]
-                got = client.ask(full_request(f"c{i}", 1, h, o, v), timeout_s=60)
-                assert isinstance(got, wire.SearchReply), got
-                answers[i] = got
-            finally:
-                client.close()
+        def ask(i: int, client: SearchClient) -> None:
+            h, o, v = roots[i]
+            got = client.ask(full_request(f"c{i}", 1, h, o, v), timeout_s=60)
+            assert isinstance(got, wire.SearchReply), got
+            answers[i] = got
 
-        threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(roots))]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join(90)
+        clients_at_once(address, len(roots), ask)
     finally:
         summary = server.stop()
     assert len(answers) == len(roots)
@@ -152,6 +160,59 @@ def test_the_servers_visits_equal_a_local_search_of_the_same_roots(address, back
         np.testing.assert_allclose(answers[i].visits, move.policy, atol=1e-6)
     # six collectors asking at once were searched together
     assert summary["max_batch_seen"] > 1 and max(a.batch for a in answers.values()) > 1
+
+
+def test_a_batch_priced_apart_from_its_search_searches_exactly_as_one_call():
+    """The server's two stages (the LLM prior, then the search) give what one search_roots call gives."""
+    from pzstream.llm.factory import LocalPrior
+
+    cfg = config("llm.enabled=true")
+    roots = game_roots(5)
+    hs, os_, vs = ([r[i] for r in roots] for i in range(3))
+    prior = LocalPrior(cfg.llm)
+    whole = mcts_policy(cfg, seed=0, prior=prior).search_roots(hs, os_, vs)
+    staged = mcts_policy(cfg, seed=0, prior=prior)
+    apart = staged.search_roots(hs, os_, vs, llm_probs=staged.llm_priors(hs, os_, vs))
+    for a, b in zip(whole, apart):
+        assert a.index == b.index and a.prior is not None
+        np.testing.assert_array_equal(a.policy, b.policy)
+        np.testing.assert_array_equal(a.prior, b.prior)
+    # no LLM answer (None) searches with the world model's own prior, as a policy without an LLM does
+    bare = mcts_policy(cfg, seed=0).search_roots(hs, os_, vs)
+    none = mcts_policy(cfg, seed=0, prior=prior).search_roots(hs, os_, vs, llm_probs=None)
+    for a, b in zip(bare, none):
+        np.testing.assert_array_equal(a.policy, b.policy)
+        assert b.prior is None
+
+
+def test_the_server_prices_the_next_batch_while_it_searches_one(address):
+    """With the LLM on, stage 1 (the prior) of a batch runs while stage 2 searches the one before, and
+    every answer carries the prior its root was priced with."""
+    from pzstream.llm.factory import LocalPrior
+
+    cfg = config("llm.enabled=true", "search_server.max_wait_ms=0", "search_server.max_batch=2")
+    roots = game_roots(8, seed=3)
+    server = ServerThread(cfg, address)
+    answers: dict[tuple[int, int], wire.SearchReply] = {}
+    try:
+        def ask(i: int, client: SearchClient) -> None:
+            _, o, v = roots[i]
+            for rid in range(1, 4):  # the same root again: a new episode each time
+                req = wire.SearchRequest(f"c{i}", rid, rid, True, o, tuple(v), "", 0.0, (), (), ())
+                got = client.ask(req, timeout_s=60)
+                assert isinstance(got, wire.SearchReply), got
+                answers[(i, rid)] = got
+
+        clients_at_once(address, len(roots), ask)
+    finally:
+        summary = server.stop()
+    assert len(answers) == 3 * len(roots)
+    assert summary["priced_while_searching"] >= 1, summary
+    prior = LocalPrior(cfg.llm)
+    for (i, _), reply in answers.items():
+        _, o, v = roots[i]
+        expected = prior.prior([[]], [o], [v])[0]
+        np.testing.assert_allclose(reply.prior, expected, atol=1e-4)
 
 
 def test_malformed_and_oversized_requests_are_refused_and_the_server_keeps_serving(address):

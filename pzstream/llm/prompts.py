@@ -158,7 +158,8 @@ def build_generation_prompt(cfg: PromptConfig, history: Sequence[Any] | None, ob
 
 
 def _n_tokens(tokenizer: Any, text: str) -> int:
-    return len(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # verbose=False: measuring a text longer than the model's positions is the point here, not a mistake
+    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def fit_prompt(tokenizer: Any, cfg: PromptConfig, history: Sequence[Any] | None, observation: str,

@@ -255,6 +255,14 @@ def build_tiny(out_dir: Path | None = None) -> Path:
                       f"{TINY_NAME} seed={SEED}")
 
 
+def _quiet_loading() -> None:
+    """No "Loading weights" progress bar from transformers for each model a process loads: many
+    processes load models at once here, and their bars would bury the roles' logs."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
 def resolve_model(name_or_path: str) -> str:
     """Map a model argument to something ``from_pretrained`` accepts.
 
@@ -269,6 +277,7 @@ def resolve_model(name_or_path: str) -> str:
     """
     if not isinstance(name_or_path, (str, os.PathLike)):
         raise TypeError(f"model must be a string or path, got {type(name_or_path).__name__}")
+    _quiet_loading()
     s = os.fspath(name_or_path)
     if s == "tiny":
         return str(build_tiny())

@@ -6,8 +6,10 @@ Collectors send one ``SearchRequest`` per move (only what is new since their las
 server keeps each collector's recent history in a ``ContextStore``). The server queues the roots
 fairly (``FairQueue``: one per collector per round), and each batch of up to
 ``search_server.max_batch`` roots (waiting at most ``search_server.max_wait_ms`` for more) runs
-as one batched search: the world model's initial inference over all roots, one packed LLM prior
-call, the root mixing and the MCTS of ``MctsPolicy.search_roots``. Each collector gets a
+as one batched search in two stages: the LLM prior over all roots (one packed call), then the world
+model's initial inference, the root mixing and the MCTS of ``MctsPolicy.search_roots``. The stages
+overlap: the next batch is priced while this one searches (on a CPU the two use different cores; on a
+GPU the LLM and the world model may sit on different devices). Each collector gets a
 ``SearchReply`` stamped with the weights versions its batch used; new weights (followed from the
 hub like any reader) are installed between batches, never during one.
 
@@ -22,8 +24,10 @@ import time
 from dataclasses import dataclass
 
 import anyio
+import numpy as np
 import zmq
 import zmq.asyncio
+from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStream
 
 from pzstream.agent import MctsPolicy, mcts_policy
 from pzstream.config import Config
@@ -95,25 +99,37 @@ class Root:
     arrived: float  # time.monotonic() when it was read off the socket
 
 
+@dataclass(frozen=True)
+class Priced:
+    """A batch whose LLM priors are computed (``BatchSearch.price``), waiting for its search."""
+
+    roots: list[Root]
+    llm_probs: list[np.ndarray] | None  # None: no LLM (or it failed): the world model's prior alone
+    llm_version: int
+
+
 class BatchSearch:
-    """The server's models and its batched search. Installs take the same lock as a batch, so new
+    """The server's models and its batched search, in two stages that may overlap on different batches:
+    ``price`` (the LLM prior of a batch's roots) and ``search`` (the world model's inference, the root
+    mixing and the MCTS). Each stage holds its own model's lock, and installs take the same lock, so new
     weights land between batches and every answer of a batch names the versions it used."""
 
     def __init__(self, policy: MctsPolicy, prior: LocalPrior | None):
         self.policy, self.prior = policy, prior
-        self._lock = threading.Lock()
+        self._wm_lock = threading.Lock()
+        self._llm_lock = threading.Lock()
 
     def install_wm(self, data: bytes, version: int) -> None:
         from pzstream.model.world_model import load_weights_bytes, untrained_world_model
 
         model = untrained_world_model(self.policy.wm_cfg)
         load_weights_bytes(model, data)  # raises ValueError on a mismatch: the old weights stay
-        with self._lock:
+        with self._wm_lock:
             self.policy.offer(model, version)
 
     def install_llm(self, data: bytes, version: int) -> None:
         assert self.prior is not None
-        with self._lock:
+        with self._llm_lock:
             self.prior.load(data, version)
 
     def prior_stats(self) -> dict[str, float]:
@@ -124,15 +140,28 @@ class BatchSearch:
         return {"prior_s": float(self.prior.net_s), "memo_hits": float(memo.hits), "memo_misses": float(memo.misses),
                 "prefix_tokens_saved": float(prefix.tokens_saved) if prefix is not None else 0.0}
 
-    def run(self, roots: list[Root]) -> list[wire.SearchReply]:
-        with self._lock:
+    def price(self, roots: list[Root]) -> Priced:
+        """Stage 1: the LLM prior over every root of the batch (one packed call)."""
+        with self._llm_lock:
+            probs = self.policy.llm_priors([r.history for r in roots], [r.observation for r in roots],
+                                           [r.candidates for r in roots])
+            return Priced(roots, probs, self.policy.llm_version)
+
+    def search(self, priced: Priced) -> list[wire.SearchReply]:
+        """Stage 2: the batched search of a priced batch."""
+        roots = priced.roots
+        with self._wm_lock:
             moves = self.policy.search_roots([r.history for r in roots], [r.observation for r in roots],
-                                             [r.candidates for r in roots])
-            wm, llm = self.policy.wm_version, self.policy.llm_version
+                                             [r.candidates for r in roots], llm_probs=priced.llm_probs)
+            wm = self.policy.wm_version
         return [wire.SearchReply(request_id=r.request_id, action_index=m.index, visits=tuple(m.policy.tolist()),
                                  root_value=m.root_value, prior=tuple(m.prior.tolist()) if m.prior is not None else (),
-                                 wm_version=wm, llm_version=llm, batch=len(roots))
+                                 wm_version=wm, llm_version=priced.llm_version, batch=len(roots))
                 for r, m in zip(roots, moves)]
+
+    def run(self, roots: list[Root]) -> list[wire.SearchReply]:
+        """Both stages, one after the other."""
+        return self.search(self.price(roots))
 
 
 def wants_search_server(cfg: Config, cpus: int) -> tuple[bool, str]:
@@ -181,8 +210,9 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
     keep = max(sc.keep_steps, cfg.world_model().context_steps, cfg.llm.history_len)
     contexts = ContextStore(keep)
     stats = {"requests": 0.0, "roots": 0.0, "batches": 0.0, "max_batch_seen": 0.0, "search_s": 0.0,
-             "wm_version": 0.0, "llm_version": 0.0}
+             "wm_version": 0.0, "llm_version": 0.0, "priced_while_searching": 0.0}
     wake = [anyio.Event()]
+    searching = [False]  # stage 2 is searching a batch (stage 1 may price the next meanwhile)
     log.info("search server on %s (%s, max batch %d, wait %.1f ms)%s", address, sc.device, sc.max_batch,
              sc.max_wait_ms, f", following hub {hub_address}" if hub_address else "")
 
@@ -207,36 +237,58 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
                                                  list(req.candidates), time.monotonic()))
             wake[0].set()
 
-    async def batches() -> None:
-        while True:
-            await wake[0].wait()
-            wake[0] = anyio.Event()
-            if not queue:
-                continue
-            deadline = time.monotonic() + sc.max_wait_ms / 1000
-            while len(queue) < sc.max_batch and (left := deadline - time.monotonic()) > 0:
-                with anyio.move_on_after(left):
-                    await wake[0].wait()
+    async def fail(roots: list[Root], e: Exception) -> None:
+        """A fault in one batch is answered, and the server goes on."""
+        log.error("search of %d roots failed: %s", len(roots), e, exc_info=e)
+        for r in roots:
+            contexts.forget(r.collector_id)
+            await router.reject(r.ident, "search_failed", str(e), r.request_id)
+
+    async def batches(priced_out: MemoryObjectSendStream[tuple[Priced, float]]) -> None:
+        """Stage 1: form a batch (fairly, waiting at most max_wait_ms for more roots) and price it."""
+        async with priced_out:
+            while True:
+                await wake[0].wait()
                 wake[0] = anyio.Event()
-            roots = queue.take(sc.max_batch)
-            t = time.perf_counter()
-            try:
-                replies = await anyio.to_thread.run_sync(searcher.run, roots)
-            except Exception as e:  # a fault in one batch is answered, and the server goes on
-                log.exception("search of %d roots failed", len(roots))
-                for r in roots:
-                    contexts.forget(r.collector_id)
-                    await router.reject(r.ident, "search_failed", str(e), r.request_id)
-                continue
-            stats["search_s"] += time.perf_counter() - t
-            for r, reply in zip(roots, replies):
-                await router.send(r.ident, reply)
-            stats["roots"] += len(roots)
-            stats["batches"] += 1
-            stats["max_batch_seen"] = max(stats["max_batch_seen"], float(len(roots)))
-            stats["wm_version"], stats["llm_version"] = float(replies[0].wm_version), float(replies[0].llm_version)
-            if queue:
-                wake[0].set()
+                if not queue:
+                    continue
+                deadline = time.monotonic() + sc.max_wait_ms / 1000
+                while len(queue) < sc.max_batch and (left := deadline - time.monotonic()) > 0:
+                    with anyio.move_on_after(left):
+                        await wake[0].wait()
+                    wake[0] = anyio.Event()
+                roots = queue.take(sc.max_batch)
+                stats["priced_while_searching"] += float(searching[0])
+                t = time.perf_counter()
+                try:
+                    priced = await anyio.to_thread.run_sync(searcher.price, roots)
+                except Exception as e:
+                    await fail(roots, e)
+                    continue
+                await priced_out.send((priced, time.perf_counter() - t))
+                if queue:
+                    wake[0].set()
+
+    async def searches(priced_in: MemoryObjectReceiveStream[tuple[Priced, float]]) -> None:
+        """Stage 2: search each priced batch (while stage 1 prices the next) and answer its collectors."""
+        async with priced_in:
+            async for priced, price_s in priced_in:
+                t = time.perf_counter()
+                searching[0] = True
+                try:
+                    replies = await anyio.to_thread.run_sync(searcher.search, priced)
+                except Exception as e:
+                    await fail(priced.roots, e)
+                    continue
+                finally:
+                    searching[0] = False
+                stats["search_s"] += price_s + time.perf_counter() - t
+                for r, reply in zip(priced.roots, replies):
+                    await router.send(r.ident, reply)
+                stats["roots"] += len(replies)
+                stats["batches"] += 1
+                stats["max_batch_seen"] = max(stats["max_batch_seen"], float(len(replies)))
+                stats["wm_version"], stats["llm_version"] = float(replies[0].wm_version), float(replies[0].llm_version)
 
     def summary() -> dict[str, float]:
         return {**stats, "mean_batch": stats["roots"] / max(1.0, stats["batches"]), "contexts": float(len(contexts)),
@@ -258,7 +310,10 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
     try:
         async with anyio.create_task_group() as tg:
             tg.start_soon(receive)
-            tg.start_soon(batches)
+            # stage 1 prices batch k+1 while stage 2 searches batch k (buffer 0: at most two batches in flight)
+            priced_out, priced_in = anyio.create_memory_object_stream[tuple[Priced, float]](0)
+            tg.start_soon(batches, priced_out)
+            tg.start_soon(searches, priced_in)
             tg.start_soon(report)
             if hub_address:
                 tg.start_soon(follow_hub, ctx, cfg, hub_address, "search", weights, summary, curve, stop)
