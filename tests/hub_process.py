@@ -3,7 +3,8 @@
     python tests/hub_process.py RUN_DIR WEIGHTS_BYTES [key=value ...]
 
 Publishes WEIGHTS_BYTES of world-model weights (0: none) before it serves, prints ``READY`` when it
-listens, and on SIGTERM prints its summary as one JSON line.
+listens, ``TRAINER <pid>`` when its trainer (if the config enables one) has said it is ready, and on
+SIGTERM prints its summary as one JSON line.
 """
 from __future__ import annotations
 
@@ -47,7 +48,17 @@ async def main(run_dir: Path, weights_bytes: int, overrides: list[str]) -> None:
     if weights_bytes:
         await hub.publish("wm", os.urandom(weights_bytes))
 
-    await serve_until_stopped_printing(hub)
+    async def say_trainer_ready() -> None:
+        while not (hub.trainer.attached and hub.trainer.helper is not None and hub.trainer.helper.pid):
+            await anyio.sleep(0.05)
+        print(f"TRAINER {hub.trainer.helper.pid}", flush=True)
+
+    async with anyio.create_task_group() as tg:
+        if cfg.trainer.enabled:
+            tg.start_soon(say_trainer_ready)
+        await serve_until_stopped_printing(hub)
+        tg.cancel_scope.cancel()
+
 
 if __name__ == "__main__":
     anyio.run(main, Path(sys.argv[1]), int(sys.argv[2]), sys.argv[3:])

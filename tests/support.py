@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -154,6 +155,56 @@ def dealer(address: str, curve: CurveKeys | None = None, sndhwm: int | None = No
         curve.make_client(s)
     s.connect(address)
     return s
+
+
+class FakeHubRouter:
+    """A ROUTER on a thread of the test that plays the hub's side of the segment socket as far as a
+    test needs: a Hello is counted (``hellos``) and answered with Credit (``window``, ack -1) and a
+    Welcome (``hub_id``, ``heartbeat_s``); any other message is answered with what :meth:`answer`
+    returns (nothing here: a subclass says more). ``handover``: ROUTER_HANDOVER, so a reconnecting
+    client keeps its identity. A subclass sets its own state, then calls :meth:`start`."""
+
+    def __init__(self, address: str, hub_id: str = "fake", window: int = 4, heartbeat_s: float = 1.0,
+                 handover: bool = False):
+        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
+        self.sock.setsockopt(zmq.LINGER, 0)
+        if handover:
+            self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.sock.bind(address)
+        self.hub_id, self.window, self.heartbeat_s = hub_id, window, heartbeat_s
+        self.hellos = 0
+        self._run = True
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+
+    def start(self) -> FakeHubRouter:
+        self._thread.start()
+        return self
+
+    def answer(self, msg: object) -> list[object]:
+        """The messages to send back for ``msg`` (not a Hello), in order."""
+        return []
+
+    def _serve(self) -> None:
+        while self._run:
+            if not self.sock.poll(50):
+                continue
+            ident, data = self.sock.recv_multipart()
+            msg = wire.decode(data)
+            if isinstance(msg, wire.Hello):
+                self.hellos += 1
+                replies: list[object] = [wire.Credit(n=self.window, ack=-1),
+                                         wire.Welcome(hub_id=self.hub_id, window=self.window, wm_version=0,
+                                                      llm_version=0, heartbeat_s=self.heartbeat_s)]
+            else:
+                replies = self.answer(msg)
+            for reply in replies:
+                self.sock.send_multipart([ident, wire.encode(reply)])
+
+    def close(self) -> None:
+        self._run = False
+        if self._thread.is_alive():
+            self._thread.join()
+        self.sock.close(0)
 
 
 def recv_kind(sock: zmq.Socket, kind: type, timeout: float = 10.0):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import random
+import select
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import anyio
 import psutil
 import pytest
 import zmq
-from support import REPO, LoopThread, free_base_port, hub_config, recv_kind
+from support import REPO, FakeHubRouter, LoopThread, free_base_port, hub_config, recv_kind
 from support import dealer as raw_dealer
 
 from pzstream.model.replay import SegmentReplay, segment_nbytes
@@ -35,6 +36,38 @@ CTX = zmq.Context.instance()
 # ---------------------------------------------------------------------------- a hub in its own process
 
 
+class PeakRSS:
+    """One process's resident memory, sampled every 10 ms on a thread: ``growth()`` is its peak since
+    :meth:`rebase` (or since this was made) over its RSS then."""
+
+    def __init__(self, pid: int):
+        self.ps = psutil.Process(pid)
+        self.base = self.peak = self.ps.memory_info().rss
+        self._sampling = True
+        self._sampler = threading.Thread(target=self._sample, daemon=True)
+        self._sampler.start()
+
+    def _sample(self) -> None:
+        while self._sampling:
+            try:
+                self.peak = max(self.peak, self.ps.memory_info().rss)
+            except psutil.Error:
+                return
+            time.sleep(0.01)
+
+    def rebase(self) -> int:
+        """Measure growth from now on; returns the RSS now (the new base)."""
+        self.base = self.peak = self.ps.memory_info().rss
+        return self.base
+
+    def growth(self) -> int:
+        return self.peak - self.base
+
+    def stop(self) -> None:
+        self._sampling = False
+        self._sampler.join()
+
+
 class HubProcess:
     """tests/hub_process.py in a subprocess; ``peak_growth()`` is its RSS peak over its RSS when ready."""
 
@@ -48,28 +81,23 @@ class HubProcess:
         procs.append(self.proc)
         line = self.proc.stdout.readline()
         assert line.strip() == "READY", (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
-        self.ps = psutil.Process(self.proc.pid)
-        self.base = self.ps.memory_info().rss
-        self.peak = self.base
-        self._sampling = True
-        self._sampler = threading.Thread(target=self._sample, daemon=True)
-        self._sampler.start()
+        self.rss = PeakRSS(self.proc.pid)
 
-    def _sample(self) -> None:
-        while self._sampling:
-            try:
-                self.peak = max(self.peak, self.ps.memory_info().rss)
-            except psutil.Error:
-                return
-            time.sleep(0.01)
+    def trainer_pid(self, timeout: float = 120.0) -> int:
+        """The pid of the hub's trainer once it has said it is ready (its line on the hub's stdout)."""
+        ready, _, _ = select.select([self.proc.stdout], [], [], timeout)
+        line = self.proc.stdout.readline() if ready else ""
+        assert line.startswith("TRAINER "), (line, self.proc.stderr.read() if self.proc.poll() is not None else "")
+        pid = int(line.split()[1])
+        assert pid in {c.pid for c in psutil.Process(self.proc.pid).children()}, "not a child of the hub"
+        return pid
 
     def peak_growth(self) -> int:
-        return self.peak - self.base
+        return self.rss.growth()
 
     def stop(self) -> dict:
         """SIGTERM; the hub's summary."""
-        self._sampling = False
-        self._sampler.join()
+        self.rss.stop()
         self.proc.send_signal(signal.SIGTERM)
         out, err = self.proc.communicate(timeout=60)
         self._run_dir.cleanup()
@@ -274,6 +302,60 @@ def test_large_valid_segments_are_held_to_the_byte_caps(procs):
     assert hub.peak_growth() < bound, (hub.peak_growth() / MiB, bound / MiB)
 
 
+@pytest.mark.slow
+def test_the_trainer_holds_a_flood_of_large_segments_to_its_pipe_and_replay_caps(procs):
+    """Issue: 40 valid 15 MB segments added 682 MB to the trainer. Now the hub forwards at most
+    trainer.pipe_bytes that the trainer has not taken, and its replay keeps trainer.replay_capacity_bytes:
+    the trainer's RSS, measured while it trains, grows by no more than those allow."""
+    pipe, replay_cap = 64 * MiB, 64 * MiB
+    hub = HubProcess(procs, "trainer.enabled=true", "ppo.enabled=false", "checkpoint.enabled=false",
+                     f"trainer.pipe_bytes={pipe}", f"trainer.replay_capacity_bytes={replay_cap}",
+                     "trainer.min_replay_steps=20", "trainer.max_updates_per_s=0.5", "trainer.log_every=1", "hub.recv_queue_bytes=16777216",
+                     "hub.peer_timeout_heartbeats=1000")  # this raw peer sends no heartbeats
+    trainer = PeakRSS(hub.trainer_pid())
+    try:
+        s = dealer(hub.address)
+        s.send(wire.encode(hello("big")))
+        recv_kind(s, wire.Welcome)
+
+        def send_until_acked(segments: list[wire.Segment], timeout: float) -> None:
+            last = segments[-1].header.seq
+            for seg in segments:
+                s.send(wire.encode(seg))
+                time.sleep(0.05)
+            deadline, acked = time.monotonic() + timeout, -1
+            while acked < last and time.monotonic() < deadline:
+                if s.poll(200) and isinstance(msg := wire.decode(s.recv()), wire.Credit):
+                    acked = max(acked, msg.ack)
+            assert acked == last
+
+        # the baseline: a trainer that has trained on small segments for a while (its model, optimiser
+        # and the first batches' buffers are all in memory)
+        send_until_acked([segment("big", seq, steps=15, searched=True) for seq in range(8)], timeout=30)
+        time.sleep(6.0)
+        base = trainer.rebase()
+        big = [segment("big", seq, steps=15, obs_chars=10**6 - 8, searched=True) for seq in range(8, 48)]
+        frame_bytes = len(wire.encode(big[0]))
+        send_until_acked(big, timeout=90)
+        time.sleep(10.0)  # it takes them off its pipe, evicts, rebuilds its windows and trains on them
+        s.close(0)
+    finally:
+        trainer.stop()
+        summary = hub.stop()
+    stats = summary["trainer"]
+    assert summary["segments_accepted"] == 48
+    assert stats["replay_bytes"] <= replay_cap + 2 * frame_bytes, stats  # the newest segment always stays
+    assert stats["replay_evicted_for_bytes"] > 0 and stats["updates"] > 0, stats
+    # frames on the pipe not yet taken + the replay + the windows of the last rebuild (they may hold
+    # segments evicted since) + a burst being decoded (one frame and its strings)
+    bound = pipe + 2 * replay_cap + 4 * frame_bytes + SLACK
+    print(f"trainer RSS: base {base / MiB:.0f} MiB, peak growth {trainer.growth() / MiB:.0f} MiB (bound {bound / MiB:.0f} "
+          f"MiB); segments {frame_bytes / MiB:.1f} MiB each, {summary['trainer_dropped_for_bytes']} of 40 dropped for the "
+          f"trainer's pipe, replay {stats['replay_bytes'] / MiB:.0f} MiB, {stats['updates']:.0f} updates; hub peak growth "
+          f"{hub.peak_growth() / MiB:.0f} MiB")
+    assert trainer.growth() < bound, (trainer.growth() / MiB, bound / MiB)
+
+
 def test_the_trainers_replay_is_capped_in_bytes():
     """The trainer's replay: the oldest segments go once the bytes pass trainer.replay_capacity_bytes,
     counted; a segment of one-character candidates counts its Python strings, not only its frame."""
@@ -420,37 +502,20 @@ def test_the_prior_server_refuses_oversized_and_overcostly_requests():
 # ---------------------------------------------------------------------------- the collector's weights client
 
 
-class FakeHub:
-    """A ROUTER that welcomes a SegmentSender and answers fetches with chunks of ``total`` declared bytes."""
+class FakeHub(FakeHubRouter):
+    """Answers fetches with chunks of ``total`` declared bytes (``fetches`` counts them)."""
 
     def __init__(self, address: str, total: int, chunk_len: int = CHUNK_BYTES):
-        self.sock = CTX.socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.bind(address)
-        self.total, self.chunk_len, self.fetches, self._run = total, chunk_len, 0, True
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__(address)
+        self.total, self.chunk_len, self.fetches = total, chunk_len, 0
+        self.start()
 
-    def _serve(self) -> None:
-        while self._run:
-            if not self.sock.poll(50):
-                continue
-            ident, data = self.sock.recv_multipart()
-            msg = wire.decode(data)
-            if isinstance(msg, wire.Hello):
-                self.sock.send_multipart([ident, wire.encode(wire.Credit(n=4, ack=-1))])
-                self.sock.send_multipart([ident, wire.encode(wire.Welcome(hub_id="fake", window=4, wm_version=0,
-                                                                          llm_version=0, heartbeat_s=1.0))])
-            elif isinstance(msg, wire.Fetch):
-                self.fetches += 1
-                self.sock.send_multipart([ident, wire.encode(wire.Blob(
-                    model=msg.model, version=msg.version, offset=msg.offset, total=self.total, sha256="0" * 64,
-                    data=random.randbytes(self.chunk_len)))])
-
-    def close(self) -> None:
-        self._run = False
-        self._thread.join()
-        self.sock.close(0)
+    def answer(self, msg: object) -> list[object]:
+        if not isinstance(msg, wire.Fetch):
+            return []
+        self.fetches += 1
+        return [wire.Blob(model=msg.model, version=msg.version, offset=msg.offset, total=self.total, sha256="0" * 64,
+                          data=random.randbytes(self.chunk_len))]
 
 
 def test_a_collector_refuses_weights_larger_than_its_cap_before_fetching_them():

@@ -3,7 +3,8 @@
 Real processes on loopback: a hub in its own process (tests/timed_hub.py, with its trainer publishing
 world-model weights while the hub stands still) and three MCTS collectors that follow those weights.
 Then the parts, fast: loss judged on the hub's running clock (pzstream.stream.liveness), handshake
-failures that are no refusal, newest-first weights notices, a fetch asked again after a reconnect.
+failures that are no refusal, newest-first weights notices, a fetch asked again after a reconnect, and
+weights that waited behind newer ones while the hub's loop stood still published once, as the newest.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ import anyio
 import pytest
 import zmq
 import zmq.asyncio
-from support import REPO, HubThread, dealer, free_base_port, hub_config, launch, recv_kind
+from support import REPO, FakeHubRouter, HubThread, dealer, free_base_port, hub_config, launch, recv_kind
 
 from pzstream.stream import wire
 from pzstream.stream.liveness import LoopClock, excused, loop_stall_s
@@ -355,42 +356,23 @@ def test_a_fetch_that_timed_out_is_tried_again_when_the_hub_repeats_its_notice()
     assert client.stats.timeouts == 1 and client.stats.rejected == 0
 
 
-class SilentOnceHub:
-    """A ROUTER that welcomes, then leaves the first fetch unanswered and falls silent (as a stopped
-    hub does) until the collector reconnects; from then on it answers fetches from ``store``."""
+class SilentOnceHub(FakeHubRouter):
+    """Welcomes, then leaves the first fetch unanswered and falls silent (as a stopped hub does)
+    until the collector reconnects; from then on it answers fetches from ``store``."""
 
     def __init__(self, address: str, store: WeightsStore):
-        self.sock = zmq.Context.instance().socket(zmq.ROUTER)
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)
-        self.sock.bind(address)
-        self.store, self.hellos, self.fetches, self._run = store, 0, 0, True
+        super().__init__(address, hub_id="silent-once", heartbeat_s=0.2, handover=True)
+        self.store, self.fetches = store, 0
         self.quiet = threading.Event()  # set: heartbeats go unanswered
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        self.start()
 
-    def _serve(self) -> None:
-        while self._run:
-            if not self.sock.poll(50):
-                continue
-            ident, data = self.sock.recv_multipart()
-            msg = wire.decode(data)
-            if isinstance(msg, wire.Hello):
-                self.hellos += 1
-                self.sock.send_multipart([ident, wire.encode(wire.Credit(n=4, ack=-1))])
-                self.sock.send_multipart([ident, wire.encode(wire.Welcome(hub_id="silent-once", window=4, wm_version=0,
-                                                                          llm_version=0, heartbeat_s=0.2))])
-            elif isinstance(msg, wire.Fetch):
-                self.fetches += 1
-                if self.hellos > 1:
-                    self.sock.send_multipart([ident, wire.encode(self.store.chunk(msg))])
-            elif isinstance(msg, wire.Heartbeat) and self.fetches == 0 and not self.quiet.is_set():
-                self.sock.send_multipart([ident, wire.encode(wire.Heartbeat(sender="hub", time=time.time(), stats={}))])
-
-    def close(self) -> None:
-        self._run = False
-        self._thread.join()
-        self.sock.close(0)
+    def answer(self, msg: object) -> list[object]:
+        if isinstance(msg, wire.Fetch):
+            self.fetches += 1
+            return [self.store.chunk(msg)] if self.hellos > 1 else []
+        if isinstance(msg, wire.Heartbeat) and self.fetches == 0 and not self.quiet.is_set():
+            return [wire.Heartbeat(sender="hub", time=time.time(), stats={})]
+        return []
 
 
 def test_a_fetch_lost_with_its_connection_is_asked_again_after_the_reconnect():
@@ -462,3 +444,82 @@ def test_a_collector_whose_own_loop_stood_still_does_not_reconnect():
         assert anyio.run(main) == 0
     finally:
         hub.close()
+
+
+# ----------------------------------------------------------------------------- weights waiting after a stall
+
+
+def test_only_the_newest_waiting_weights_of_each_model_are_kept():
+    from pzstream.hub.supervisor import newest_weights_only
+    from pzstream.stream.internal import NewWeights, Taken, TrainerStats
+
+    msgs = [NewWeights("wm", b"1"), Taken(10), NewWeights("llm", b"a"), NewWeights("wm", b"2"),
+            TrainerStats({"updates": 5.0}), NewWeights("wm", b"3"), Taken(20)]
+    kept, skipped = newest_weights_only(msgs)
+    assert kept == [Taken(10), NewWeights("llm", b"a"), TrainerStats({"updates": 5.0}), NewWeights("wm", b"3"), Taken(20)]
+    assert skipped == 2
+    assert newest_weights_only([]) == ([], 0)
+    alone = [Taken(1), NewWeights("wm", b"x")]
+    assert newest_weights_only(alone) == (alone, 0)
+
+
+def backlog_payload(i: int) -> bytes:
+    return i.to_bytes(4, "big") * 65536  # 256 KiB, distinct per weights
+
+
+def _backlog_trainer(inbox: str, outbox: str, go: str, n: int) -> None:
+    """A trainer that says it is ready, waits for the file ``go``, then sends ``n`` world-model weights
+    at once (as a trainer does while the hub's loop stands still) and waits for Stop."""
+    from pzstream.roles.lifecycle import die_with_parent
+    from pzstream.stream.internal import HelperChannel, NewWeights, Stop, WorkerReady
+
+    die_with_parent()
+    channel = HelperChannel(inbox, outbox, linger_ms=2000)
+    channel.send(WorkerReady(runtime="trainer", describe="backlog"))
+    while not os.path.exists(go):
+        time.sleep(0.01)
+    for i in range(n):
+        channel.send(NewWeights(model="wm", payload=backlog_payload(i)))
+    while not isinstance(channel.receive(), Stop):
+        channel.wait(100)
+    channel.close()
+
+
+def test_a_backlog_of_weights_is_published_once_as_its_newest(address, tmp_path):
+    """The hub's loop stood still while its trainer sent 12 weights: one version is published (the
+    newest bytes, fetchable), the 11 it replaced are counted, and the numbering goes on from it."""
+    import multiprocessing as mp
+
+    n, go = 12, tmp_path / "go"
+
+    def start(inbox: str, outbox: str) -> mp.process.BaseProcess:
+        proc = mp.get_context("spawn").Process(target=_backlog_trainer, args=(inbox, outbox, str(go), n), daemon=True)
+        proc.start()
+        return proc
+
+    hub = HubThread(hub_config(address), helpers={"trainer": start}).start()
+    try:
+        hub.wait_for(lambda h: h.call(lambda: h.hub.trainer.attached), timeout=60, what="the trainer ready")
+        frozen = threading.Event()
+
+        def freeze() -> None:
+            frozen.set()
+            time.sleep(2.0)  # the loop runs nothing meanwhile; libzmq still takes the messages in
+
+        stall = threading.Thread(target=hub.call, args=(freeze,))
+        stall.start()
+        assert frozen.wait(10)
+        go.touch()
+        stall.join()
+        hub.wait_for(lambda h: h.status().wm_version >= 1, timeout=10, what="weights published")
+        time.sleep(0.5)  # room for a second publish, were there one
+        assert hub.status().wm_version == 1
+        stored = hub.call(hub.hub.weights.latest, "wm")
+        assert stored.version == 1 and stored.data == backlog_payload(n - 1)
+        assert hub.call(hub.hub.weights.chunk, wire.Fetch(model="wm", version=1, offset=0, length=1 << 20)).data \
+            == backlog_payload(n - 1)
+        assert hub.call(hub.hub.publish, "wm", b"next") == 2  # the numbering goes on without a gap
+    finally:
+        summary = hub.stop()
+    assert summary["trainer"]["weights_coalesced"] == n - 1, summary["trainer"]
+    assert summary["wm_version_published"] == 2

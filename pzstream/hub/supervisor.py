@@ -8,6 +8,12 @@ its client asks to restart (a hung episode, a runtime that did not start), is st
 started again after ``restart_delay_s``; ingestion never waits for any of it. A message that
 cannot be decoded or handled (its weights cannot be published, say) is logged and counted
 (``message_errors``), never allowed to end the hub.
+
+Messages are read in bursts: everything already waiting is taken at once (up to
+``BURST_MESSAGES``). Of the weights in one burst only the newest of each model is handed on
+(``newest_weights_only``): after the hub's loop stood still, versions that are already replaced are
+neither stored, mirrored nor announced, so collectors never start fetching them
+(``weights_coalesced`` counts those skipped).
 """
 from __future__ import annotations
 
@@ -24,8 +30,21 @@ import zmq
 import zmq.asyncio
 
 from pzstream.stream import internal
+from pzstream.stream.transport import recv_batch
 
 log = logging.getLogger("pzstream.learner")
+
+#: Helper messages taken in one burst (weights are coalesced within a burst).
+BURST_MESSAGES = 1024
+
+
+def newest_weights_only(msgs: list[internal.Internal]) -> tuple[list[internal.Internal], int]:
+    """``msgs`` (in the order they arrived) without every ``NewWeights`` that a later one of the
+    same model replaces; the rest keep their order, the newest weights their place. Returns
+    (the messages to handle, how many weights were left out)."""
+    newest = {m.model: i for i, m in enumerate(msgs) if isinstance(m, internal.NewWeights)}
+    kept = [m for i, m in enumerate(msgs) if not isinstance(m, internal.NewWeights) or newest[m.model] == i]
+    return kept, len(msgs) - len(kept)
 
 # (inbox address, outbox address) -> the started process
 StartFn = Callable[[str, str], mp.process.BaseProcess]
@@ -69,9 +88,11 @@ class Helper:
         self._pull = ctx.socket(zmq.PULL)
         self._pull.setsockopt(zmq.LINGER, 0)
         self._pull.bind(self.outbox)
+        self._drain = zmq.Socket.shadow(self._pull.underlying)  # takes what waits without awaiting
         self.proc: mp.process.BaseProcess | None = None
         self.restarts = 0
         self.message_errors = 0
+        self.weights_coalesced = 0  # weights replaced by newer ones of the same model in the same burst
         self._restart: tuple[str, float] | None = None
 
     @property
@@ -100,7 +121,7 @@ class Helper:
                 self.client.on_start(self.proc.pid)
             frames = None
             with anyio.move_on_after(1.0):
-                frames = await self._pull.recv_multipart()
+                frames = await recv_batch(self._pull, self._drain, cap=BURST_MESSAGES)
             if frames is not None:
                 await self._deliver(frames)
             if self._restart is not None:
@@ -118,14 +139,30 @@ class Helper:
                 self.restarts += 1
                 self.client.on_exit(why)
 
-    async def _deliver(self, frames: list) -> None:
-        """Hand one message to the client; a failure is this message's, not the hub's."""
-        try:
-            await self.client.on_message(internal.decode(frames))
-        except Exception as e:  # noqa: BLE001 - the hub serves on; the helper's next message may do better
-            self.message_errors += 1
-            log.exception("a message from the %s could not be handled (%d so far): %s: %s", self.spec.title,
-                          self.message_errors, type(e).__name__, e)
+    async def _deliver(self, burst: list[list]) -> None:
+        """Hand a burst of messages to the client, replaced weights left out; a failure is its
+        message's, not the hub's."""
+        msgs: list[internal.Internal] = []
+        for frames in burst:
+            try:
+                msgs.append(internal.decode(frames))
+            except internal.InternalError as e:
+                self._failed(e)
+        msgs, skipped = newest_weights_only(msgs)
+        if skipped:
+            self.weights_coalesced += skipped
+            log.info("%s: %d weights replaced by newer ones waiting with them were not published (%d so far)",
+                     self.spec.title, skipped, self.weights_coalesced)
+        for msg in msgs:
+            try:
+                await self.client.on_message(msg)
+            except Exception as e:  # noqa: BLE001 - the hub serves on; the helper's next message may do better
+                self._failed(e)
+
+    def _failed(self, e: Exception) -> None:
+        self.message_errors += 1
+        log.error("a message from the %s could not be handled (%d so far): %s: %s", self.spec.title,
+                  self.message_errors, type(e).__name__, e, exc_info=e)
 
     def close(self) -> None:
         """Stop the process and remove the channel (the hub is shutting down)."""
@@ -170,5 +207,5 @@ class Supervisor:
             helper.close()
 
     def summary(self) -> dict[str, dict[str, object]]:
-        return {name: {"pid": h.pid, "restarts": h.restarts, "message_errors": h.message_errors}
-                for name, h in self.helpers.items()}
+        return {name: {"pid": h.pid, "restarts": h.restarts, "message_errors": h.message_errors,
+                       "weights_coalesced": h.weights_coalesced} for name, h in self.helpers.items()}

@@ -10,6 +10,8 @@ checkpoint, and it takes what it missed from the hub's journal (``pzstream.strea
 
 Failures are counted over the run: updates that failed and were skipped (each trainer process
 reports its own count; those of processes that ended are kept here) and trainer restarts.
+Weights that waited behind newer ones of the same model (the hub's loop stood still) are not
+published: ``weights_coalesced`` in :attr:`TrainerLink.stats` counts them (``pzstream.hub.supervisor``).
 """
 from __future__ import annotations
 
@@ -35,7 +37,7 @@ class TrainerLink:
         self.helper = None  # the supervisor's Helper, attached when the hub starts one
         self.dropped = 0
         self.forwarded = 0
-        self.stats: dict[str, float] = {}
+        self._stats: dict[str, float] = {}  # the trainer process's last TrainerStats
         self._failed_before = 0  # failed updates of trainer processes that have ended
         self.on_budget_spent = lambda: None  # the schedule's inbox (alternating mode)
         self.on_helper_start = lambda: None  # a (re)started trainer holds no budget: the schedule re-sends one
@@ -64,7 +66,7 @@ class TrainerLink:
         if isinstance(msg, NewWeights):
             await self.versions.publish(msg.model, msg.payload)
         elif isinstance(msg, TrainerStats):
-            self.stats = dict(msg.stats)
+            self._stats = dict(msg.stats)
         elif isinstance(msg, Taken):
             self.inflight_bytes = max(0, self.inflight_bytes - msg.nbytes)
         elif isinstance(msg, BudgetSpent):
@@ -81,17 +83,27 @@ class TrainerLink:
 
     def on_exit(self, why: str) -> None:
         self.attached = False
-        self._failed_before += int(self.stats.get("failed_updates", 0))
-        self.stats = {k: v for k, v in self.stats.items() if k != "failed_updates"}  # the next process counts from 0
+        self._failed_before += int(self._stats.get("failed_updates", 0))
+        self._stats = {k: v for k, v in self._stats.items() if k != "failed_updates"}  # the next process counts from 0
+
+    @property
+    def stats(self) -> dict[str, float]:
+        """The trainer's counters and last losses, and the hub's count of its weights left unpublished."""
+        return {**self._stats, "weights_coalesced": float(self.weights_coalesced)}
+
+    @property
+    def weights_coalesced(self) -> int:
+        """Weights the trainer sent that newer ones of the same model replaced before the hub read them."""
+        return self.helper.weights_coalesced if self.helper is not None else 0
 
     @property
     def updates(self) -> int:
-        return int(self.stats.get("updates", 0))
+        return int(self._stats.get("updates", 0))
 
     @property
     def failed_updates(self) -> int:
         """World-model updates that raised and were skipped, over every trainer process of this hub."""
-        return self._failed_before + int(self.stats.get("failed_updates", 0))
+        return self._failed_before + int(self._stats.get("failed_updates", 0))
 
     @property
     def restarts(self) -> int:

@@ -21,7 +21,7 @@ from pzstream.stream import wire
 from pzstream.llm.factory import History
 from pzstream.config import Config
 from pzstream.roles.serving import RequestRouter, client_socket, follow_hub, score_request_problem
-from pzstream.stream.transport import CurveKeys
+from pzstream.stream.transport import CurveKeys, check_bind_security
 from pzstream.stream.weights_client import WeightsClient
 
 log = logging.getLogger("pzstream.prior")
@@ -118,6 +118,7 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
     from pzstream.llm.factory import make_backend, prompt_config
 
     lc = cfg.llm
+    check_bind_security(address, curve, cfg.security.allow_insecure)  # as the hub: no open port without CURVE
     backend = await anyio.to_thread.run_sync(make_backend, lc, prompt_config(lc))
     ctx = zmq.asyncio.Context()
     router = RequestRouter(ctx, address, curve, wire.ScoreRequest, max_request_bytes=lc.prior_max_request_bytes)

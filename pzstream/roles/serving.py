@@ -1,6 +1,7 @@
 """What the central-inference servers share (``--role search`` and ``--role prior``).
 
-A server binds a ROUTER (CURVE like the hub's when keys are given), takes every request already
+A server binds a ROUTER (CURVE like the hub's when keys are given: only clients whose public key
+is in the key directory's ``authorized/`` get through, as at the hub), takes every request already
 waiting in one go, answers malformed ones with a ``Reject`` naming the reason (and keeps serving
 the others), and follows the hub's weights as a ``role="reader"`` peer with the one weights client.
 """
@@ -14,6 +15,7 @@ from collections.abc import Callable
 import anyio
 import zmq
 import zmq.asyncio
+from zmq.auth.thread import ThreadAuthenticator
 
 from pzstream.config import Config
 from pzstream.stream import wire
@@ -66,6 +68,8 @@ class RequestRouter:
     max_request_bytes: a larger request is refused (``too_large``, counted) before it is decoded
     (requests far larger are dropped by libzmq with their connection); queued requests per
     connection, and one burst, hold at most ``SERVER_QUEUE_BYTES``.
+    curve: the server's keys; a ZAP authenticator on ``ctx`` then admits only the client keys in
+    ``authorized/`` (CURVE alone encrypts but lets any key pair in). ``close`` stops it.
     """
 
     def __init__(self, ctx: zmq.asyncio.Context, address: str, curve: CurveKeys | None, kind: type,
@@ -76,9 +80,16 @@ class RequestRouter:
         self.sock.setsockopt(zmq.ROUTER_HANDOVER, 1)  # a reconnecting collector keeps its identity
         self.sock.setsockopt(zmq.MAXMSGSIZE, self.max_request_bytes + 65536)
         self.sock.setsockopt(zmq.RCVHWM, max(8, SERVER_QUEUE_BYTES // self.max_request_bytes))
-        if curve is not None:
-            curve.make_server(self.sock)
-        self.sock.bind(address)
+        self.authenticator: ThreadAuthenticator | None = None
+        try:
+            if curve is not None:
+                curve.make_server(self.sock)
+                # before the bind: no connection is ever handshaken without the key check
+                self.authenticator = curve.start_authenticator(zmq.Context.shadow(ctx.underlying))
+            self.sock.bind(address)
+        except BaseException:
+            self.close()
+            raise
         self._drain = zmq.Socket.shadow(self.sock.underlying)
         self.kind, self.limits = kind, limits
         self.rejected: Counter[str] = Counter()
@@ -115,6 +126,9 @@ class RequestRouter:
 
     def close(self) -> None:
         self.sock.close(0)
+        if self.authenticator is not None:
+            self.authenticator.stop()
+            self.authenticator = None
 
 
 async def follow_hub(ctx: zmq.asyncio.Context, cfg: Config, hub_address: str, name: str, weights: WeightsClient,
