@@ -6,7 +6,8 @@
 For B in {1, 8, 32} roots, each root has a distinct prompt (~200 tokens on the tiny model,
 ~512 on the Qwen2.5-0.5B shape) and K = 20 candidate actions of ~6 tokens. Three methods of
 ``pzstream.llm.prior`` score the same inputs in the same process: ``tree`` (packed rows with a
-4-D mask, the method ``TransformersBackend`` uses), ``kvcopy`` (``candidate_logprobs_shared``:
+4-D mask, the method ``TransformersBackend`` uses on the device, ``tree_scorer``: one forward on a
+GPU, the prompts then the candidates on a CPU; JSON ``method``), ``kvcopy`` (``candidate_logprobs_shared``:
 prompt KV cache copied per candidate) and ``naive`` (full sequences, the reference).
 ``max_abs_diff`` is the largest difference of mean candidate log-probs between the backend's
 (tree) method and naive; ``kvcopy_max_abs_diff`` the same for kvcopy. Rates are roots per
@@ -40,7 +41,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from pzstream.llm.prior import (candidate_logprobs_naive, candidate_logprobs_shared,  # noqa: E402
-                                candidate_logprobs_tree)
+                                tree_scorer)
 from pzstream.llm.prompts import PromptConfig, build_prompt  # noqa: E402
 from pzstream.llm.tiny import resolve_model  # noqa: E402
 
@@ -139,7 +140,7 @@ def main() -> None:
           + (f" {'floor ms':>9} {'tree xfl':>9} {'kv xfl':>7}" if floor_cols else ""))
     for b in BATCHES:
         prompts, cands = all_prompts[:b], all_cands[:b]
-        tt, tree = timed(lambda: candidate_logprobs_tree(model, tok, prompts, cands, args.device,
+        tt, tree = timed(lambda: tree_scorer(args.device)(model, tok, prompts, cands, args.device,
                                                          max_rows=b * K), repeats, args.device)
         ts, shared = timed(lambda: candidate_logprobs_shared(model, tok, prompts, cands, args.device,
                                                              max_rows=b * K), repeats, args.device)
@@ -169,7 +170,7 @@ def main() -> None:
         device_name=(torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()),
         dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads(), params=n_params,
         prompt_tokens=prompt_tokens, K=K, mean_candidate_tokens=cand_tok, repeats=repeats,
-        method="tree", max_abs_diff=max_diff, shared_roots_per_s=at8["shared_roots_per_s"],
+        method=tree_scorer(args.device).__name__.removeprefix("candidate_logprobs_"), max_abs_diff=max_diff, shared_roots_per_s=at8["shared_roots_per_s"],
         naive_roots_per_s=at8["naive_roots_per_s"], speedup=at8["speedup"],
         kvcopy_roots_per_s=at8["kvcopy_roots_per_s"], kvcopy_max_abs_diff=kv_max_diff,
         speedup_over_kvcopy=at8["speedup_over_kvcopy"],

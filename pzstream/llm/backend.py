@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .prefix import PrefixCache
-from .prior import candidate_logprobs_shared, candidate_logprobs_tree, prior_from_logprobs  # noqa: F401
+from .prior import candidate_logprobs_shared, candidate_logprobs_tree, prior_from_logprobs, tree_scorer  # noqa: F401
 from .prompts import PromptConfig, scoring_prompts
 from .tiny import resolve_model
 
@@ -104,7 +104,7 @@ class TransformersBackend:
     def mean_logprobs(self, prompts: Sequence[str], candidates: Sequence[Sequence[str]]) -> list[np.ndarray]:
         """Mean candidate log-probs before the prior temperature/softmax (packed-tree method;
         ``candidate_logprobs_shared`` computes the same numbers with per-candidate KV copies)."""
-        return candidate_logprobs_tree(
+        return tree_scorer(self.device)(
             self.model, self.tokenizer, list(prompts), [list(c) for c in candidates], self.device,
             continuation=self.prompt_config.continuation_template,
             max_candidate_tokens=self.max_candidate_tokens, max_rows=self.max_rows, max_roots=self.max_roots,

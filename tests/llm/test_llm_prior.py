@@ -11,7 +11,8 @@ import torch
 
 from pzstream.llm.backend import LLMBackend, TransformersBackend
 from pzstream.llm.prior import (candidate_logprobs_naive, candidate_logprobs_shared,
-                                candidate_logprobs_tree, prior_from_logprobs)
+                                candidate_logprobs_split, candidate_logprobs_tree, prior_from_logprobs,
+                                tree_scorer)
 from pzstream.llm.prompts import PromptConfig, build_prompt, fit_prompt
 from pzstream.llm.tiny import build_tiny, resolve_model
 
@@ -64,17 +65,22 @@ def _maxdiff(a, b) -> float:
     return max(float(np.abs(x - y).max()) for x, y in zip(a, b))
 
 
+#: the two packed-tree methods (one forward; prompts then candidates): the same numbers
+TREES = pytest.mark.parametrize("tree_fn", [candidate_logprobs_tree, candidate_logprobs_split], ids=["tree", "split"])
+
+
+@TREES
 @pytest.mark.parametrize("b", [1, 3])
 @pytest.mark.parametrize("k", [1, 5, 20])
 @pytest.mark.parametrize("same_prompt_len", [False, True])
-def test_tree_equals_naive(backend, b, k, same_prompt_len):
+def test_tree_equals_naive(backend, tree_fn, b, k, same_prompt_len):
     """Packed-tree scoring == naive full sequences; with prompts of one length (no padding
     across roots) and of different lengths (padded rows), candidates of different lengths."""
     rng = np.random.default_rng(1000 + 100 * b + k + 7 * same_prompt_len)
     prompts = [_prompts(1)[0]] * b if same_prompt_len else _prompts(b)
     cands = [_candidates(rng, k) for _ in range(b)]
     m, t = backend.model, backend.tokenizer
-    tree = candidate_logprobs_tree(m, t, prompts, cands)
+    tree = tree_fn(m, t, prompts, cands)
     naive = candidate_logprobs_naive(m, t, prompts, cands)
     assert [x.shape for x in tree] == [(k,)] * b and all(x.dtype == np.float64 for x in tree)
     assert _maxdiff(tree, naive) < 1e-3
@@ -83,12 +89,13 @@ def test_tree_equals_naive(backend, b, k, same_prompt_len):
         assert len(lens) > 1  # candidates of different token lengths in one packed row
         assert float(np.ptp(tree[0])) > 0.05
     # chunking into several forwards (one root per forward, few candidates) changes nothing
-    chunked = candidate_logprobs_tree(m, t, prompts, cands, max_rows=3, max_roots=1)
+    chunked = tree_fn(m, t, prompts, cands, max_rows=3, max_roots=1)
     assert _maxdiff(chunked, naive) < 1e-3
 
 
+@TREES
 @pytest.mark.parametrize("limit", [1, 40, 60])
-def test_tree_group_split(backend, limit):
+def test_tree_group_split(backend, tree_fn, limit):
     """Prompt + all candidates longer than the packed limit: the root's candidates are split
     over several packed rows (limit 1: one candidate per row)."""
     rng = np.random.default_rng(7)
@@ -96,10 +103,11 @@ def test_tree_group_split(backend, limit):
     cands = [_candidates(rng, 20) for _ in prompts]
     m, t = backend.model, backend.tokenizer
     naive = candidate_logprobs_naive(m, t, prompts, cands)
-    assert _maxdiff(candidate_logprobs_tree(m, t, prompts, cands, max_packed_tokens=limit), naive) < 1e-3
+    assert _maxdiff(tree_fn(m, t, prompts, cands, max_packed_tokens=limit), naive) < 1e-3
 
 
-def test_tree_split_at_model_context(backend):
+@TREES
+def test_tree_split_at_model_context(backend, tree_fn):
     """The default packed limit is the model's max_position_embeddings."""
     m, t = backend.model, backend.tokenizer
     rng = np.random.default_rng(8)
@@ -110,31 +118,34 @@ def test_tree_split_at_model_context(backend):
         plen = max(len(t(p, add_special_tokens=False)["input_ids"]) for p in prompts)
         m.config.max_position_embeddings = plen + 30  # far less than prompt + 20 candidates
         naive = candidate_logprobs_naive(m, t, prompts, cands)
-        tree = candidate_logprobs_tree(m, t, prompts, cands)
+        tree = tree_fn(m, t, prompts, cands)
     finally:
         m.config.max_position_embeddings = old
     assert _maxdiff(tree, naive) < 1e-3
 
 
-def test_tree_truncation_and_odd_inputs(backend):
+@TREES
+def test_tree_truncation_and_odd_inputs(backend, tree_fn):
     m, t = backend.model, backend.tokenizer
     long = " ".join(["take the lamp"] * 200)
     prompts, cands = ["Action:", "", "\x00"], [[long, "go"], [""], ["go", "", "take lamp"]]
-    tree = candidate_logprobs_tree(m, t, prompts, cands, max_candidate_tokens=8)
+    tree = tree_fn(m, t, prompts, cands, max_candidate_tokens=8)
     naive = candidate_logprobs_naive(m, t, prompts, cands, max_candidate_tokens=8)
     assert _maxdiff(tree, naive) < 1e-3 and all(np.all(np.isfinite(x)) for x in tree)
 
 
-def test_backend_uses_tree(backend, monkeypatch):
-    import pzstream.llm.backend as backend_mod
+def test_backend_uses_the_tree_method_of_its_device(backend, monkeypatch):
+    import pzstream.llm.prior as prior_mod
+
+    assert tree_scorer("cpu") is candidate_logprobs_split and tree_scorer("cuda:0") is candidate_logprobs_tree
     calls = []
-    orig = backend_mod.candidate_logprobs_tree
-    monkeypatch.setattr(backend_mod, "candidate_logprobs_tree",
-                        lambda *a, **kw: calls.append(1) or orig(*a, **kw))
+    orig = prior_mod.candidate_logprobs_split
+    monkeypatch.setattr(prior_mod, "candidate_logprobs_split", lambda *a, **kw: calls.append(1) or orig(*a, **kw))
     prompts, cands = _prompts(2), [["go north", "take lamp"], ["open mailbox"]]
     out = backend.mean_logprobs(prompts, cands)
     assert calls == [1]
     assert _maxdiff(out, candidate_logprobs_shared(backend.model, backend.tokenizer, prompts, cands)) < 1e-3
+
 
 def test_prior_sums_to_one(backend):
     out = backend.score(_prompts(2), [["go north", "take lamp", "open mailbox"], ["look"]])

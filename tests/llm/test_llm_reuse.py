@@ -9,7 +9,7 @@ from pzstream.config import load_config
 from pzstream.llm.backend import TransformersBackend
 from pzstream.llm.memo import PriorMemo, memo_key
 from pzstream.llm.prefix import PrefixCache, common_prefix_len
-from pzstream.llm.prior import candidate_logprobs_naive, candidate_logprobs_tree
+from pzstream.llm.prior import candidate_logprobs_naive, candidate_logprobs_split, candidate_logprobs_tree
 from pzstream.llm.prompts import PromptConfig, build_prompt
 
 ROOMS = ["You are in a dark room. It is pitch black.",
@@ -36,45 +36,48 @@ def test_common_prefix_len():
     assert common_prefix_len([], [1]) == 0 and common_prefix_len([7, 8], [7, 8]) == 2
 
 
-def test_the_prefix_cache_scores_exactly_what_a_full_forward_scores_and_is_reused(backend):
+@pytest.mark.parametrize("tree_fn", [candidate_logprobs_tree, candidate_logprobs_split], ids=["tree", "split"])
+def test_the_prefix_cache_scores_exactly_what_a_full_forward_scores_and_is_reused(backend, tree_fn):
     m, t, cfg = backend.model, backend.tokenizer, backend.prompt_config
     cache = PrefixCache()
     cont = cfg.continuation_template
     for step, rooms in enumerate([ROOMS[:1], ROOMS, ROOMS[1:], ROOMS[::-1]]):
         ps = prompts(cfg, rooms, step)
         cands = [CANDS[ROOMS.index(r)] for r in rooms]
-        got = candidate_logprobs_tree(m, t, ps, cands, continuation=cont, prefix=cache)
-        assert _maxdiff(got, candidate_logprobs_tree(m, t, ps, cands, continuation=cont)) < 1e-5
+        got = tree_fn(m, t, ps, cands, continuation=cont, prefix=cache)
+        assert _maxdiff(got, tree_fn(m, t, ps, cands, continuation=cont)) < 1e-5
         assert _maxdiff(got, candidate_logprobs_naive(m, t, ps, cands, continuation=cont)) < 1e-3
     # one build (the first root alone), then cut to the shared template head and reused
     assert cache.builds == 1 and cache.hits == 3
     assert len(cache.ids) >= 100 and cache.tokens_saved > 0  # the ORZ preamble is long
 
 
-def test_the_prefix_cache_never_serves_keys_of_old_weights(backend):
+@pytest.mark.parametrize("tree_fn", [candidate_logprobs_tree, candidate_logprobs_split], ids=["tree", "split"])
+def test_the_prefix_cache_never_serves_keys_of_old_weights(backend, tree_fn):
     m, t, cfg = backend.model, backend.tokenizer, backend.prompt_config
     cache = PrefixCache()
     ps, cands = prompts(cfg, ROOMS), CANDS
     cont = cfg.continuation_template
-    candidate_logprobs_tree(m, t, ps, cands, continuation=cont, prefix=cache)
+    tree_fn(m, t, ps, cands, continuation=cont, prefix=cache)
     saved = {k: v.clone() for k, v in m.state_dict().items()}
     try:
         with torch.no_grad():
             for p in m.parameters():  # an optimizer step, in place
                 p.add_(0.05 * torch.randn_like(p))
-        got = candidate_logprobs_tree(m, t, ps, cands, continuation=cont, prefix=cache)
+        got = tree_fn(m, t, ps, cands, continuation=cont, prefix=cache)
         assert cache.builds == 2
-        assert _maxdiff(got, candidate_logprobs_tree(m, t, ps, cands, continuation=cont)) < 1e-5
+        assert _maxdiff(got, tree_fn(m, t, ps, cands, continuation=cont)) < 1e-5
     finally:
         m.load_state_dict(saved)
 
 
-def test_prompts_without_a_shared_head_run_without_the_cache(backend):
+@pytest.mark.parametrize("tree_fn", [candidate_logprobs_tree, candidate_logprobs_split], ids=["tree", "split"])
+def test_prompts_without_a_shared_head_run_without_the_cache(backend, tree_fn):
     m, t = backend.model, backend.tokenizer
     cache = PrefixCache(min_tokens=8)
     ps = ["Once upon a time there was a troll.", "The lamp is lit and the room is bright."]
-    got = candidate_logprobs_tree(m, t, ps, CANDS[:2], prefix=cache)
-    assert cache.builds == 0 and _maxdiff(got, candidate_logprobs_tree(m, t, ps, CANDS[:2])) < 1e-6
+    got = tree_fn(m, t, ps, CANDS[:2], prefix=cache)
+    assert cache.builds == 0 and _maxdiff(got, tree_fn(m, t, ps, CANDS[:2])) < 1e-6
     with pytest.raises(ValueError):
         PrefixCache(min_tokens=0)
 
