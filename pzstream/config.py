@@ -121,6 +121,9 @@ class SearchServerConfig(_Section):
     max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="longest wait for more roots once one is queued")
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="cpu, cuda or cuda:N")
     threads: int = Field(2, ge=1, description="torch threads of the server")
+    pipeline: Literal["auto", "always", "never"] = Field(
+        "auto", description="price the next batch (its LLM prior) while this one searches? auto = when the LLM "
+                            "prior runs on a GPU, not without an LLM or on a CPU (bench/serve.py measured both)")
     keep_steps: int = Field(16, ge=0, le=4096, description="history steps kept per collector (>= what the world "
                                                           "model and the LLM prompt read)")
     seed: int = 0

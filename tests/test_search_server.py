@@ -190,7 +190,7 @@ def test_the_server_prices_the_next_batch_while_it_searches_one(address):
     every answer carries the prior its root was priced with."""
     from pzstream.llm.factory import LocalPrior
 
-    cfg = config("llm.enabled=true", "search_server.max_wait_ms=0", "search_server.max_batch=2")
+    cfg = config("llm.enabled=true", "search_server.max_wait_ms=0", "search_server.max_batch=2", "search_server.pipeline=always")
     roots = game_roots(8, seed=3)
     server = ServerThread(cfg, address)
     answers: dict[tuple[int, int], wire.SearchReply] = {}

@@ -186,6 +186,24 @@ def wants_search_server(cfg: Config, cpus: int) -> tuple[bool, str]:
     return False, f"{cfg.collector.count} collectors on {cpus} CPU core(s): local search is faster below {need:g}"
 
 
+def pipeline_depth(cfg: Config) -> tuple[int, str]:
+    """Batches a search server keeps in flight, and why: 2 (the next batch's LLM prior is computed
+    while this one searches) or 1 (each batch priced and searched before the next is formed).
+
+    Measured (bench/serve.py, RESULTS.md): without the LLM there is nothing to overlap, and forming
+    the next batch early only makes batches smaller (2.4x local search -> 1.7x on a 2-core CPU); on
+    a GPU the card idles during the host side of the tree search, which the next prior fills."""
+    mode = cfg.search_server.pipeline
+    if mode != "auto":
+        return (2, "pipelined: search_server.pipeline=always") if mode == "always" else (
+            1, "one batch at a time: search_server.pipeline=never")
+    if not cfg.llm.enabled:
+        return 1, "one batch at a time: no LLM prior to overlap"
+    if cfg.search_server.device.startswith("cuda") or cfg.llm.device.startswith("cuda"):
+        return 2, "pipelined: the next batch's LLM prior while this one searches"
+    return 1, "one batch at a time on a CPU"
+
+
 def batch_search_for(cfg: Config) -> BatchSearch:
     """The models of a search server: the config's world model (and the LLM when llm.enabled) on search_server.device."""
     import torch
@@ -213,8 +231,10 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
              "wm_version": 0.0, "llm_version": 0.0, "priced_while_searching": 0.0}
     wake = [anyio.Event()]
     searching = [False]  # stage 2 is searching a batch (stage 1 may price the next meanwhile)
-    log.info("search server on %s (%s, max batch %d, wait %.1f ms)%s", address, sc.device, sc.max_batch,
-             sc.max_wait_ms, f", following hub {hub_address}" if hub_address else "")
+    depth, why = pipeline_depth(cfg)
+    in_flight = anyio.Semaphore(depth)  # batches formed and not yet answered
+    log.info("search server on %s (%s, max batch %d, wait %.1f ms, %s)%s", address, sc.device, sc.max_batch,
+             sc.max_wait_ms, why, f", following hub {hub_address}" if hub_address else "")
 
     async def receive() -> None:
         while True:
@@ -245,13 +265,14 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
             await router.reject(r.ident, "search_failed", str(e), r.request_id)
 
     async def batches(priced_out: MemoryObjectSendStream[tuple[Priced, float]]) -> None:
-        """Stage 1: form a batch (fairly, waiting at most max_wait_ms for more roots) and price it."""
+        """Stage 1: form a batch (fairly, waiting at most max_wait_ms for more roots) and price it;
+        a batch is formed only while fewer than ``depth`` are in flight (priced or searching)."""
         async with priced_out:
             while True:
-                await wake[0].wait()
-                wake[0] = anyio.Event()
-                if not queue:
-                    continue
+                await in_flight.acquire()
+                while not queue:
+                    await wake[0].wait()
+                    wake[0] = anyio.Event()
                 deadline = time.monotonic() + sc.max_wait_ms / 1000
                 while len(queue) < sc.max_batch and (left := deadline - time.monotonic()) > 0:
                     with anyio.move_on_after(left):
@@ -263,11 +284,10 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
                 try:
                     priced = await anyio.to_thread.run_sync(searcher.price, roots)
                 except Exception as e:
+                    in_flight.release()
                     await fail(roots, e)
                     continue
                 await priced_out.send((priced, time.perf_counter() - t))
-                if queue:
-                    wake[0].set()
 
     async def searches(priced_in: MemoryObjectReceiveStream[tuple[Priced, float]]) -> None:
         """Stage 2: search each priced batch (while stage 1 prices the next) and answer its collectors."""
@@ -282,6 +302,7 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
                     continue
                 finally:
                     searching[0] = False
+                    in_flight.release()
                 stats["search_s"] += price_s + time.perf_counter() - t
                 for r, reply in zip(priced.roots, replies):
                     await router.send(r.ident, reply)
