@@ -168,8 +168,8 @@ def wants_search_server(cfg: Config, cpus: int) -> tuple[bool, str]:
     """Whether ``--role all`` serves its collectors' searches from one search server, and why.
 
     Measured on a 2-core CPU (bench/serve.py, RESULTS.md): a server is slower than local search
-    with 2 collectors (0.66x), even with 4 (1.09x) and faster with 8 (1.3x with the LLM, 2.4x
-    without), since batching pays for per-call overheads that one core per collector does not
+    with 2 collectors (0.66x), even with 4 (1.09x) and faster with 8 (1.4-1.65x with the LLM,
+    2.1-2.4x without), since batching pays for per-call overheads that one core per collector does not
     have to share. On a GPU it is where the models belong."""
     sc = cfg.search_server
     if sc.address:
