@@ -20,6 +20,7 @@ from .config import WorldModelConfig
 
 _WORD = re.compile(r"[a-z0-9]+")
 _CACHE_LIMIT = 200_000  # texts repeat a lot in one game; forget everything when this many are cached
+_CACHE_BYTES = 64 << 20  # ... or when the cached texts and their values hold about this many bytes
 # Frozen sentence encoders by name, shared by every TextEncoder (and by deep copies
 # such as the trainer's target model) instead of being copied with the module.
 _FROZEN: dict[str, object] = {}
@@ -44,6 +45,7 @@ class TextEncoder(nn.Module):
         super().__init__()
         self.kind, self.buckets, self.max_words = cfg.text_encoder, cfg.hash_buckets, cfg.max_words
         self._cache: dict[str, object] = {}
+        self._cache_bytes = 0  # the cached texts' and values' approximate size
         if self.kind == "hashed":
             self.out_dim = cfg.text_dim
             self.bag = nn.EmbeddingBag(cfg.hash_buckets, cfg.text_dim, mode="sum")
@@ -62,9 +64,15 @@ class TextEncoder(nn.Module):
             raise ValueError(f"unknown text_encoder {self.kind!r}")
 
     def _remember(self, text: str, value: object) -> None:
-        if len(self._cache) >= _CACHE_LIMIT:
+        """Cache ``value`` for ``text``; everything is forgotten first when the cache is full, in
+        entries or in bytes (observations come from peers: their sizes are theirs to choose)."""
+        size = len(text) + (value.numel() * value.element_size() if isinstance(value, torch.Tensor)
+                            else 8 * len(value) if isinstance(value, list) else 0) + 100
+        if len(self._cache) >= _CACHE_LIMIT or self._cache_bytes + size > _CACHE_BYTES:
             self._cache.clear()
+            self._cache_bytes = 0
         self._cache[text] = value
+        self._cache_bytes += size
 
     def forward(self, texts: list[str]) -> torch.Tensor:
         if self.kind == "minilm":
