@@ -1,6 +1,6 @@
 """Soak: the whole system for a long while, with every process's memory and the ingest rate watched.
 
-    python bench/soak.py [--quick] [--minutes 30] [--config FILE] [--every S] [--out FILE] [key=value ...]
+    python bench/soak.py [--quick] [--minutes 30] [--config FILE] [--every S] [--out FILE] [--plot PNG] [key=value ...]
 
 One ``launch.py --role all`` run (hub, trainer, PPO worker, collectors and their helpers, on the
 embedded default game with the tiny models of ``config/debug.yaml``). Every ``--every`` seconds
@@ -21,7 +21,8 @@ last fifth of the stream, from the hub's first report that counts a segment to i
 before the deadline (start-up and shutdown are left out). Segments are 10 steps, so that the
 rates count many of them. ``--quick``: 75 s (CI). ``PZSTREAM_BENCH_SMOKE=1``: 40 s without the
 LLM and PPO. Overrides go last and win. Every process the run started is stopped on exit, Ctrl-C
-included. The last stdout line is one JSON object; ``--out`` also writes it to a file.
+included. The last stdout line is one JSON object; ``--out`` also writes it to a file, ``--plot`` draws
+every process's RSS and the segment rate over the run into a PNG (``bench/plots.py``).
 """
 from __future__ import annotations
 
@@ -273,6 +274,8 @@ def main() -> None:
     ap.add_argument("--config", default=None, help="config file (default config/debug.yaml)")
     ap.add_argument("--every", type=float, default=None, help="seconds between RSS samples (default 2, 5 for 30 min)")
     ap.add_argument("--out", default=None, help="also write the JSON result here")
+    ap.add_argument("--plot", default=None, help="also draw each process's RSS and the segment rate over time into "
+                    "this PNG file")
     ap.add_argument("overrides", nargs="*", help="config overrides (last, so they win)")
     args = ap.parse_intermixed_args()
     minutes = args.minutes or (40 / 60 if SMOKE else 1.25 if args.quick else 30.0)
@@ -338,6 +341,22 @@ def main() -> None:
     print(report(watch, summary, run_dir, t_start, deadline, minutes, capacity, args, every), flush=True)
 
 
+def plot(watch: Watch, names: dict[int, str], t_start: float, deadline: float, full_at: float | None,
+         path: str) -> Path:
+    """RSS of every named process and the hub's segments/s over the run's minutes, into the PNG ``path``."""
+    from bench.plots import Panel, rates, write_png
+
+    def minutes(t: float) -> float:
+        return (t - t_start) / 60
+
+    rss = {nm: [(minutes(t), r / 2**20) for t, r in watch.rss[pid] if t <= deadline] for pid, nm in names.items()}
+    accepted = [(minutes(t), float(n)) for t, n in watch.reports if t <= deadline]
+    marks = [(minutes(full_at), "replay full")] if full_at is not None else []
+    return write_png(path, f"soak: {minutes(deadline):.0f} min", [
+        Panel("RSS (MB)", rss, marks=marks),
+        Panel("segments accepted / min", {"hub": [(m, 60 * r) for m, r in rates(accepted)]}, marks=marks)])
+
+
 def report(watch: Watch, summary: dict, run_dir: Path, t_start: float, deadline: float, minutes: float,
            capacity: int, args: argparse.Namespace, every: float) -> str:
     """Print the table; return the JSON line (also written to ``--out``)."""
@@ -399,6 +418,9 @@ def report(watch: Watch, summary: dict, run_dir: Path, t_start: float, deadline:
     print()
     for label, value in rows:
         print(f"{label:>26} {value}")
+    if args.plot:
+        print(f"[soak] curves: {plot(watch, names, t_start, deadline, start if full else None, args.plot)}",
+              file=sys.stderr)
     line = json.dumps(result)
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)
