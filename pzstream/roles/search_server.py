@@ -214,6 +214,117 @@ def batch_search_for(cfg: Config) -> BatchSearch:
     return BatchSearch(mcts_policy(cfg, sc.seed, prior, device=sc.device), prior)
 
 
+class SearchServer:
+    """The serving loop's parts, in the order a request flows through them: ``receive`` (check the
+    request, advance the collector's context, queue its root fairly), ``batches`` (stage 1: form a
+    batch and price it), ``searches`` (stage 2: search it and answer). At most ``depth`` batches are
+    in flight (``pipeline_depth``)."""
+
+    def __init__(self, cfg: Config, router: RequestRouter, searcher: BatchSearch, depth: int):
+        sc = cfg.search_server
+        self.max_batch, self.max_wait_s = sc.max_batch, sc.max_wait_ms / 1000
+        self.router, self.searcher = router, searcher
+        self.queue: FairQueue[Root] = FairQueue(per_collector=sc.max_batch)
+        self.contexts = ContextStore(max(sc.keep_steps, cfg.world_model().context_steps, cfg.llm.history_len))
+        self.stats = {"requests": 0.0, "roots": 0.0, "batches": 0.0, "max_batch_seen": 0.0, "search_s": 0.0,
+                      "wm_version": 0.0, "llm_version": 0.0, "priced_while_searching": 0.0}
+        self._wake = anyio.Event()  # set when roots were queued
+        self._searching = False  # stage 2 is searching a batch (stage 1 may price the next meanwhile)
+        self._in_flight = anyio.Semaphore(depth)  # batches formed and not yet answered
+
+    async def receive(self) -> None:
+        while True:
+            for ident, req in await self.router.requests():
+                assert isinstance(req, wire.SearchRequest)
+                self.stats["requests"] += 1
+                if not self.queue.has_room(req.collector_id):
+                    await self.router.reject(ident, "busy", f"{self.max_batch} requests of {req.collector_id} "
+                                             "already queued", req.request_id)
+                    continue
+                history = self.contexts.advance(req.collector_id, req.episode_id, req.reset, req.observation,
+                                                req.last_action, req.last_reward,
+                                                list(zip(req.history_observations, req.history_actions,
+                                                         req.history_rewards)))
+                if history is None:
+                    await self.router.reject(ident, "resend_history", f"no context for {req.collector_id} episode "
+                                             f"{req.episode_id}: send its recent history", req.request_id)
+                    continue
+                self.queue.put(req.collector_id, Root(ident, req.collector_id, req.request_id, history,
+                                                      req.observation, list(req.candidates), time.monotonic()))
+            self._wake.set()
+
+    async def _woken(self, timeout_s: float | None = None) -> None:
+        with anyio.move_on_after(timeout_s):
+            await self._wake.wait()
+        self._wake = anyio.Event()
+
+    async def batches(self, priced_out: MemoryObjectSendStream[tuple[Priced, float]]) -> None:
+        """Stage 1: form a batch (fairly, waiting at most max_wait_ms for more roots) and price it."""
+        async with priced_out:
+            while True:
+                await self._in_flight.acquire()
+                while not self.queue:
+                    await self._woken()
+                deadline = time.monotonic() + self.max_wait_s
+                while len(self.queue) < self.max_batch and (left := deadline - time.monotonic()) > 0:
+                    await self._woken(left)
+                roots = self.queue.take(self.max_batch)
+                self.stats["priced_while_searching"] += float(self._searching)
+                t = time.perf_counter()
+                try:
+                    priced = await anyio.to_thread.run_sync(self.searcher.price, roots)
+                except Exception as e:
+                    self._in_flight.release()
+                    await self._fail(roots, e)
+                    continue
+                await priced_out.send((priced, time.perf_counter() - t))
+
+    async def searches(self, priced_in: MemoryObjectReceiveStream[tuple[Priced, float]]) -> None:
+        """Stage 2: search each priced batch and answer its collectors."""
+        async with priced_in:
+            async for priced, price_s in priced_in:
+                t = time.perf_counter()
+                self._searching = True
+                try:
+                    replies = await anyio.to_thread.run_sync(self.searcher.search, priced)
+                except Exception as e:
+                    await self._fail(priced.roots, e)
+                    continue
+                finally:
+                    self._searching = False
+                    self._in_flight.release()
+                self.stats["search_s"] += price_s + time.perf_counter() - t
+                for r, reply in zip(priced.roots, replies):
+                    await self.router.send(r.ident, reply)
+                self.stats["roots"] += len(replies)
+                self.stats["batches"] += 1
+                self.stats["max_batch_seen"] = max(self.stats["max_batch_seen"], float(len(replies)))
+                self.stats["wm_version"] = float(replies[0].wm_version)
+                self.stats["llm_version"] = float(replies[0].llm_version)
+
+    async def _fail(self, roots: list[Root], e: Exception) -> None:
+        """A fault in one batch is answered, and the server goes on."""
+        log.error("search of %d roots failed: %s", len(roots), e, exc_info=e)
+        for r in roots:
+            self.contexts.forget(r.collector_id)
+            await self.router.reject(r.ident, "search_failed", str(e), r.request_id)
+
+    def summary(self) -> dict[str, float]:
+        s = self.stats
+        return {**s, "mean_batch": s["roots"] / max(1.0, s["batches"]), "contexts": float(len(self.contexts)),
+                **self.searcher.prior_stats(), **{f"rejected_{k}": float(v) for k, v in self.router.rejected.items()}}
+
+    async def report(self, every_s: float = 10.0) -> None:
+        last, t_last = 0.0, time.monotonic()
+        while True:
+            await anyio.sleep(every_s)
+            now, s = time.monotonic(), self.summary()
+            log.info("search server: %.1f roots/s, mean batch %.1f, %d collectors, wm v%d, llm v%d, rejected %s",
+                     (s["roots"] - last) / (now - t_last), s["mean_batch"], s["contexts"], s["wm_version"],
+                     s["llm_version"], dict(self.router.rejected) or "none")
+            last, t_last = s["roots"], now
+
+
 async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve: CurveKeys | None = None,
                             hub_address: str | None = None, searcher: BatchSearch | None = None) -> dict[str, float]:
     """Serve searches on ``address`` until ``stop``; follow the hub's weights when ``hub_address`` is given."""
@@ -224,124 +335,24 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
                              max_steps=cfg.wire.max_steps, max_candidates_per_step=cfg.wire.max_candidates_per_step)
     ctx = zmq.asyncio.Context()
     router = RequestRouter(ctx, address, curve, wire.SearchRequest, limits, max_request_bytes=sc.max_request_bytes)
-    queue: FairQueue[Root] = FairQueue(per_collector=sc.max_batch)
-    keep = max(sc.keep_steps, cfg.world_model().context_steps, cfg.llm.history_len)
-    contexts = ContextStore(keep)
-    stats = {"requests": 0.0, "roots": 0.0, "batches": 0.0, "max_batch_seen": 0.0, "search_s": 0.0,
-             "wm_version": 0.0, "llm_version": 0.0, "priced_while_searching": 0.0}
-    wake = [anyio.Event()]
-    searching = [False]  # stage 2 is searching a batch (stage 1 may price the next meanwhile)
     depth, why = pipeline_depth(cfg)
-    in_flight = anyio.Semaphore(depth)  # batches formed and not yet answered
+    server = SearchServer(cfg, router, searcher, depth)
     log.info("search server on %s (%s, max batch %d, wait %.1f ms, %s)%s", address, sc.device, sc.max_batch,
              sc.max_wait_ms, why, f", following hub {hub_address}" if hub_address else "")
-
-    async def receive() -> None:
-        while True:
-            for ident, req in await router.requests():
-                assert isinstance(req, wire.SearchRequest)
-                stats["requests"] += 1
-                if not queue.has_room(req.collector_id):
-                    await router.reject(ident, "busy", f"{sc.max_batch} requests of {req.collector_id} already "
-                                        "queued", req.request_id)
-                    continue
-                history = contexts.advance(req.collector_id, req.episode_id, req.reset, req.observation,
-                                           req.last_action, req.last_reward,
-                                           list(zip(req.history_observations, req.history_actions,
-                                                    req.history_rewards)))
-                if history is None:
-                    await router.reject(ident, "resend_history", f"no context for {req.collector_id} episode "
-                                        f"{req.episode_id}: send its recent history", req.request_id)
-                    continue
-                queue.put(req.collector_id, Root(ident, req.collector_id, req.request_id, history, req.observation,
-                                                 list(req.candidates), time.monotonic()))
-            wake[0].set()
-
-    async def fail(roots: list[Root], e: Exception) -> None:
-        """A fault in one batch is answered, and the server goes on."""
-        log.error("search of %d roots failed: %s", len(roots), e, exc_info=e)
-        for r in roots:
-            contexts.forget(r.collector_id)
-            await router.reject(r.ident, "search_failed", str(e), r.request_id)
-
-    async def batches(priced_out: MemoryObjectSendStream[tuple[Priced, float]]) -> None:
-        """Stage 1: form a batch (fairly, waiting at most max_wait_ms for more roots) and price it;
-        a batch is formed only while fewer than ``depth`` are in flight (priced or searching)."""
-        async with priced_out:
-            while True:
-                await in_flight.acquire()
-                while not queue:
-                    await wake[0].wait()
-                    wake[0] = anyio.Event()
-                deadline = time.monotonic() + sc.max_wait_ms / 1000
-                while len(queue) < sc.max_batch and (left := deadline - time.monotonic()) > 0:
-                    with anyio.move_on_after(left):
-                        await wake[0].wait()
-                    wake[0] = anyio.Event()
-                roots = queue.take(sc.max_batch)
-                stats["priced_while_searching"] += float(searching[0])
-                t = time.perf_counter()
-                try:
-                    priced = await anyio.to_thread.run_sync(searcher.price, roots)
-                except Exception as e:
-                    in_flight.release()
-                    await fail(roots, e)
-                    continue
-                await priced_out.send((priced, time.perf_counter() - t))
-
-    async def searches(priced_in: MemoryObjectReceiveStream[tuple[Priced, float]]) -> None:
-        """Stage 2: search each priced batch (while stage 1 prices the next) and answer its collectors."""
-        async with priced_in:
-            async for priced, price_s in priced_in:
-                t = time.perf_counter()
-                searching[0] = True
-                try:
-                    replies = await anyio.to_thread.run_sync(searcher.search, priced)
-                except Exception as e:
-                    await fail(priced.roots, e)
-                    continue
-                finally:
-                    searching[0] = False
-                    in_flight.release()
-                stats["search_s"] += price_s + time.perf_counter() - t
-                for r, reply in zip(priced.roots, replies):
-                    await router.send(r.ident, reply)
-                stats["roots"] += len(replies)
-                stats["batches"] += 1
-                stats["max_batch_seen"] = max(stats["max_batch_seen"], float(len(replies)))
-                stats["wm_version"], stats["llm_version"] = float(replies[0].wm_version), float(replies[0].llm_version)
-
-    def summary() -> dict[str, float]:
-        return {**stats, "mean_batch": stats["roots"] / max(1.0, stats["batches"]), "contexts": float(len(contexts)),
-                **searcher.prior_stats(),
-                **{f"rejected_{k}": float(v) for k, v in router.rejected.items()}}
-
-    async def report() -> None:
-        last, t_last = 0.0, time.monotonic()
-        while True:
-            await anyio.sleep(10)
-            now, s = time.monotonic(), summary()
-            log.info("search server: %.1f roots/s, mean batch %.1f, %d collectors, wm v%d, llm v%d, rejected %s",
-                     (s["roots"] - last) / (now - t_last), s["mean_batch"], s["contexts"], s["wm_version"],
-                     s["llm_version"], dict(router.rejected) or "none")
-            last, t_last = s["roots"], now
-
     installers = {"wm": searcher.install_wm} | ({"llm": searcher.install_llm} if searcher.prior is not None else {})
     weights = WeightsClient(installers, who="search server")
     try:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(receive)
-            # stage 1 prices batch k+1 while stage 2 searches batch k (buffer 0: at most two batches in flight)
+            tg.start_soon(server.receive)
             priced_out, priced_in = anyio.create_memory_object_stream[tuple[Priced, float]](0)
-            tg.start_soon(batches, priced_out)
-            tg.start_soon(searches, priced_in)
-            tg.start_soon(report)
+            tg.start_soon(server.batches, priced_out)
+            tg.start_soon(server.searches, priced_in)
+            tg.start_soon(server.report)
             if hub_address:
-                tg.start_soon(follow_hub, ctx, cfg, hub_address, "search", weights, summary, curve, stop)
+                tg.start_soon(follow_hub, ctx, cfg, hub_address, "search", weights, server.summary, curve, stop)
             await stop.wait()
             tg.cancel_scope.cancel()
     finally:
         router.close()
         ctx.destroy(linger=0)
-    return summary()
-
+    return server.summary()
