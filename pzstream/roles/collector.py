@@ -10,6 +10,8 @@ import os
 import socket
 import threading
 import time
+from dataclasses import dataclass
+
 import anyio
 import numpy as np
 import zmq.asyncio
@@ -60,6 +62,67 @@ def weights_client_for(cfg: Config, policy: Policy, prior: PriorSource | None, c
     return WeightsClient(installers, who=f"collector {cid}", max_bytes=cfg.wire.max_weights_bytes)
 
 
+@dataclass(frozen=True)
+class Plays:
+    """How a collector chooses its moves: ``policy`` (what the player asks), ``local`` (its own
+    search, or random play), the LLM ``prior`` it scores with (None: none here) and ``served``
+    (the search server's client policy, when it has one)."""
+
+    policy: Policy
+    local: Policy
+    prior: PriorSource | None = None
+    served: ServedPolicy | None = None
+
+
+def collector_policy(cfg: Config, cid: str, curve: CurveKeys | None) -> Plays:
+    """The config's policy: random play, or MCTS searched here or by a search server (with local fallback)."""
+    cc = cfg.collector
+    if cc.policy != "mcts":
+        random_play = RandomPolicy(cc.seed)
+        return Plays(random_play, random_play)
+    prior = None
+    if cfg.llm.enabled and not (cc.search == "server" and cc.search_fallback == "wait"):
+        prior = make_prior_source(cfg, curve)  # waiting collectors never score
+    local = mcts_policy(cfg, cc.seed, prior)
+    if cc.search != "server":
+        return Plays(local, local, prior)
+    from pzstream.roles.search_server import SearchClient
+
+    assert cc.search_server is not None
+    served = ServedPolicy(local, SearchClient(cc.search_server, curve), cid, cc.search_deadline_ms / 1000,
+                          cc.search_retry_s, fallback=cc.search_fallback)
+    log.info("collector %s searches on %s (%s after %.0f ms)", cid, cc.search_server,
+             "local fallback" if cc.search_fallback == "local" else "asking again", cc.search_deadline_ms)
+    return Plays(served, local, prior, served)
+
+
+def collector_stats(game, player: GamePlayer, plays: Plays, weights: WeightsClient | None,
+                    llm_enabled: bool) -> dict[str, float]:
+    """The collector's heartbeat stats: play, valid actions, search, weights, returns and memory."""
+    cs = game.cache_stats()
+    s = player.stats
+    policy, prior, served = plays.policy, plays.prior, plays.served
+    return {"env_steps": float(s.env_steps), "episodes": float(s.episodes),
+            "cache_hits": float(cs.get("hits", 0)), "cache_misses": float(cs.get("misses", 0)),
+            "valid_action_s": float(cs.get("valid_action_s", 0.0)), "play_s": s.play_s,
+            "va_over_budget": float(cs.get("over_budget", 0)), "va_fallbacks": float(cs.get("fallbacks", 0)),
+            "valid_action_share": s.valid_s / s.play_s if s.play_s else 0.0,
+            "env_s": s.env_s, "valid_s": s.valid_s, "policy_s": s.policy_s, "net_s": policy.net_s,
+            **({"wm_version": float(policy.wm_version)} if policy.name == "mcts" else {}),
+            **({"llm_version": float(prior.version), "prior_failures": float(getattr(prior, "failures", 0))}
+               if prior is not None else {}),
+            **({"llm_version": float(served.llm_version)} if prior is None and served is not None and llm_enabled
+               else {}),
+            "weights_rejected": float(weights.stats.rejected if weights is not None else 0),
+            **({"weights_gone": float(weights.stats.gone), "weights_timeouts": float(weights.stats.timeouts)}
+               if weights is not None else {}),
+            **({"search_served": float(served.stats.served), "search_fallbacks": float(served.stats.fallbacks),
+                "search_resends": float(served.stats.resends), "search_waits": float(served.stats.waits)}
+               if served is not None else {}),
+            "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0,
+            **({"rss_bytes": float(rss)} if (rss := process_rss_bytes()) is not None else {})}  # the dashboard's memory panel
+
+
 async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None = None) -> dict[str, object]:
     """Play and stream until ``stop`` is set or ``collector.max_steps`` is reached."""
     cc = cfg.collector
@@ -73,49 +136,13 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
 
     if (why := support_warning(game.max_score, cfg.world_model().value_support)) is not None:
         log.warning("collector %s, game %s: %s", cid, game.name, why)
-    policy: Policy
-    prior = None
-    local: Policy
-    served: ServedPolicy | None = None
-    if cc.policy == "mcts":
-        if cfg.llm.enabled and not (cc.search == "server" and cc.search_fallback == "wait"):
-            prior = await anyio.to_thread.run_sync(make_prior_source, cfg, curve)  # waiting collectors never score
-        policy = local = await anyio.to_thread.run_sync(mcts_policy, cfg, cc.seed, prior)
-        if cc.search == "server":
-            from pzstream.roles.search_server import SearchClient
-
-            assert cc.search_server is not None and isinstance(local, MctsPolicy)
-            policy = served = ServedPolicy(local, SearchClient(cc.search_server, curve), cid,
-                                           cc.search_deadline_ms / 1000, cc.search_retry_s, fallback=cc.search_fallback)
-            log.info("collector %s searches on %s (%s after %.0f ms)", cid, cc.search_server,
-                     "local fallback" if cc.search_fallback == "local" else "asking again", cc.search_deadline_ms)
-    else:
-        policy = local = RandomPolicy(cc.seed)
+    plays = await anyio.to_thread.run_sync(collector_policy, cfg, cid, curve)
+    policy, prior, served = plays.policy, plays.prior, plays.served
     player = GamePlayer(game, policy, cid, cc.segment_steps, cc.max_episode_steps, cc.seed)
-    weights = weights_client_for(cfg, local, prior, cid)
+    weights = weights_client_for(cfg, plays.local, prior, cid)
 
     def stats() -> dict[str, float]:
-        cs = game.cache_stats()
-        s = player.stats
-        return {"env_steps": float(s.env_steps), "episodes": float(s.episodes),
-                "cache_hits": float(cs.get("hits", 0)), "cache_misses": float(cs.get("misses", 0)),
-                "valid_action_s": float(cs.get("valid_action_s", 0.0)), "play_s": s.play_s,
-                "va_over_budget": float(cs.get("over_budget", 0)), "va_fallbacks": float(cs.get("fallbacks", 0)),
-                "valid_action_share": s.valid_s / s.play_s if s.play_s else 0.0,
-                "env_s": s.env_s, "valid_s": s.valid_s, "policy_s": s.policy_s, "net_s": policy.net_s,
-                **({"wm_version": float(policy.wm_version)} if policy.name == "mcts" else {}),
-                **({"llm_version": float(prior.version), "prior_failures": float(getattr(prior, "failures", 0))}
-                   if prior is not None else {}),
-                **({"llm_version": float(served.llm_version)} if prior is None and served is not None and cfg.llm.enabled
-                   else {}),
-                "weights_rejected": float(weights.stats.rejected if weights is not None else 0),
-                **({"weights_gone": float(weights.stats.gone), "weights_timeouts": float(weights.stats.timeouts)}
-                   if weights is not None else {}),
-                **({"search_served": float(served.stats.served), "search_fallbacks": float(served.stats.fallbacks),
-                    "search_resends": float(served.stats.resends), "search_waits": float(served.stats.waits)}
-                   if served is not None else {}),
-                "return_mean": float(np.mean(s.returns[-20:])) if s.returns else 0.0,
-                **({"rss_bytes": float(rss)} if (rss := process_rss_bytes()) is not None else {})}  # the dashboard's memory panel
+        return collector_stats(game, player, plays, weights, cfg.llm.enabled)
 
     ctx = zmq.asyncio.Context()
     hello = Hello(collector_id=cid, game=game.name, host=socket.gethostname(), pid=os.getpid(),

@@ -246,15 +246,188 @@ def trainer_stats(state: TrainerState, rate: float, metrics: dict[str, float]) -
             **{k: float(v) for k, v in metrics.items()}}
 
 
+class TrainerLoop:
+    """The trainer process's loop, one method per step: ``ingest`` what the hub sent (segments,
+    budgets, checkpoint requests), ``ready`` to train (data, a budget), one ``update``, then
+    ``after_update`` (publish, the LLM's own training, budgets, stats)."""
+
+    def __init__(self, cfg: Config, state: TrainerState, channel: HelperChannel, run_dir: Path,
+                 journal_from: int | None, writer=None):
+        self.cfg, self.tc, self.wm_cfg = cfg, cfg.trainer, cfg.world_model()
+        self.state, self.channel, self.run_dir, self.writer = state, channel, run_dir, writer
+        self.journal_from = journal_from  # the hub's journals to catch up from, at the first SaveCheckpoint
+        self.resumed = state.checkpoint_step is not None
+        self.fault = UpdateFault(state.trainer.model) if self.tc.fail_every else None
+        # schedule.mode=alternating: train only the budgets the hub sends (None = always train)
+        self.budget: int | None = 0 if cfg.schedule.mode == "alternating" else None
+        self.spent = 0
+        self.t0 = time.monotonic()
+        self.updates0 = state.updates  # a resumed trainer counts on; its rate counts this process's updates
+        self.attempts = self.failed_in_a_row = 0
+        self.metrics: dict[str, float] = {}
+        self.last_rebuild = -10**9
+
+    @property
+    def rate(self) -> float:
+        return (self.state.updates - self.updates0) / max(1e-9, time.monotonic() - self.t0)
+
+    def ingest(self) -> bool:
+        """Everything waiting on the channel (data never waits behind training); False: stop."""
+        taken = 0
+        for _ in range(1024):
+            note = self.channel.receive()
+            if note is None:
+                break
+            if isinstance(note, Stop):
+                return False
+            if isinstance(note, TrainBudget):
+                self.budget, self.spent = (self.budget or 0) + note.updates, 0
+            elif isinstance(note, SaveCheckpoint):
+                if self.journal_from is not None:
+                    catch_up(self.state, self.run_dir, self.journal_from, note.step)
+                    self.journal_from = None
+                save_trainer(self.state, self.run_dir, note.step, self.cfg.checkpoint.keep)
+            elif not isinstance(note, SegmentFrame):
+                log.error("trainer got an unexpected %s", type(note).__name__)
+            else:
+                try:
+                    msg = wire.decode(note.payload)
+                except wire.WireError as e:  # the hub validated it; this would be a bug, not input
+                    log.error("trainer got an undecodable segment: %s", e)
+                    continue
+                taken += len(note.payload)
+                if isinstance(msg, wire.Segment):
+                    self.state.add(msg)
+                    self.state.received += 1
+        if taken:  # the hub's byte credit for this pipe
+            self.channel.send(Taken(nbytes=taken))
+        return True
+
+    def _idle(self) -> None:
+        """Nothing to train on: an alternating schedule's train phase ends here (said at once), an
+        asynchronous trainer waits a little for data."""
+        if self.budget is None:
+            self.channel.wait(200)
+            return
+        self.channel.send(BudgetSpent(updates=self.spent))
+        self.budget, self.spent = 0, 0
+
+    def ready(self) -> bool:
+        """Whether to train now; when not, it has waited a little or ended a budget that cannot be spent."""
+        replay = self.state.replay
+        if self.budget == 0:
+            self.channel.wait(200)
+            return False
+        if replay.steps < self.tc.min_replay_steps:  # too little to train: a budget says so now
+            self._idle()
+            return False
+        if self.state.updates - self.last_rebuild >= 10 or not replay.windows:
+            replay.rebuild(self.wm_cfg)
+            self.last_rebuild = self.state.updates
+        if not replay.windows:  # no full window yet: end the phase, do not stall it
+            self._idle()
+            return False
+        return True
+
+    def update(self) -> bool:
+        """One world-model update; False when it raised (counted, logged and skipped)."""
+        from pzstream.model.targets import collate
+
+        state, fault = self.state, self.fault
+        self.attempts += 1
+        try:
+            if fault is not None:
+                fault.armed = update_fails(self.attempts, self.tc.fail_every)
+            self.metrics = state.trainer.step(collate(state.replay.sample(self.wm_cfg.batch_size, state.rng), self.wm_cfg))
+        except Exception as e:  # noqa: BLE001 - one bad update must not end training: skip it, say so
+            state.failed_updates += 1
+            self.failed_in_a_row += 1
+            log.error("world-model update %d failed (%d failed in this trainer, %d in a row); skipped: %s: %s\n%s",
+                      state.updates + 1, state.failed_updates, self.failed_in_a_row, type(e).__name__, e,
+                      traceback.format_exc(limit=-8))
+            self.channel.send(TrainerStats(stats=trainer_stats(state, self.rate, self.metrics)))
+            if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
+                log.error("%d world-model updates failed in a row: this trainer exits and the hub starts another",
+                          self.failed_in_a_row)
+                raise
+            return False
+        finally:
+            if fault is not None:
+                fault.armed = False
+        self.failed_in_a_row = 0
+        state.updates += 1
+        return True
+
+    def after_update(self, t_step: float) -> None:
+        """Publish, train the LLM, spend the budget, report: what follows a successful update."""
+        from pzstream.model.world_model import weights_bytes
+
+        state, tc, llm, updates = self.state, self.tc, self.state.llm, self.state.updates
+        if crashes_now(updates, tc.crash_at_update, self.resumed):
+            log.error("trainer.crash_at_update=%d: the trainer exits now, as a crash (code %d)", updates,
+                      CRASH_EXIT_CODE)
+            sys.stderr.flush()
+            os._exit(CRASH_EXIT_CODE)
+        budget_done = False
+        if self.budget is not None:
+            self.budget, self.spent = self.budget - 1, self.spent + 1
+            budget_done = self.budget == 0
+        if tc.max_updates_per_s > 0:
+            time.sleep(max(0.0, 1.0 / tc.max_updates_per_s - (time.monotonic() - t_step)))
+        if updates % tc.publish_every == 0 or budget_done:  # a train phase ends on published weights
+            state.published += 1
+            self.channel.send(NewWeights(model="wm", payload=weights_bytes(state.trainer.model)))
+        if llm is not None and updates % self.cfg.llm.train_every == 0:
+            llm_metrics = llm.step(list(state.replay.segments), state.rng)
+            if llm_metrics and llm.updates % self.cfg.llm.publish_every == 0:
+                llm.published += 1
+                self.channel.send(NewWeights(model="llm", payload=llm.backend.state_dict_bytes()))
+            if llm_metrics:
+                self.metrics.update(llm_metrics)
+        if budget_done:
+            self.channel.send(BudgetSpent(updates=self.spent))
+            self.spent = 0
+        if updates % tc.log_every == 0 or budget_done:
+            self.report()
+
+    def report(self) -> None:
+        state, llm, metrics, updates, rate = self.state, self.state.llm, self.metrics, self.state.updates, self.rate
+        if llm is not None:
+            metrics.update(llm.last)
+            metrics["llm_updates"] = float(llm.updates)
+            metrics["llm_published"] = float(llm.published)
+        self.channel.send(TrainerStats(stats=trainer_stats(state, rate, metrics)))
+        log.info("wm update %d (%.1f/s), %d published: loss %.3f (reward %.3f, value %.3f, policy %.3f, latent %.3f), replay %d steps",
+                 updates, rate, state.published, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
+                 metrics["loss/policy"], metrics["loss/latent"], state.replay.steps)
+        if self.writer is not None:
+            for k, v in metrics.items():
+                self.writer.add_scalar(k if k.startswith("train/") else f"train/{k}", v, updates)
+            self.writer.add_scalar("train/updates_per_s", rate, updates)
+            self.writer.add_scalar("train/replay_steps", state.replay.steps, updates)
+
+    def run(self) -> None:
+        """Until the hub sends Stop or goes away."""
+        parent = os.getppid()
+        while self.ingest():
+            if os.getppid() != parent:
+                log.warning("hub process is gone; trainer exits")
+                return
+            if not self.ready():
+                continue
+            t_step = time.monotonic()
+            if self.update():
+                self.after_update(t_step)
+
+
 def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: str | None) -> None:
     """Process entry point: train until the hub sends Stop or goes away."""
     die_with_parent()
     import torch
 
     from pzstream.stream.logstream import setup_helper_logging
-    from pzstream.model.targets import collate
     from pzstream.model.train import Trainer
-    from pzstream.model.world_model import WorldModel, weights_bytes
+    from pzstream.model.world_model import WorldModel
 
     cfg = Config.model_validate_json(cfg_json)
     setup_helper_logging("trainer", "wm", cfg.run.log_level, logs_in)
@@ -269,146 +442,16 @@ def run_trainer(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: s
         from torch.utils.tensorboard import SummaryWriter
 
         writer = SummaryWriter(str(Path(run_dir) / "tb" / "trainer"))
-    replay = SegmentReplay(tc.replay_capacity_steps, tc.replay_capacity_bytes)
-    rng = random.Random(0)
-    state = TrainerState(trainer, replay, rng, llm)
+    state = TrainerState(trainer, SegmentReplay(tc.replay_capacity_steps, tc.replay_capacity_bytes),
+                         random.Random(0), llm)
     # with checkpoints: the journals to read from, at the first SaveCheckpoint (None: nothing to catch up)
     journal_from = resume_trainer(state, Path(run_dir)) if cfg.checkpoint.enabled else None
-    resumed = state.checkpoint_step is not None
-    fault = UpdateFault(trainer.model) if tc.fail_every else None
     channel = HelperChannel(inbox, outbox, linger_ms=2000)
     channel.send(WorkerReady(runtime="trainer", describe=f"checkpoint {state.checkpoint_step}"))
-    parent = os.getppid()
-    # schedule.mode=alternating: train only the budgets the hub sends (None = always train)
-    budget: int | None = 0 if cfg.schedule.mode == "alternating" else None
-    spent = 0
-    t0 = time.monotonic()
-    updates0 = updates = state.updates  # a resumed trainer counts on; its rate counts this process's updates
-    attempts = failed_in_a_row = taken = 0
-    metrics: dict[str, float] = {}
-    last_rebuild = -10**9
     log.info("trainer up on %s: world model %d parameters, batch %d, publish every %d updates", tc.device,
              sum(p.numel() for p in trainer.model.parameters()), wm_cfg.batch_size, tc.publish_every)
     try:
-        while True:
-            # ingest everything waiting, then one update: data never waits behind training
-            for _ in range(1024):
-                note = channel.receive()
-                if note is None:
-                    break
-                if isinstance(note, Stop):
-                    return
-                if isinstance(note, TrainBudget):
-                    budget, spent = (budget or 0) + note.updates, 0
-                    continue
-                if isinstance(note, SaveCheckpoint):
-                    if journal_from is not None:
-                        catch_up(state, Path(run_dir), journal_from, note.step)
-                        journal_from = None
-                    save_trainer(state, Path(run_dir), note.step, cfg.checkpoint.keep)
-                    continue
-                if not isinstance(note, SegmentFrame):
-                    log.error("trainer got an unexpected %s", type(note).__name__)
-                    continue
-                try:
-                    msg = wire.decode(note.payload)
-                except wire.WireError as e:  # the hub validated it; this would be a bug, not input
-                    log.error("trainer got an undecodable segment: %s", e)
-                    continue
-                taken += len(note.payload)
-                if isinstance(msg, wire.Segment):
-                    state.add(msg)
-                    state.received += 1
-            if taken:  # the hub's byte credit for this pipe
-                channel.send(Taken(nbytes=taken))
-                taken = 0
-            if os.getppid() != parent:
-                log.warning("hub process is gone; trainer exits")
-                return
-            if budget == 0:
-                channel.wait(200)
-                continue
-            if budget is not None and replay.steps < tc.min_replay_steps:  # too little to train: say so now
-                channel.send(BudgetSpent(updates=spent))
-                budget, spent = 0, 0
-                continue
-            if replay.steps < tc.min_replay_steps:
-                channel.wait(200)
-                continue
-            if state.updates - last_rebuild >= 10 or not replay.windows:
-                replay.rebuild(wm_cfg)
-                last_rebuild = state.updates
-            if not replay.windows:
-                if budget is not None:  # nothing to train on yet (no full window): end the phase, do not stall it
-                    channel.send(BudgetSpent(updates=spent))
-                    budget, spent = 0, 0
-                    continue
-                channel.wait(200)
-                continue
-            t_step = time.monotonic()
-            attempts += 1
-            try:
-                if fault is not None:
-                    fault.armed = update_fails(attempts, tc.fail_every)
-                metrics = trainer.step(collate(replay.sample(wm_cfg.batch_size, rng), wm_cfg))
-            except Exception as e:  # noqa: BLE001 - one bad update must not end training: skip it, say so
-                state.failed_updates += 1
-                failed_in_a_row += 1
-                log.error("world-model update %d failed (%d failed in this trainer, %d in a row); skipped: %s: %s\n%s",
-                          state.updates + 1, state.failed_updates, failed_in_a_row, type(e).__name__, e,
-                          traceback.format_exc(limit=-8))
-                rate = (state.updates - updates0) / (time.monotonic() - t0)
-                channel.send(TrainerStats(stats=trainer_stats(state, rate, metrics)))
-                if failed_in_a_row >= MAX_FAILED_IN_A_ROW:
-                    log.error("%d world-model updates failed in a row: this trainer exits and the hub starts another",
-                              failed_in_a_row)
-                    raise
-                continue
-            finally:
-                if fault is not None:
-                    fault.armed = False
-            failed_in_a_row = 0
-            state.updates += 1
-            updates = state.updates
-            if crashes_now(updates, tc.crash_at_update, resumed):
-                log.error("trainer.crash_at_update=%d: the trainer exits now, as a crash (code %d)", updates,
-                          CRASH_EXIT_CODE)
-                sys.stderr.flush()
-                os._exit(CRASH_EXIT_CODE)
-            budget_done = False
-            if budget is not None:
-                budget, spent = budget - 1, spent + 1
-                budget_done = budget == 0
-            if tc.max_updates_per_s > 0:
-                time.sleep(max(0.0, 1.0 / tc.max_updates_per_s - (time.monotonic() - t_step)))
-            if updates % tc.publish_every == 0 or budget_done:  # a train phase ends on published weights
-                state.published += 1
-                channel.send(NewWeights(model="wm", payload=weights_bytes(trainer.model)))
-            if llm is not None and updates % cfg.llm.train_every == 0:
-                llm_metrics = llm.step(list(replay.segments), rng)
-                if llm_metrics and llm.updates % cfg.llm.publish_every == 0:
-                    llm.published += 1
-                    channel.send(NewWeights(model="llm", payload=llm.backend.state_dict_bytes()))
-                if llm_metrics:
-                    metrics.update(llm_metrics)
-            if budget_done:
-                channel.send(BudgetSpent(updates=spent))
-                spent = 0
-            if updates % tc.log_every == 0 or budget_done:
-                rate = (updates - updates0) / (time.monotonic() - t0)
-                if llm is not None:
-                    metrics.update(llm.last)
-                    metrics["llm_updates"] = float(llm.updates)
-                    metrics["llm_published"] = float(llm.published)
-                channel.send(TrainerStats(stats=trainer_stats(state, rate, metrics)))
-                log.info("wm update %d (%.1f/s), %d published: loss %.3f (reward %.3f, value %.3f, policy %.3f, latent %.3f), replay %d steps",
-                         updates, rate, state.published, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
-                         metrics["loss/policy"], metrics["loss/latent"], replay.steps)
-                if writer is not None:
-                    for k, v in metrics.items():
-                        writer.add_scalar(k if k.startswith("train/") else f"train/{k}", v, updates)
-                    writer.add_scalar("train/updates_per_s", rate, updates)
-                    writer.add_scalar("train/replay_steps", replay.steps, updates)
+        TrainerLoop(cfg, state, channel, Path(run_dir), journal_from, writer).run()
     finally:
         if writer is not None:
             writer.close()
