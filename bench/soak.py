@@ -10,7 +10,10 @@ early; it counts as full once the trainer reports it within one segment of its c
 ``replay N steps`` log line). From that moment to the end of the run, each process's RSS growth
 is measured: the median of its first 3 samples after the fill against the median of its last 3
 samples before the deadline (a single sample can catch a passing peak; the table's "MB at fill"
-and "MB at end" are these medians). Goal: at most 5 % in
+and "MB at end" are these medians). ``rss_peak_growth_pct``: the highest RSS in the last fifth of
+that window against the highest in its first fifth, for processes whose memory swings with their
+work (the PPO worker's episodes); ``rss_series_mb``: each process's samples (minutes, MB), thinned
+to 240. Goal: at most 5 % in
 every process over the 30-minute run; the short modes report the figure without a goal (a
 process still warming its caches grows in its first minute).
 
@@ -96,6 +99,26 @@ def rss_ends(samples: list[tuple[float, int]], start: float, end: float) -> tupl
     if len(inside) < 2 * ENDS - 1:
         return None
     return float(statistics.median(inside[:ENDS])), float(statistics.median(inside[-ENDS:]))
+
+
+def peak_ends(samples: list[tuple[float, int]], start: float, end: float) -> tuple[float, float] | None:
+    """One process's highest RSS in the first fifth of [start, end] and in the last fifth: a process
+    whose memory swings with its work (a PPO episode allocates and frees hundreds of MB) is judged
+    by its peaks, which rise only when something is kept; None with too few samples."""
+    span = end - start
+    first = [rss for t, rss in samples if start <= t <= start + span / 5]
+    last = [rss for t, rss in samples if end - span / 5 <= t <= end]
+    if not first or not last:
+        return None
+    return float(max(first)), float(max(last))
+
+
+def thin(points: list, most: int) -> list:
+    """At most ``most`` of ``points``, evenly spaced, the last one kept."""
+    if len(points) <= most:
+        return points
+    step = len(points) / most
+    return [points[int(i * step)] for i in range(most - 1)] + [points[-1]]
 
 
 def growth_pct(first: float, last: float) -> float:
@@ -367,9 +390,11 @@ def report(watch: Watch, summary: dict, run_dir: Path, t_start: float, deadline:
               "half time instead", file=sys.stderr)
     start = watch.replay_full_at if full else (t_start + deadline) / 2
     growth: dict[str, float] = {}
+    peak_growth: dict[str, float] = {}
     rss_mb: dict[str, dict[str, float]] = {}
     late = []
-    print(f"{'process':>22} {'pid':>8} {'MB at fill':>12} {'MB at end':>10} {'MB peak':>8} {'growth %':>9}")
+    print(f"{'process':>22} {'pid':>8} {'MB at fill':>12} {'MB at end':>10} {'MB peak':>8} {'growth %':>9} "
+          f"{'peak growth %':>14}")
     for pid, nm in sorted(names.items(), key=lambda kv: kv[1]):
         samples = [(t, r) for t, r in watch.rss[pid] if t <= deadline]
         if not samples:
@@ -382,8 +407,11 @@ def report(watch: Watch, summary: dict, run_dir: Path, t_start: float, deadline:
             print(f"{nm:>22} {pid:>8} {'-':>12} {'-':>10} {peak:>8} {'-':>9}")
             continue
         growth[nm] = growth_pct(*ends)
+        if (peaks := peak_ends(samples, start, deadline)) is not None:
+            peak_growth[nm] = growth_pct(*peaks)
         rss_mb[nm] = {"fill": round(ends[0] / 2**20, 1), "end": round(ends[1] / 2**20, 1), "peak": peak}
-        print(f"{nm:>22} {pid:>8} {rss_mb[nm]['fill']:>12} {rss_mb[nm]['end']:>10} {peak:>8} {growth[nm]:>9.2f}")
+        print(f"{nm:>22} {pid:>8} {rss_mb[nm]['fill']:>12} {rss_mb[nm]['end']:>10} {peak:>8} {growth[nm]:>9.2f} "
+              f"{peak_growth.get(nm, float('nan')):>14.2f}")
     worst = max(growth.values()) if growth else None
     reports = [(t, n) for t, n in watch.reports if t <= deadline]
     first_seg = next((i for i, (_, n) in enumerate(reports) if n > 0), None)
@@ -393,7 +421,11 @@ def report(watch: Watch, summary: dict, run_dir: Path, t_start: float, deadline:
     result = {
         "minutes": round(minutes, 3), "segments": summary["segments_accepted"], "lost": lost, "acked": acked,
         "segments_rejected": summary["segments_rejected"], "rejected_by_reason": summary["rejected_by_reason"],
-        "rss_growth_pct": {**growth, "max": worst}, "rss_mb": rss_mb, "rss_unmeasured": late,
+        "rss_growth_pct": {**growth, "max": worst},
+        "rss_peak_growth_pct": {**peak_growth, "max": max(peak_growth.values()) if peak_growth else None},
+        "rss_mb": rss_mb, "rss_unmeasured": late,
+        "rss_series_mb": {nm: thin([(round((t - t_start) / 60, 2), round(r / 2**20, 1)) for t, r in watch.rss[pid]
+                                    if t <= deadline], 240) for pid, nm in names.items()},
         "rate_first": rate_first, "rate_last": rate_last,
         "rate_window_s": round(stream[-1][0] - stream[0][0], 1) if len(stream) > 1 else None,
         "replay_capacity_steps": capacity, "replay_full": full,
@@ -411,6 +443,7 @@ def report(watch: Watch, summary: dict, run_dir: Path, t_start: float, deadline:
     rows = [("minutes", result["minutes"]),
             ("replay full at s", f"{result['replay_full_s']} ({capacity} steps)"),
             ("RSS measured over s", result["measured_s"]), ("max RSS growth %", worst),
+            ("max RSS peak growth %", result["rss_peak_growth_pct"]["max"]),
             ("segments accepted", result["segments"]), ("acknowledged", acked), ("lost", lost),
             ("segments/s first fifth", rate_first), ("segments/s last fifth", rate_last),
             ("env steps", result["env_steps"]), ("wm updates", result["wm_updates"]),

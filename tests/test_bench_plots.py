@@ -50,3 +50,15 @@ def test_the_soak_draws_every_process_and_the_rate(tmp_path):
     watch.reports = [(t0 + 5 * i, 12 * i) for i in range(30)]
     out = soak.plot(watch, {11: "hub", 12: "trainer"}, t0, t0 + 150, t0 + 60, str(tmp_path / "soak.png"))
     assert out.read_bytes().startswith(PNG_MAGIC)
+
+
+def test_the_soak_judges_a_swinging_process_by_its_peaks():
+    soak = _soak()
+    # a sawtooth between 700 and 900 MB with no trend: its ends can differ by 20 %, its peaks do not
+    samples = [(float(t), (700 + 200 * ((t % 60) / 60)) * 2**20) for t in range(0, 1500, 5)]
+    first, last = soak.peak_ends(samples, 0.0, 1495.0)
+    assert soak.growth_pct(first, last) < 1.0
+    leaking = [(t, r + t * 2**20 / 10) for t, r in samples]  # +150 MB over the run
+    assert soak.growth_pct(*soak.peak_ends(leaking, 0.0, 1495.0)) > 10.0
+    assert soak.peak_ends(samples, 2000.0, 3000.0) is None
+    assert soak.thin(list(range(1000)), 10) == [0, 100, 200, 300, 400, 500, 600, 700, 800, 999]
