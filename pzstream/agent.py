@@ -113,12 +113,6 @@ class MctsPolicy:
             self.adapter = SearchAdapter(pending[0].to(self.device).eval(), self.device)
             self.wm_version = pending[1]
 
-    def root_prior(self, root_logits: np.ndarray, legal: np.ndarray, history: History, observation: str,
-                   valid: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
-        """``roots_prior`` of one root: (mixed root prior [1, K] or None, LLM probs [K] or None)."""
-        mixed, got = self.roots_prior(root_logits, legal, [history], [observation], [valid])
-        return mixed, (got[0] if got is not None else None)
-
     def llm_priors(self, histories: list[History], observations: list[str],
                    valids: list[list[str]]) -> list[np.ndarray] | None:
         """The LLM's probabilities over each root's valid actions (one packed prior call for all B roots:

@@ -79,7 +79,8 @@ def test_the_collectors_policy_mixes_with_the_named_rule(mode):
     policy = mcts_policy(cfg, seed=0, prior=LastCandidatePrior())
     legal = np.ones((1, 3), bool)
     logits = np.array([[6.0, 0.0, 0.0]], np.float32)  # a confident world model
-    mixed, _ = policy.root_prior(logits, legal, [], "a room", ["north", "south", "take lamp"])
+    llm = policy.llm_priors([[]], ["a room"], [["north", "south", "take lamp"]])
+    mixed = policy.roots_prior(logits, legal, llm)
     wm = softmax_masked(logits, legal)
     rule = ADAPTIVE_MEANS if mode == "adaptive" else mode
     expected = mix_root_prior(wm, np.array([[0.0, 0.0, 1.0]], np.float32),
