@@ -9,6 +9,8 @@ Two ``launch.py --role all`` runs of S seconds each (the config and overrides th
                env steps with training paused, then M = K x R world-model updates with the
                collectors paused (R: updates per env step, UniZero's ``replay_ratio``, default
                0.25), then one PPO episode, repeat.
+``--async-set KEY=VALUE`` overrides the async run only (its pace on a shared GPU, for example
+``trainer.max_updates_per_s`` and ``ppo.min_interval_s``); the JSON records them as ``async_overrides``.
 Each run reports env steps, world-model updates and PPO episodes (ok) per hour; the ratios are
 async over alternating. Start-up (models loading, helpers spawning) is inside both runs alike.
 ``device`` names the GPU when ``search_server.device`` or ``llm.device`` is a CUDA device, else
@@ -79,6 +81,9 @@ def main() -> None:
                     help="alternating: env steps per collect phase (default 200 with --quick, 2000 otherwise)")
     ap.add_argument("--replay-ratio", type=float, default=0.25, help="alternating: world-model updates per env step")
     ap.add_argument("--order", default="async,alternating", help="which run goes first")
+    ap.add_argument("--async-set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config override for the async run only, such as its pace where everything shares one "
+                         "GPU: trainer.max_updates_per_s=4, ppo.min_interval_s=50 (repeatable)")
     ap.add_argument("overrides", nargs="*", help="config overrides for both runs")
     args = ap.parse_intermixed_args()
     seconds = args.seconds or (25.0 if SMOKE else 60.0 if args.quick else 600.0)
@@ -92,7 +97,8 @@ def main() -> None:
     order = [m.strip() for m in args.order.split(",")]
     if sorted(order) != sorted(MODES):
         sys.exit(f"error: --order must name {' and '.join(MODES)} once each, got {args.order!r}")
-    results = {m: run(m, seconds, args.config, overrides, collect, updates) for m in order}
+    only = {"async": args.async_set, "alternating": []}
+    results = {m: run(m, seconds, args.config, overrides + only[m], collect, updates) for m in order}
     rates = {m: per_hour(results[m]) for m in MODES}
     a, b = rates["async"], rates["alternating"]
     print(f"{'schedule':>12} {'env steps/h':>12} {'wm updates/h':>13} {'PPO episodes/h':>15} {'cycles':>7}")
@@ -107,7 +113,7 @@ def main() -> None:
         "wm_ratio": ratio(a["wm_updates_per_h"], b["wm_updates_per_h"]),
         "async_ppo_episodes_per_h": a["ppo_episodes_per_h"], "alternating_ppo_episodes_per_h": b["ppo_episodes_per_h"],
         "device": device_name(args.config, overrides), "seconds": seconds, "collect_steps": collect,
-        "train_updates": updates, "alternating_seconds_by_phase": results["alternating"].get("schedule", {}).get(
+        "train_updates": updates, "async_overrides": args.async_set, "alternating_seconds_by_phase": results["alternating"].get("schedule", {}).get(
             "seconds_by_phase", {}),
         "segments_rejected": {m: results[m]["segments_rejected"] for m in MODES},
         "python": platform.python_version(), "cpus": os.cpu_count(),

@@ -330,6 +330,9 @@ class PPOSection(_Section):
     device: str = Field("cpu", pattern=r"^(cpu|cuda(:\d+)?)$", description="the in-process runtime's device for policy, "
                         "critic and reference (the ray runtime places its actors on GPUs itself)")
     fire_threshold: int = Field(64, ge=1, description="queued prompt samples that fire an episode")
+    min_interval_s: float = Field(0.0, ge=0, description="least seconds from one episode's start to the next's (0: "
+                                  "back to back); paces PPO where it shares a GPU with the search server and the "
+                                  "trainer. In schedule.mode=alternating a PPO phase that comes sooner is skipped")
     queue_capacity: int = Field(4096, ge=1, description="prompt queue bound; the oldest are evicted (counted)")
     queue_capacity_bytes: int = Field(256 * 1024 * 1024, ge=1024 * 1024, description="prompt queue bound in bytes "
                                       "(the segment frames its samples come from); the oldest go first (counted)")

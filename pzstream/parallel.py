@@ -125,6 +125,10 @@ def run_ppo(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRe
         raise ValueError("--engine torch runs on one process (the in-process runtime's update); use deepspeed for more")
     policy = PolicyModel(resolve_model(args.model), args.lr, args.engine, args.zero_stage, micro_batch=m,
                          accumulation=G // (m * world), seed=0, device=str(device))
+    if args.compile:
+        from pzstream.compiled import compile_blocks, decoder_layers
+
+        compile_blocks(decoder_layers(policy.model), device)
     seqs, adv = ppo_batch(policy.tokenizer, G, seed=1, prompt_len=args.prompt_len)
     old_logp = policy.logprobs(seqs, micro=m)  # the same on every rank: same weights, same data
     n_micro = G // m
@@ -145,7 +149,7 @@ def run_ppo(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRe
         params = sum(getattr(p, "ds_numel", p.numel()) for p in policy.model.parameters())
     return JobResult("ppo", world, args.device, args.steps, losses, G / per_step, total_tokens / per_step, step_s,
                      {"zero_stage": args.zero_stage, "engine": args.engine, "global_batch": G, "micro_batch": m,
-                      "model": args.model, "parameters": params,
+                      "model": args.model, "parameters": params, "compile": args.compile,
                       "mfu": mfu(6 * params * total_tokens / per_step, world, args.peak_tflops)})
 
 
@@ -184,6 +188,10 @@ def run_wm(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRes
     cfg = load_config(None, list(args.overrides)).world_model()
     batches = wm_batches(cfg, args.steps + args.warmup, G, seed=3)
     trainer = Trainer(untrained_world_model(cfg), cfg, device=device, data_parallel=world > 1, autocast=args.autocast)
+    if args.compile:
+        from pzstream.compiled import compile_blocks
+
+        compile_blocks(trainer.model.blocks, device)
     flops_per_sample = 6 * sum(p.numel() for p in trainer.model.blocks.parameters()) * cfg.max_tokens
     shares = [collate(full[rank::world], cfg) for full in batches]
     losses, step_s = _timed_steps(args.steps, args.warmup, lambda i: trainer.step(shares[i])["loss/total"], device)
@@ -194,7 +202,7 @@ def run_wm(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRes
         return None
     per_step = sum(step_s) / len(step_s)
     return JobResult("wm", world, args.device, args.steps, losses, G / per_step, G * cfg.max_tokens / per_step, step_s,
-                     {"global_batch": G, "autocast": args.autocast,
+                     {"global_batch": G, "autocast": args.autocast, "compile": args.compile,
                       "mfu_transformer": mfu(flops_per_sample * G / per_step, world, args.peak_tflops)})
 
 
@@ -246,6 +254,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["deepspeed", "torch"], default="deepspeed",
                    help="ppo: DeepSpeed ZeRO, or plain torch AdamW on one process (the in-process runtime)")
     p.add_argument("--autocast", choices=["none", "bfloat16"], default="none", help="wm: the trainer's autocast")
+    p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (GPU only; the "
+                   "first steps compile, so use --warmup 2 or more)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 TFLOP/s of one device (for MFU)")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="wm: a config override, e.g. --set model.preset=unizero-jericho (repeatable)")

@@ -2,6 +2,7 @@
 the prompt queue reading only what an episode takes, the returns summary."""
 from __future__ import annotations
 
+import dataclasses
 import multiprocessing as mp
 import random
 
@@ -227,3 +228,43 @@ def test_the_trainer_link_forwards_at_most_pipe_bytes_not_yet_taken(tmp_path):
     assert (link.forwarded, link.dropped_for_bytes, link.inflight_bytes) == (5, 2, 900)
     link.on_start(pid=1)  # a new trainer process starts with an empty pipe
     assert link.inflight_bytes == 0
+
+
+def test_ppo_episodes_are_paced_by_min_interval(tmp_path, monkeypatch):
+    """ppo.min_interval_s: a full queue waits until the interval since the last start has passed."""
+    from pzstream.config import load_config
+    from pzstream.hub import ppo as ppo_part
+    from pzstream.hub.publisher import PublishedVersions
+    from pzstream.stream.weights import WeightsStore
+
+    class Helper:
+        def __init__(self):
+            self.sent: list[EpisodeRequest] = []
+
+        def send(self, msg) -> bool:
+            self.sent.append(msg)
+            return True
+
+    now = [1000.0]
+    monkeypatch.setattr(ppo_part.time, "monotonic", lambda: now[0])
+    cfg = load_config(None, ["ppo.enabled=true", "ppo.fire_threshold=8", "ppo.rollout_batch_size=8",
+                             "ppo.min_interval_s=30"])
+    part = ppo_part.PPOEpisodes(cfg, PublishedVersions(WeightsStore(directory=tmp_path)), tmp_path, wire.DEFAULT_LIMITS)
+    part.helper, part.state.ready = Helper(), True
+    header = wire.SegmentHeader(game="g", collector_id="c", seq=0, episode_id=1, step0=0, wm_version=0,
+                                llm_version=0, t_start=1.0, t_end=2.0)
+
+    def segment(seq: int) -> AcceptedSegment:
+        seg = wire.make_segment(dataclasses.replace(header, seq=seq, step0=8 * seq), [f"room {t}" for t in range(8)],
+                                [["north", "look"]] * 8, [t % 2 for t in range(8)], [0.0] * 8, [0] * 8, [False] * 8,
+                                root_values=[0.5] * 8)  # searched steps: each one a prompt sample
+        return AcceptedSegment(segment=seg, data=wire.encode(seg), seed=0, policy="mcts")
+
+    part.on_segment(segment(0))
+    assert len(part.helper.sent) == 1  # the first episode fires at once
+    part.state.running = None  # it ended
+    now[0] += 10
+    part.on_segment(segment(1))
+    assert len(part.helper.sent) == 1 and not part.due()  # 10 s < 30 s: the full queue waits
+    now[0] += 20
+    assert part.maybe_fire() and len(part.helper.sent) == 2  # the watch's next tick fires it

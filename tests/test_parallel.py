@@ -4,6 +4,7 @@ ZeRO-3 and the world model under DDP give the losses of one process on the same 
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pzstream.parallel import launch, parser
 
@@ -69,3 +70,19 @@ def test_zero3_logprobs_at_answer_positions_only_equal_the_engines_whole_forward
     assert out.returncode == 0 and line, out.stderr[-2000:]
     diff, tokens = line[0].split()[1:]
     assert float(diff) <= 1e-5 and int(tokens) > 0
+
+
+def test_compile_blocks_finds_the_decoder_layers_and_leaves_a_cpu_model_eager():
+    """--compile / ppo.compile: the repeated blocks are found by name; on a CPU nothing is compiled."""
+    from transformers import AutoModelForCausalLM
+
+    from pzstream.compiled import compile_blocks, decoder_layers
+    from pzstream.llm.tiny import resolve_model
+
+    model = AutoModelForCausalLM.from_pretrained(resolve_model("tiny"))
+    layers = decoder_layers(model)
+    assert len(layers) == model.config.num_hidden_layers
+    assert compile_blocks(layers, "cpu") == 0
+    assert getattr(layers[0], "_compiled_call_impl", None) is None  # still the eager module
+    with pytest.raises(ValueError, match="no ModuleList of decoder layers"):
+        decoder_layers(torch.nn.Linear(2, 2))

@@ -124,7 +124,7 @@ class PPOEpisodes:
         """Fire an episode if one can fire now; whether it did."""
         st = self.state
         if (self.helper is None or not st.ready or st.running is not None or not self.queue.ready()
-                or not self.gate()):
+                or not self.gate() or not self.due()):
             return False
         samples = self.queue.take(self.cfg.ppo.rollout_batch_size, self._rng)
         k = st.fired + 1
@@ -136,6 +136,10 @@ class PPOEpisodes:
         log.info("PPO episode %d fired: %d prompts (%s), queue %s", k, len(samples),
                  ", ".join(f"{printable(g)} {100 * n / len(samples):.0f}%" for g, n in sorted(games.items())), self.queue.summary())
         return True
+
+    def due(self) -> bool:
+        """Whether ``ppo.min_interval_s`` has passed since the last episode started (the watch asks again every second)."""
+        return self.state.fired == 0 or time.monotonic() - self.state.started >= self.cfg.ppo.min_interval_s
 
     # -- the helper client ---------------------------------------------------------------
 
