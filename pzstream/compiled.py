@@ -2,18 +2,21 @@
 
 The GPU steps of PPO and of world-model training are mostly small element-wise kernels between
 the matmuls (norms, activations, residual adds, rotary embeddings): issue 13 measured ~3,400
-launches per PPO micro-batch. Compiling each transformer block fuses them. Compiling the blocks,
+launches per PPO micro-batch. Compiling each transformer block fuses them: the PPO update of a
+0.5 B model went from 22.5% to 37.4% MFU on an H100 (plain torch, micro-batch 64; DeepSpeed ZeRO-2,
+micro-batch 32: 21.0% -> 29.2%). Compiling the blocks,
 not the whole model, keeps the compile time to one block's (the blocks share one compiled graph),
 leaves the parameters and their names untouched (``state_dict`` and weight loading see the plain
 modules), and keeps the parts that vary call to call (packing, gathers, losses) eager.
 
 Compilation needs a working Triton on a GPU (and a C compiler for its launcher); where it fails,
 the first call raises, so callers ask for it explicitly (``--compile``, ``ppo.compile``,
-``trainer.compile``) and on a CPU nothing is compiled.
+``trainer.compile``) and on a CPU nothing is compiled. Not under DeepSpeed ZeRO-3, whose
+parameter hooks it broke (a wrong loss on the second step, H100).
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -27,10 +30,21 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
     return layers
 
 
+def _grad_dispatch(eager: Callable[..., Any], compiled: Callable[..., Any]) -> Callable[..., Any]:
+    def forward(*args: Any, **kwargs: Any) -> Any:
+        return (compiled if torch.is_grad_enabled() else eager)(*args, **kwargs)
+    return forward
+
+
 def compile_blocks(blocks: torch.nn.ModuleList, device: torch.device | str) -> int:
-    """Compile each block in place (``Module.compile``, dynamic shapes) when ``device`` is a GPU; how many were."""
+    """Compile each block's forward in place (dynamic shapes) when ``device`` is a GPU; how many were.
+
+    The compiled forward runs where gradients flow (training steps, the measured gain); forward-only
+    passes (scoring, generation with a KV cache) keep the eager one: their shapes and caches change
+    call to call. Compile AFTER any ``copy.deepcopy`` of the model: a copy would keep calling the
+    original's blocks."""
     if torch.device(device).type != "cuda":
         return 0
     for block in blocks:
-        block.compile(dynamic=True)
+        block.forward = _grad_dispatch(block.forward, torch.compile(block.forward, dynamic=True))
     return len(blocks)

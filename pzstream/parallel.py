@@ -123,8 +123,9 @@ def run_ppo(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRe
         raise ValueError(f"--global-batch {G} must divide into --micro-batch {m} x {world} processes")
     if args.engine == "torch" and world > 1:
         raise ValueError("--engine torch runs on one process (the in-process runtime's update); use deepspeed for more")
+    zero = {k: json.loads(v) for k, v in (kv.split("=", 1) for kv in args.zero_set)}
     policy = PolicyModel(resolve_model(args.model), args.lr, args.engine, args.zero_stage, micro_batch=m,
-                         accumulation=G // (m * world), seed=0, device=str(device))
+                         accumulation=G // (m * world), seed=0, device=str(device), zero_config=zero)
     if args.compile:
         from pzstream.compiled import compile_blocks, decoder_layers
 
@@ -150,6 +151,7 @@ def run_ppo(rank: int, world: int, port: int, args: argparse.Namespace) -> JobRe
     return JobResult("ppo", world, args.device, args.steps, losses, G / per_step, total_tokens / per_step, step_s,
                      {"zero_stage": args.zero_stage, "engine": args.engine, "global_batch": G, "micro_batch": m,
                       "model": args.model, "parameters": params, "compile": args.compile,
+                      "zero_config": args.zero_set,
                       "mfu": mfu(6 * params * total_tokens / per_step, world, args.peak_tflops)})
 
 
@@ -254,6 +256,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine", choices=["deepspeed", "torch"], default="deepspeed",
                    help="ppo: DeepSpeed ZeRO, or plain torch AdamW on one process (the in-process runtime)")
     p.add_argument("--autocast", choices=["none", "bfloat16"], default="none", help="wm: the trainer's autocast")
+    p.add_argument("--zero-set", action="append", default=[], metavar="KEY=JSON",
+                   help="ppo: a key of DeepSpeed's zero_optimization section, e.g. "
+                        "--zero-set stage3_prefetch_bucket_size=5e8 (repeatable)")
     p.add_argument("--compile", action="store_true", help="torch.compile each transformer block (GPU only; the "
                    "first steps compile, so use --warmup 2 or more)")
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense bf16 TFLOP/s of one device (for MFU)")

@@ -74,11 +74,13 @@ def autocast_for(engine: Any, device: torch.device):
 
 class Trainable:
     """A module and its optimiser: ``torch`` (AdamW) or ``deepspeed`` (ZeRO ``zero_stage``, AdamW
-    as the client optimiser: DeepSpeed's own CPU Adam needs a compiled op). ``step(losses_fn,
+    as the client optimiser: DeepSpeed's own CPU Adam needs a compiled op; ``zero_config``: more keys of
+    its ``zero_optimization`` section, such as ZeRO-3's bucket sizes). ``step(losses_fn,
     micro_batches)`` accumulates gradients over the micro-batches and takes one optimiser step."""
 
     def __init__(self, module: torch.nn.Module, lr: float, engine: str = "torch", zero_stage: int = 2,
-                 micro_batch: int = 1, accumulation: int = 1, grad_clip: float = 1.0):
+                 micro_batch: int = 1, accumulation: int = 1, grad_clip: float = 1.0,
+                 zero_config: dict[str, Any] | None = None):
         if engine not in ("torch", "deepspeed"):
             raise ValueError(f"engine must be 'torch' or 'deepspeed', got {engine!r}")
         self.engine_kind = engine
@@ -93,7 +95,7 @@ class Trainable:
 
             init_single_process_group()
             config = {"train_micro_batch_size_per_gpu": micro_batch, "gradient_accumulation_steps": accumulation,
-                      "gradient_clipping": grad_clip, "zero_optimization": {"stage": zero_stage},
+                      "gradient_clipping": grad_clip, "zero_optimization": {"stage": zero_stage, **(zero_config or {})},
                       "zero_allow_untested_optimizer": True, "steps_per_print": 10**9, "wall_clock_breakdown": False}
             if torch.cuda.is_available():
                 config["bf16"] = {"enabled": True}
@@ -126,6 +128,15 @@ class Trainable:
         return {k: v.detach().cpu().clone() for k, v in self.module.state_dict().items()}
 
 
+def _compile_trainable(trainable: Trainable, body: Any) -> int:
+    from pzstream.compiled import compile_blocks, decoder_layers
+
+    if trainable.engine is not None and trainable.zero_stage == 3:
+        return 0
+    module = trainable.module
+    return compile_blocks(decoder_layers(body(module)), _device_of(module))
+
+
 def _chunks(n: int, size: int) -> list[slice]:
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
@@ -134,7 +145,7 @@ class PolicyModel:
     """The policy being trained: log-probs, the PPO update, and its weights as safetensors bytes."""
 
     def __init__(self, path: str, lr: float, engine: str = "torch", zero_stage: int = 2, micro_batch: int = 8,
-                 accumulation: int = 1, seed: int = 0, device: str = "cpu"):
+                 accumulation: int = 1, seed: int = 0, device: str = "cpu", zero_config: dict[str, Any] | None = None):
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         torch.manual_seed(seed)
@@ -145,9 +156,14 @@ class PolicyModel:
             model = model.to(device)
         self.tied = bool(getattr(model.config, "tie_word_embeddings", False))
         self.micro_batch = micro_batch
-        self.trainable = Trainable(model, lr, engine, zero_stage, micro_batch, accumulation)
+        self.trainable = Trainable(model, lr, engine, zero_stage, micro_batch, accumulation, zero_config=zero_config)
         self.model = self.trainable.module
         self._z3 = self.trainable.engine if engine == "deepspeed" and zero_stage == 3 else None
+
+    def compile(self) -> int:
+        """``torch.compile`` the decoder layers' training forward on a GPU (``pzstream.compiled``); how many were.
+        Call it after any copy of ``self.model`` is made. Not under ZeRO-3 (it broke the loss there)."""
+        return _compile_trainable(self.trainable, lambda m: m)
 
     @torch.no_grad()
     def logprobs(self, seqs: Sequence[Seq], micro: int = 16) -> torch.Tensor:
@@ -214,6 +230,10 @@ class CriticModel:
                                    accumulation)
         self.model = self.trainable.module
 
+    def compile(self) -> int:
+        """As ``PolicyModel.compile``, for the critic's transformer body."""
+        return _compile_trainable(self.trainable, lambda m: m.body)
+
     @torch.no_grad()
     def values(self, seqs: Sequence[Seq], micro: int = 16) -> torch.Tensor:
         self.model.eval()
@@ -231,7 +251,9 @@ class CriticModel:
                 dev = self.model.head.weight.device
                 pk = to_device(pack(seqs[rows], self.pad_id), dev)
                 T = pk.mask.shape[1]
-                loss = ppo_math.value_loss(self.model(pk).float(), old_values[rows, :T].to(dev), returns[rows, :T].to(dev),
+                with autocast_for(self.trainable.engine, dev):
+                    values = self.model(pk)
+                loss = ppo_math.value_loss(values.float(), old_values[rows, :T].to(dev), returns[rows, :T].to(dev),
                                            pk.mask, value_clip)
                 self.trainable.backward(loss)
                 total += float(loss.detach())

@@ -89,8 +89,11 @@ class InProcessRuntime:
         self.ref = ReferenceModel(model_path, cfg.device) if cfg.use_kl_loss else None
         # on a GPU a bf16 copy with a static cache samples (3.4x the fp32 policy, bench/generate.py)
         self.generator = GenerationCopy(self.policy.model) if cfg.device.startswith("cuda") else None
+        compiled = 0
+        if cfg.compile:  # after the generation copy is made: a copy of compiled layers would call the originals
+            compiled = self.policy.compile() + (self.critic.compile() if self.critic is not None else 0)
         self.describe = (f"transformers generation{' (bf16 copy, static cache)' if self.generator else ''}, "
-                         f"torch AdamW, in this process on {cfg.device}")
+                         f"torch AdamW{f', {compiled} layers compiled' if compiled else ''}, in this process on {cfg.device}")
 
     def ensure_alive(self) -> None:
         pass
@@ -141,6 +144,8 @@ class PolicyActor:
         torch.set_num_threads(1)
         self.policy = PolicyModel(path, cfg.actor_learning_rate, "deepspeed", cfg.zero_stage, cfg.micro_train_batch_size,
                                   _accumulation(cfg, cfg.policy_update_steps), cfg.seed)
+        if cfg.compile:
+            self.policy.compile()
 
     def ping(self) -> int:
         return os.getpid()
@@ -170,6 +175,8 @@ class CriticActor:
         torch.set_num_threads(1)
         self.critic = CriticModel(path, cfg.critic_learning_rate, "deepspeed", cfg.zero_stage,
                                   cfg.micro_train_batch_size, _accumulation(cfg, cfg.critic_update_steps), cfg.seed, pad_id)
+        if cfg.compile:
+            self.critic.compile()
 
     def ping(self) -> int:
         return os.getpid()
