@@ -124,6 +124,11 @@ class SearchServerConfig(_Section):
     pipeline: Literal["auto", "always", "never"] = Field(
         "auto", description="price the next batch (its LLM prior) while this one searches? auto = when the LLM "
                             "prior runs on a GPU, not without an LLM or on a CPU (bench/serve.py measured both)")
+    prior: Literal["inline", "process"] = Field(
+        "inline", description="where the search server's LLM prior runs: inline (in its process) or process (a --role "
+                              "prior server it starts beside itself on the same device and asks over ipc: the prior and "
+                              "the tree search then run at once, each with its own interpreter lock; llm.prior_server, "
+                              "when set, names a running prior server to ask instead)")
     keep_steps: int = Field(16, ge=0, le=4096, description="history steps kept per collector (>= what the world "
                                                           "model and the LLM prompt read)")
     seed: int = 0

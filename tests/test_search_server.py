@@ -215,6 +215,54 @@ def test_the_server_prices_the_next_batch_while_it_searches_one(address):
         np.testing.assert_allclose(reply.prior, expected, atol=1e-4)
 
 
+def test_a_prior_in_its_own_process_prices_as_the_local_prior_and_comes_back_after_it_dies(address):
+    """search_server.prior=process: the LLM prior is a child --role prior server over ipc; its answers
+    equal the in-process prior's; killed, the server keeps answering (the world model's prior meanwhile)
+    and starts it again."""
+    import multiprocessing
+    import os
+    import signal
+
+    from pzstream.llm.factory import LocalPrior
+
+    cfg = config("llm.enabled=true", "search_server.prior=process", "search_server.max_batch=4", "llm.prior_timeout_s=5")
+    roots = game_roots(4, seed=5)
+    local = LocalPrior(cfg.llm)
+    server = ServerThread(cfg, address)
+    client = SearchClient(address)
+    rid = 0
+
+    def ask(i: int) -> wire.SearchReply:
+        nonlocal rid
+        rid += 1
+        _, o, v = roots[i]
+        got = client.ask(wire.SearchRequest("c", rid, rid, True, o, tuple(v), "", 0.0, (), (), ()), timeout_s=120)
+        assert isinstance(got, wire.SearchReply), got
+        return got
+
+    def matches_local(reply: wire.SearchReply, i: int) -> bool:
+        _, o, v = roots[i]
+        return np.allclose(reply.prior, local.prior([[]], [o], [v])[0], atol=1e-4)
+
+    try:
+        assert all(matches_local(ask(i), i) for i in range(len(roots)))
+        children = [p for p in multiprocessing.active_children() if p.name == "pzstream-prior"]
+        assert len(children) == 1
+        os.kill(children[0].pid, signal.SIGKILL)
+        children[0].join(10)
+        assert isinstance(ask(0), wire.SearchReply)  # served on, with the world model's prior
+        deadline = time.monotonic() + 120
+        while not matches_local(ask(1), 1):  # the restarted child answers again
+            assert time.monotonic() < deadline, "the LLM prior process did not come back"
+        again = [p for p in multiprocessing.active_children() if p.name == "pzstream-prior"]
+        assert len(again) == 1 and again[0].pid != children[0].pid
+    finally:
+        client.close()
+        summary = server.stop()
+    assert summary["prior_failures"] >= 1, summary
+    assert not [p for p in multiprocessing.active_children() if p.name == "pzstream-prior"]  # stopped with the server
+
+
 def test_malformed_and_oversized_requests_are_refused_and_the_server_keeps_serving(address):
     cfg = config("wire.max_candidates_per_step=8")
     server = ServerThread(cfg, address)

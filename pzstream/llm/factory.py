@@ -79,13 +79,8 @@ class LocalPrior:
         with self._lock:
             prompts = scoring_prompts(self.backend.tokenizer, self.prompt_cfg, histories, observations, candidates,
                                       self.cfg.list_candidates)
-            keys = [memo_key(p, c) for p, c in zip(prompts, candidates)]
-            out: list[np.ndarray | None] = [self.memo.get(k) for k in keys]
-            todo = [i for i, p in enumerate(out) if p is None]
-            if todo:
-                logps = self.backend.score([prompts[i] for i in todo], [candidates[i] for i in todo])
-                for i, lp in zip(todo, logps):
-                    out[i] = np.exp(lp).astype(np.float32)
-                    self.memo.put(keys[i], out[i])
+            out = self.memo.answers([memo_key(p, c) for p, c in zip(prompts, candidates)], lambda todo: [
+                np.exp(lp).astype(np.float32)
+                for lp in self.backend.score([prompts[i] for i in todo], [candidates[i] for i in todo])])
         self.net_s += time.perf_counter() - t
-        return [p.copy() for p in out if p is not None]  # the memo keeps its own copy
+        return out

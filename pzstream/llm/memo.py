@@ -11,7 +11,7 @@ of the others.
 from __future__ import annotations
 
 from collections import OrderedDict
-from typing import Hashable, Sequence
+from typing import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -70,3 +70,14 @@ class PriorMemo:
         while len(self._data) > self.max_entries or self._bytes > self.max_bytes:
             _, (_, n) = self._data.popitem(last=False)
             self._bytes -= n
+
+    def answers(self, keys: Sequence[Key], compute: Callable[[list[int]], Sequence[np.ndarray]]) -> list[np.ndarray]:
+        """Each key's answer: from the memo, or by one ``compute(indices)`` call for all the keys it lacks
+        (their answers, in that order, are kept). Copies: callers may change what they get."""
+        out: list[np.ndarray | None] = [self.get(k) for k in keys]
+        todo = [i for i, x in enumerate(out) if x is None]
+        if todo:
+            for i, value in zip(todo, compute(todo), strict=True):
+                out[i] = value
+                self.put(keys[i], value)
+        return [x.copy() for x in out if x is not None]

@@ -10,6 +10,7 @@ blocking DEALER used from a collector's play thread; when the server does not an
 from __future__ import annotations
 
 import logging
+import threading
 import time
 
 import anyio
@@ -19,6 +20,7 @@ import zmq.asyncio
 
 from pzstream.stream import wire
 from pzstream.llm.factory import History
+from pzstream.llm.memo import PriorMemo, memo_key
 from pzstream.config import Config
 from pzstream.roles.serving import RequestRouter, client_socket, follow_hub, score_request_problem
 from pzstream.stream.transport import CurveKeys, check_bind_security
@@ -120,6 +122,7 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
     lc = cfg.llm
     check_bind_security(address, curve, cfg.security.allow_insecure)  # as the hub: no open port without CURVE
     backend = await anyio.to_thread.run_sync(make_backend, lc, prompt_config(lc))
+    memo = PriorMemo(max_entries=lc.memo_entries)  # roots scored before under these weights (pzstream/llm/memo.py)
     ctx = zmq.asyncio.Context()
     router = RequestRouter(ctx, address, curve, wire.ScoreRequest, max_request_bytes=lc.prior_max_request_bytes)
     stats = {"requests": 0.0, "roots": 0.0, "batches": 0.0, "bad_requests": 0.0, "llm_version": 0.0}
@@ -141,7 +144,8 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
                 p, c = request_roots(backend.tokenizer, r, lc.max_prompt_tokens)  # type: ignore[arg-type]
                 prompts += p
                 cands += c
-            logps = await anyio.to_thread.run_sync(backend.score, prompts, cands)
+            keys = [memo_key(p, c) for p, c in zip(prompts, cands)]
+            logps = await anyio.to_thread.run_sync(scored, keys, prompts, cands)
             i = 0
             for ident, r in reqs:
                 assert isinstance(r, wire.ScoreRequest)
@@ -152,10 +156,19 @@ async def run_prior_server(cfg: Config, address: str, stop: anyio.Event, curve: 
             stats["requests"] += len(reqs)
             stats["roots"] += len(prompts)
             stats["batches"] += 1
+            stats["memo_hits"], stats["memo_misses"] = float(memo.hits), float(memo.misses)
+
+    lock = threading.Lock()  # installs (a weights thread) land between batches (a scoring thread)
+
+    def scored(keys: list, prompts: list[str], cands: list[list[str]]) -> list[np.ndarray]:
+        with lock:
+            return memo.answers(keys, lambda todo: backend.score([prompts[i] for i in todo], [cands[i] for i in todo]))
 
     def install_llm(data: bytes, version: int) -> None:
-        backend.load_state_dict_bytes(data)
-        stats["llm_version"] = float(version)
+        with lock:
+            backend.load_state_dict_bytes(data)
+            memo.clear()
+            stats["llm_version"] = float(version)
 
     weights = WeightsClient({"llm": install_llm}, who="prior server")
 

@@ -31,7 +31,8 @@ from anyio.streams.memory import MemoryObjectReceiveStream, MemoryObjectSendStre
 
 from pzstream.agent import MctsPolicy, mcts_policy
 from pzstream.config import Config
-from pzstream.llm.factory import History, LocalPrior
+from pzstream.llm.factory import History, LocalPrior, PriorSource
+from pzstream.roles.prior_process import PriorProcess
 from pzstream.roles.serving import RequestRouter, client_socket, follow_hub
 from pzstream.search.batcher import ContextStore, FairQueue
 from pzstream.stream import wire
@@ -114,7 +115,7 @@ class BatchSearch:
     mixing and the MCTS). Each stage holds its own model's lock, and installs take the same lock, so new
     weights land between batches and every answer of a batch names the versions it used."""
 
-    def __init__(self, policy: MctsPolicy, prior: LocalPrior | None):
+    def __init__(self, policy: MctsPolicy, prior: PriorSource | None):
         self.policy, self.prior = policy, prior
         self._wm_lock = threading.Lock()
         self._llm_lock = threading.Lock()
@@ -127,8 +128,13 @@ class BatchSearch:
         with self._wm_lock:
             self.policy.offer(model, version)
 
+    @property
+    def installs_llm(self) -> bool:
+        """Whether the LLM's weights are this process's to install (a prior in another process follows the hub itself)."""
+        return isinstance(self.prior, LocalPrior)
+
     def install_llm(self, data: bytes, version: int) -> None:
-        assert self.prior is not None
+        assert isinstance(self.prior, LocalPrior)
         with self._llm_lock:
             self.prior.load(data, version)
 
@@ -136,6 +142,8 @@ class BatchSearch:
         """The LLM's reuse: roots answered from the memo, and prompt tokens the shared-prefix cache saved."""
         if self.prior is None:
             return {}
+        if not isinstance(self.prior, LocalPrior):
+            return {"prior_s": float(self.prior.net_s), "prior_failures": float(getattr(self.prior, "failures", 0))}
         memo, prefix = self.prior.memo, getattr(self.prior.backend, "prefix", None)
         return {"prior_s": float(self.prior.net_s), "memo_hits": float(memo.hits), "memo_misses": float(memo.misses),
                 "prefix_tokens_saved": float(prefix.tokens_saved) if prefix is not None else 0.0}
@@ -199,19 +207,41 @@ def pipeline_depth(cfg: Config) -> tuple[int, str]:
             1, "one batch at a time: search_server.pipeline=never")
     if not cfg.llm.enabled:
         return 1, "one batch at a time: no LLM prior to overlap"
+    if cfg.llm.prior_server or cfg.search_server.prior == "process":
+        return 2, "pipelined: the next batch's LLM prior (in another process) while this one searches"
     if cfg.search_server.device.startswith("cuda") or cfg.llm.device.startswith("cuda"):
         return 2, "pipelined: the next batch's LLM prior while this one searches"
     return 1, "one batch at a time on a CPU"
 
 
-def batch_search_for(cfg: Config) -> BatchSearch:
-    """The models of a search server: the config's world model (and the LLM when llm.enabled) on search_server.device."""
+def batch_search_for(cfg: Config, prior_address: str | None = None, curve: CurveKeys | None = None) -> BatchSearch:
+    """The models of a search server: the config's world model on search_server.device, and the LLM when
+    llm.enabled: in this process, or asked of the prior server at ``prior_address``."""
     import torch
 
-    sc = cfg.search_server
+    from pzstream.llm.factory import prompt_config
+    from pzstream.roles.prior_server import RemotePrior
+
+    sc, lc = cfg.search_server, cfg.llm
     torch.set_num_threads(sc.threads)
-    prior = LocalPrior(cfg.llm) if cfg.llm.enabled else None
+    prior: PriorSource | None = None
+    if lc.enabled:
+        prior = LocalPrior(lc) if prior_address is None else RemotePrior(
+            prior_address, lc.prior_timeout_s, prompt_config(lc), curve, lc.list_candidates, model=lc.model)
     return BatchSearch(mcts_policy(cfg, sc.seed, prior, device=sc.device), prior)
+
+
+def prior_placement(cfg: Config, curve: CurveKeys | None, hub_address: str | None) -> tuple[str | None, PriorProcess | None]:
+    """Where a search server asks its LLM prior: None (in this process), llm.prior_server, or a prior
+    process it starts (search_server.prior=process), which it then owns."""
+    if not cfg.llm.enabled:
+        return None, None
+    if cfg.llm.prior_server:
+        return cfg.llm.prior_server, None
+    if cfg.search_server.prior == "process":
+        proc = PriorProcess(cfg, curve, hub_address)
+        return proc.address, proc
+    return None, None
 
 
 class SearchServer:
@@ -328,9 +358,22 @@ class SearchServer:
 async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve: CurveKeys | None = None,
                             hub_address: str | None = None, searcher: BatchSearch | None = None) -> dict[str, float]:
     """Serve searches on ``address`` until ``stop``; follow the hub's weights when ``hub_address`` is given."""
-    sc = cfg.search_server
     check_bind_security(address, curve, cfg.security.allow_insecure)  # as the hub: no open port without CURVE
-    searcher = searcher or await anyio.to_thread.run_sync(batch_search_for, cfg)
+    prior_address, prior_proc = (None, None) if searcher is not None else prior_placement(cfg, curve, hub_address)
+    try:
+        searcher = searcher or await anyio.to_thread.run_sync(batch_search_for, cfg, prior_address, curve)
+        if prior_proc is not None:
+            probe = ([[]], ["You are in a room."], [["look"]])
+            await anyio.to_thread.run_sync(prior_proc.wait_ready, lambda: searcher.prior.prior(*probe), 600.0)
+        return await _serve(cfg, address, stop, curve, hub_address, searcher, prior_proc)
+    finally:
+        if prior_proc is not None:
+            prior_proc.stop()
+
+
+async def _serve(cfg: Config, address: str, stop: anyio.Event, curve: CurveKeys | None, hub_address: str | None,
+                 searcher: BatchSearch, prior_proc: PriorProcess | None) -> dict[str, float]:
+    sc = cfg.search_server
     limits = wire.WireLimits(max_message_bytes=cfg.wire.max_message_bytes, max_array_elements=cfg.wire.max_array_elements,
                              max_steps=cfg.wire.max_steps, max_candidates_per_step=cfg.wire.max_candidates_per_step)
     ctx = zmq.asyncio.Context()
@@ -339,7 +382,7 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
     server = SearchServer(cfg, router, searcher, depth)
     log.info("search server on %s (%s, max batch %d, wait %.1f ms, %s)%s", address, sc.device, sc.max_batch,
              sc.max_wait_ms, why, f", following hub {hub_address}" if hub_address else "")
-    installers = {"wm": searcher.install_wm} | ({"llm": searcher.install_llm} if searcher.prior is not None else {})
+    installers = {"wm": searcher.install_wm} | ({"llm": searcher.install_llm} if searcher.installs_llm else {})
     weights = WeightsClient(installers, who="search server")
     try:
         async with anyio.create_task_group() as tg:
@@ -348,6 +391,8 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
             tg.start_soon(server.batches, priced_out)
             tg.start_soon(server.searches, priced_in)
             tg.start_soon(server.report)
+            if prior_proc is not None:
+                tg.start_soon(_watch, prior_proc)
             if hub_address:
                 tg.start_soon(follow_hub, ctx, cfg, hub_address, "search", weights, server.summary, curve, stop)
             await stop.wait()
@@ -356,3 +401,10 @@ async def run_search_server(cfg: Config, address: str, stop: anyio.Event, curve:
         router.close()
         ctx.destroy(linger=0)
     return server.summary()
+
+
+async def _watch(prior_proc: PriorProcess, every_s: float = 2.0) -> None:
+    """Restart the LLM prior process when it dies (meanwhile its client answers None: the world model's prior)."""
+    while True:
+        await anyio.sleep(every_s)
+        prior_proc.restart_if_dead()

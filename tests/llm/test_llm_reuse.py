@@ -130,3 +130,20 @@ def test_the_scoring_llm_loads_in_the_dtype_the_config_names():
     assert _maxdiff(half.prior(hist, ROOMS, CANDS), full.prior(hist, ROOMS, CANDS)) < 0.05
     half.load(full.backend.state_dict_bytes(), 1)
     assert next(half.backend.model.parameters()).dtype == torch.bfloat16 and half.version == 1
+
+
+def test_memo_answers_computes_only_what_it_lacks_in_one_call_and_hands_out_copies():
+    memo = PriorMemo()
+    calls: list[list[int]] = []
+
+    def compute(todo: list[int]) -> list[np.ndarray]:
+        calls.append(todo)
+        return [np.full(2, float(i)) for i in todo]
+
+    a, b, c = (memo_key(p, ["look"]) for p in "abc")
+    first = memo.answers([a, b], compute)
+    second = memo.answers([b, c, a], compute)
+    assert calls == [[0, 1], [1]]  # "c" alone was new, at index 1 of the second call
+    assert [x[0] for x in first] == [0.0, 1.0] and [x[0] for x in second] == [1.0, 1.0, 0.0]
+    second[0][:] = 9.0  # a caller's change does not reach the memo
+    assert memo.answers([b], compute)[0][0] == 1.0
