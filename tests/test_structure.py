@@ -1,5 +1,5 @@
 """The package's shape, as a newcomer reads it: the README's layout table names what exists,
-imports run one way (env, search, stream -> model, config -> llm -> orz -> agent -> roles -> hub), classes stay short."""
+imports run one way (env, search, stream, compiled -> model, config -> llm -> orz -> agent -> roles -> hub), classes stay short."""
 from __future__ import annotations
 
 import ast
@@ -11,7 +11,7 @@ PKG = REPO / "pzstream"
 
 # Lower layers never import higher ones. A part may import its own layer and any lower one.
 LAYERS: dict[str, int] = {
-    "env": 0, "search": 0, "stream": 0,
+    "env": 0, "search": 0, "stream": 0, "compiled": 0,
     "model": 1, "config": 1,  # the run config composes the world model's (model/config.py)
     "llm": 2,
     "orz": 3,
