@@ -10,15 +10,18 @@ leaves the parameters and their names untouched (``state_dict`` and weight loadi
 modules), and keeps the parts that vary call to call (packing, gathers, losses) eager.
 
 Compilation needs a working Triton on a GPU (and a C compiler for its launcher); where it fails,
-the first call raises, so callers ask for it explicitly (``--compile``, ``ppo.compile``,
+the block logs it once and runs eagerly. Callers ask for it explicitly (``--compile``, ``ppo.compile``,
 ``trainer.compile``) and on a CPU nothing is compiled. Not under DeepSpeed ZeRO-3, whose
 parameter hooks it broke (a wrong loss on the second step, H100).
 """
 from __future__ import annotations
 
+import logging
 from typing import Any, Callable
 
 import torch
+
+log = logging.getLogger("pzstream.compiled")
 
 
 def decoder_layers(model: Any) -> torch.nn.ModuleList:
@@ -30,9 +33,28 @@ def decoder_layers(model: Any) -> torch.nn.ModuleList:
     return layers
 
 
+def _compile_errors() -> tuple[type[BaseException], ...]:
+    from torch._dynamo import exc
+
+    return (exc.BackendCompilerFailed, exc.InternalTorchDynamoError)
+
+
 def _grad_dispatch(eager: Callable[..., Any], compiled: Callable[..., Any]) -> Callable[..., Any]:
+    """The compiled forward where gradients flow, the eager one elsewhere; a compile that fails (no
+    C compiler for Triton, an unsupported op) is logged once and the block runs eagerly from then on
+    (the failed call is run again eagerly: a failed compile ran nothing)."""
+    use = [compiled]
+
     def forward(*args: Any, **kwargs: Any) -> Any:
-        return (compiled if torch.is_grad_enabled() else eager)(*args, **kwargs)
+        if not torch.is_grad_enabled() or use[0] is eager:
+            return eager(*args, **kwargs)
+        try:
+            return use[0](*args, **kwargs)
+        except _compile_errors() as e:
+            log.warning("torch.compile of a block failed (%s: %s); it runs eagerly from now on",
+                        type(e).__name__, str(e).splitlines()[0] if str(e) else "")
+            use[0] = eager
+            return eager(*args, **kwargs)
     return forward
 
 

@@ -86,3 +86,29 @@ def test_compile_blocks_finds_the_decoder_layers_and_leaves_a_cpu_model_eager():
     assert getattr(layers[0], "_compiled_call_impl", None) is None  # still the eager module
     with pytest.raises(ValueError, match="no ModuleList of decoder layers"):
         decoder_layers(torch.nn.Linear(2, 2))
+
+
+def test_a_block_whose_compile_fails_runs_eagerly_from_then_on(caplog):
+    """No C compiler for Triton (or an op inductor cannot take): logged once, the training step goes on."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    from pzstream.compiled import _grad_dispatch
+
+    calls = {"compiled": 0, "eager": 0}
+
+    def eager(x):
+        calls["eager"] += 1
+        return x * 2
+
+    def broken(x):
+        calls["compiled"] += 1
+        raise BackendCompilerFailed(eager, RuntimeError("Failed to find C compiler"), None)
+
+    forward = _grad_dispatch(eager, broken)
+    x = torch.ones(3, requires_grad=True)
+    assert torch.equal(forward(x), x * 2) and torch.equal(forward(x), x * 2)
+    assert calls == {"compiled": 1, "eager": 2}  # tried once, then eager
+    assert sum("runs eagerly" in r.message for r in caplog.records) == 1
+    with torch.no_grad():  # forward-only passes never use the compiled one
+        forward(x)
+    assert calls["compiled"] == 1
