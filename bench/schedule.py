@@ -113,8 +113,8 @@ def main() -> None:
         "wm_ratio": ratio(a["wm_updates_per_h"], b["wm_updates_per_h"]),
         "async_ppo_episodes_per_h": a["ppo_episodes_per_h"], "alternating_ppo_episodes_per_h": b["ppo_episodes_per_h"],
         "device": device_name(args.config, overrides), "seconds": seconds, "collect_steps": collect,
-        "train_updates": updates, "async_overrides": args.async_set, "alternating_seconds_by_phase": results["alternating"].get("schedule", {}).get(
-            "seconds_by_phase", {}),
+        "train_updates": updates, "async_overrides": args.async_set,
+        "alternating_seconds_by_phase": results["alternating"].get("schedule", {}).get("seconds_by_phase", {}),
         "segments_rejected": {m: results[m]["segments_rejected"] for m in MODES},
         "python": platform.python_version(), "cpus": os.cpu_count(),
     }

@@ -34,13 +34,9 @@ def default_collector_id() -> str:
 
 def make_prior_source(cfg: Config, curve: CurveKeys | None = None) -> PriorSource:
     """The LLM prior: in this process, or a --role prior server when llm.prior_server is set."""
-    lc = cfg.llm
-    if lc.prior_server:
-        from pzstream.llm.factory import prompt_config
-        from pzstream.roles.prior_server import RemotePrior
+    from pzstream.roles.prior_server import prior_source
 
-        return RemotePrior(lc.prior_server, lc.prior_timeout_s, prompt_config(lc), curve, lc.list_candidates, model=lc.model)
-    return LocalPrior(lc)
+    return prior_source(cfg.llm, curve, cfg.llm.prior_server)
 
 
 def weights_client_for(cfg: Config, policy: Policy, prior: PriorSource | None, cid: str) -> WeightsClient | None:

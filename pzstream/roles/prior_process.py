@@ -30,12 +30,11 @@ log = logging.getLogger("pzstream.search_server")
 
 def _child(cfg: Config, address: str, curve: CurveKeys | None, hub_address: str | None) -> None:
     import anyio
+    import torch
 
     from pzstream.roles.lifecycle import die_with_parent, serve_until_stopped
     from pzstream.roles.prior_server import run_prior_server
     from pzstream.stream.logstream import setup_logging
-
-    import torch
 
     die_with_parent()
     torch.set_num_threads(cfg.search_server.threads)

@@ -19,7 +19,7 @@ import zmq
 import zmq.asyncio
 
 from pzstream.stream import wire
-from pzstream.llm.factory import History
+from pzstream.llm.factory import History, PriorSource
 from pzstream.llm.memo import PriorMemo, memo_key
 from pzstream.config import Config
 from pzstream.roles.serving import RequestRouter, client_socket, follow_hub, score_request_problem
@@ -100,6 +100,16 @@ class RemotePrior:
             out.append(flat[at:at + n])
             at += n
         return out
+
+
+def prior_source(lc, curve: CurveKeys | None, address: str | None) -> PriorSource:
+    """The LLM prior of the config's ``llm`` section: in this process (``address`` None), or the prior
+    server at ``address``, whose tokenizer (``llm.model``) the prompts are fitted with."""
+    from pzstream.llm.factory import LocalPrior, prompt_config
+
+    if address is None:
+        return LocalPrior(lc)
+    return RemotePrior(address, lc.prior_timeout_s, prompt_config(lc), curve, lc.list_candidates, model=lc.model)
 
 
 def request_roots(tokenizer, req: wire.ScoreRequest, max_prompt_tokens: int) -> tuple[list[str], list[list[str]]]:

@@ -219,15 +219,11 @@ def batch_search_for(cfg: Config, prior_address: str | None = None, curve: Curve
     llm.enabled: in this process, or asked of the prior server at ``prior_address``."""
     import torch
 
-    from pzstream.llm.factory import prompt_config
-    from pzstream.roles.prior_server import RemotePrior
+    from pzstream.roles.prior_server import prior_source
 
-    sc, lc = cfg.search_server, cfg.llm
+    sc = cfg.search_server
     torch.set_num_threads(sc.threads)
-    prior: PriorSource | None = None
-    if lc.enabled:
-        prior = LocalPrior(lc) if prior_address is None else RemotePrior(
-            prior_address, lc.prior_timeout_s, prompt_config(lc), curve, lc.list_candidates, model=lc.model)
+    prior = prior_source(cfg.llm, curve, prior_address) if cfg.llm.enabled else None
     return BatchSearch(mcts_policy(cfg, sc.seed, prior, device=sc.device), prior)
 
 
