@@ -23,6 +23,7 @@ from .prefix import PrefixCache
 from .prior import candidate_logprobs_shared, candidate_logprobs_tree, prior_from_logprobs, tree_scorer  # noqa: F401
 from .prompts import PromptConfig, scoring_prompts
 from .tiny import resolve_model
+from .tokens import answer_end_id
 
 
 @runtime_checkable
@@ -137,7 +138,7 @@ class TransformersBackend:
             ids[r, T - len(x):] = torch.tensor(x)
             mask[r, T - len(x):] = 1
         kw: dict[str, Any] = dict(max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id,
-                                  eos_token_id=tok.eos_token_id)
+                                  eos_token_id=answer_end_id(tok))
         if temperature and temperature > 0:
             kw.update(do_sample=True, temperature=float(temperature), top_k=0, top_p=1.0)
         else:

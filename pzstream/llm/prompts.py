@@ -31,13 +31,21 @@ Fitting to ``max_prompt_tokens`` (``fit_prompt``), measured with the tokenizer:
      ``max_prompt_tokens`` tokens of the prompt (``tokens.cap_prompt``).
 The local prior, the collectors that ask the central prior server (``scoring_prompts``), SFT/RFT
 and PPO all fit prompts with this one rule.
+
+Instruct models. Every template is a user part (``template``) and the opening of the reply
+(``reply_opening``: ``Action:``, or ORZ's ``<think>``). As plain text they are joined by
+``plain_joiner`` (the texts above). Where the tokenizer has a chat template (``tokens.chat_frame``),
+``fit_prompt`` renders the user part as one user turn of it and the reply opening after the
+template's assistant opening: ``<|im_start|>user\n...<|im_end|>\n<|im_start|>assistant\nAction:``;
+the answer then ends with the template's end-of-turn token (``tokens.answer_end_id``). Truncation
+cuts inside the user turn, so the frame stays intact. ``build_prompt`` (no tokenizer) is plain.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .tokens import cap_prompt
+from .tokens import ChatFrame, cap_prompt, chat_frame
 
 TRUNCATION_MARK = "..."
 
@@ -47,7 +55,7 @@ _PZ_HEADER = (
 )
 _PZ_TEMPLATE = (
     "{header}\n\n{history_block}=== Current Situation ===\n{observation}\n\n"
-    "{candidates_block}=== Task ===\nChoose the single best next action.\nAction:"
+    "{candidates_block}=== Task ===\nChoose the single best next action."
 )
 _ORZ_TEMPLATE = (
     "A conversation between User and Assistant. The User describes the state of a text "
@@ -56,8 +64,7 @@ _ORZ_TEMPLATE = (
     "process is enclosed within <think> </think> and the action within <answer> </answer> "
     "tags, i.e., <think> reasoning process here </think> <answer> action here </answer>.\n"
     "User: {header}\n\n{history_block}=== Current Situation ===\n{observation}\n\n"
-    "{candidates_block}Think, then give the single best next action.\n"
-    "Assistant: <think>"
+    "{candidates_block}Think, then give the single best next action."
 )
 
 
@@ -69,7 +76,9 @@ class PromptConfig:
     ``{candidates_block}``. ``history_step`` placeholders: ``{i}``, ``{observation}``,
     ``{action}``, ``{reward}``. ``candidates_line``: ``{candidates}`` (joined with
     ``candidates_sep``). ``continuation_template``: ``{action}``. ``score_suffix`` (ORZ):
-    ``{thought}``; it is appended to ``template`` to make the scoring prompt.
+    ``{thought}``; it follows ``reply_opening`` in the scoring prompt. As plain text a prompt is
+    ``template + plain_joiner + reply_opening``; under a chat template, the user turn holds
+    ``template`` and the assistant turn opens with ``reply_opening``.
     """
 
     format: str = "priorzero"
@@ -77,6 +86,8 @@ class PromptConfig:
     max_prompt_tokens: int = 1024
     header: str = _PZ_HEADER
     template: str = _PZ_TEMPLATE
+    plain_joiner: str = "\n"
+    reply_opening: str = "Action:"
     history_title: str = "=== Recent History ===\n"
     history_step: str = "Step {i}:\n  Observation: {observation}\n  Action: {action}\n  Reward: {reward}\n"
     candidates_line: str = "Candidate actions: {candidates}\n\n"
@@ -95,7 +106,8 @@ class PromptConfig:
     @classmethod
     def orz(cls, **kw: Any) -> "PromptConfig":
         """The ORZ format: ``<think>...</think>`` then ``<answer>{action}</answer>``."""
-        base = dict(format="orz", template=_ORZ_TEMPLATE, score_suffix="{thought}</think>\n<answer>",
+        base = dict(format="orz", template=_ORZ_TEMPLATE, plain_joiner="\nAssistant: ", reply_opening="<think>",
+                    score_suffix="{thought}</think>\n<answer>",
                     continuation_template="{action}</answer>")
         base.update(kw)
         return cls(**base)
@@ -123,15 +135,18 @@ def _fmt_reward(r: Any) -> str:
 
 
 def _render(cfg: PromptConfig, history: Sequence[Any], observation: str,
-            candidates: Sequence[str] | None, thought: str | None) -> str:
+            candidates: Sequence[str] | None, thought: str | None, chat: ChatFrame | None = None) -> str:
     cand = ""
     if candidates:
         cand = cfg.candidates_line.format(candidates=cfg.candidates_sep.join(str(c) for c in candidates))
-    text = cfg.template.format(header=cfg.header, history_block=_history_block(cfg, history),
+    user = cfg.template.format(header=cfg.header, history_block=_history_block(cfg, history),
                                observation=str(observation).strip(), candidates_block=cand)
+    reply = cfg.reply_opening
     if thought is not None and cfg.score_suffix:
-        text += cfg.score_suffix.format(thought=thought)
-    return text
+        reply += cfg.score_suffix.format(thought=thought)
+    if chat is not None:
+        return chat.head + user + chat.tail + reply
+    return user + cfg.plain_joiner + reply
 
 
 def _recent(cfg: PromptConfig, history: Sequence[Any] | None) -> list[Any]:
@@ -165,15 +180,17 @@ def _n_tokens(tokenizer: Any, text: str) -> int:
 def fit_prompt(tokenizer: Any, cfg: PromptConfig, history: Sequence[Any] | None, observation: str,
                candidates: Sequence[str] | None = None, thought: str = "",
                generation: bool = False) -> str:
-    """``build_prompt`` (or ``build_generation_prompt`` if ``generation``) cut to at most
-    ``cfg.max_prompt_tokens`` tokens by the rule in the module docstring."""
+    """``build_prompt`` (or ``build_generation_prompt`` if ``generation``) in the tokenizer's chat
+    frame where it has one, cut to at most ``cfg.max_prompt_tokens`` tokens by the rule in the
+    module docstring."""
     limit = cfg.max_prompt_tokens
     th = None if generation else thought
     hist = _recent(cfg, history)
     obs = str(observation).strip()
+    chat = chat_frame(tokenizer)
 
     def render(h: list[Any], o: str, c: Sequence[str] | None) -> str:
-        return _render(cfg, h, o, c, th)
+        return _render(cfg, h, o, c, th, chat)
 
     text = render(hist, obs, candidates)
     if _n_tokens(tokenizer, text) <= limit:

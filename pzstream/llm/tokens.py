@@ -19,13 +19,76 @@ The rule (``encode_pair``):
   is one piece of ``<answer>open`` but never of ``open`` alone), so the answer's ids are the same
   after every prompt. The trailing ``eos`` is scored as PriorZero scores ``Action: a<eos>``: an
   answer says that it is complete, so "go" is not a mere prefix of "go north".
+
+Instruct models (``chat_frame``): where the tokenizer has a chat template, prompts are one user
+turn of it (``prompts.fit_prompt`` wraps them, and its truncation cuts inside the turn, never the
+frame) and the end of every answer is the template's end-of-turn token instead of ``eos``
+(``answer_end_id``): the reply then ends as the model was tuned to end its replies.
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 DEFAULT_CONTINUATION = " {action}"
 MAX_ANSWER_TOKENS = 32
+_SENTINEL = "\u2063PZSTREAM-CONTENT\u2063"  # a text no chat template renders by itself
+
+
+@dataclass(frozen=True)
+class ChatFrame:
+    """One user turn of a tokenizer's chat template: ``head + user text + tail`` is the prompt, and
+    the model's reply follows ``tail`` (which opens the assistant turn) and ends with ``end_id``.
+
+    ``head``: what the template puts before the user's text (its default system turn, the user
+    turn's opening); ``tail``: the user turn's end and the assistant turn's opening (the template's
+    generation prompt); ``end_id``: the token the template closes an assistant turn with."""
+
+    head: str
+    tail: str
+    end_id: int
+
+
+def _render_frame(tokenizer: Any) -> ChatFrame | None:
+    template = getattr(tokenizer, "chat_template", None)
+    if not template or not hasattr(tokenizer, "apply_chat_template"):
+        return None
+    try:
+        turn = tokenizer.apply_chat_template([{"role": "user", "content": _SENTINEL}], tokenize=False,
+                                             add_generation_prompt=True)
+        reply = tokenizer.apply_chat_template([{"role": "user", "content": "x"},
+                                               {"role": "assistant", "content": _SENTINEL}], tokenize=False)
+    except Exception:  # a template that cannot render a plain user turn: score without it
+        return None
+    if turn.count(_SENTINEL) != 1 or reply.count(_SENTINEL) != 1:
+        return None
+    head, tail = turn.split(_SENTINEL)
+    after = encode_many(tokenizer, [reply.split(_SENTINEL)[1]])[0]
+    if not after:
+        return None
+    return ChatFrame(head=head, tail=tail, end_id=int(after[0]))
+
+
+def chat_frame(tokenizer: Any) -> ChatFrame | None:
+    """The tokenizer's chat frame, or None where it has no chat template (or one that cannot render
+    a single user turn): then prompts are plain text and answers end with ``eos``. Setting
+    ``tokenizer.chat_template = None`` turns it off for that tokenizer. Cached on the tokenizer."""
+    template = getattr(tokenizer, "chat_template", None)
+    cached = getattr(tokenizer, "_pzstream_chat_frame", None)
+    if cached is not None and cached[0] == template:
+        return cached[1]
+    frame = _render_frame(tokenizer)
+    try:
+        tokenizer._pzstream_chat_frame = (template, frame)
+    except AttributeError:  # a tokenizer that takes no attributes: computed each time
+        pass
+    return frame
+
+
+def answer_end_id(tokenizer: Any) -> int:
+    """The token that ends every answer: the chat template's end of turn, else ``eos_id``."""
+    frame = chat_frame(tokenizer)
+    return frame.end_id if frame is not None else eos_id(tokenizer)
 
 
 def eos_id(tokenizer: Any) -> int:
@@ -62,14 +125,25 @@ def keep_last(ids: Sequence[int], max_tokens: int | None) -> list[int]:
 
 def cap_prompt(tokenizer: Any, prompt: str, max_tokens: int) -> str:
     """A prompt text cut to its last ``max_tokens`` tokens (unchanged when it fits): the last
-    step of ``prompts.fit_prompt``, and the prior server's guard on what peers send."""
+    step of ``prompts.fit_prompt``, and the prior server's guard on what peers send. A prompt in
+    the tokenizer's chat frame loses the start of its user turn instead, so the frame (system and
+    user openings, the assistant opening and what follows it) stays whole where it fits at all."""
     ids = encode_many(tokenizer, [prompt])[0]
-    return prompt if len(ids) <= max_tokens else tokenizer.decode(keep_last(ids, max_tokens))
+    if len(ids) <= max_tokens:
+        return prompt
+    frame = chat_frame(tokenizer)
+    if frame is not None and prompt.startswith(frame.head) and frame.tail in prompt[len(frame.head):]:
+        cut = prompt.rindex(frame.tail)
+        head, user, rest = prompt[:len(frame.head)], prompt[len(frame.head):cut], prompt[cut:]
+        room = max_tokens - sum(len(x) for x in encode_many(tokenizer, [head, rest]))
+        if room >= 1:
+            return head + tokenizer.decode(keep_last(encode_many(tokenizer, [user])[0], room)) + rest
+    return tokenizer.decode(keep_last(ids, max_tokens))
 
 
 def answer_ids(tokenizer: Any, candidate: str, continuation: str = DEFAULT_CONTINUATION,
                max_answer_tokens: int = MAX_ANSWER_TOKENS) -> list[int]:
-    """The answer's ids: continuation text cut to ``max_answer_tokens``, then ``eos``."""
+    """The answer's ids: continuation text cut to ``max_answer_tokens``, then ``answer_end_id``."""
     return encode_answers(tokenizer, [candidate], continuation, max_answer_tokens)[0]
 
 
@@ -80,7 +154,7 @@ def encode_answers(tokenizer: Any, candidates: Sequence[str], continuation: str 
         raise ValueError(f"max_answer_tokens must be >= 1, got {max_answer_tokens}")
     if isinstance(candidates, str):
         raise TypeError("candidates must be a list of strings, not a string")
-    end = eos_id(tokenizer)
+    end = answer_end_id(tokenizer)
     enc = encode_many(tokenizer, [continuation.format(action=str(c)) for c in candidates])
     return [x[:max_answer_tokens] + [end] for x in enc]
 

@@ -23,6 +23,8 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from pzstream.llm.tokens import answer_end_id
+
 
 def cut_at_eos(ids: list[int], eos: int | None) -> list[int]:
     if eos is not None and eos in ids:
@@ -80,7 +82,7 @@ def transformers_sample(model: Any, tokenizer: Any, prompt_ids: Sequence[list[in
         return []
     model.eval()
     torch.manual_seed(seed)
-    eos = tokenizer.eos_token_id
+    eos = answer_end_id(tokenizer)  # an instruct model ends its turn with the template's end-of-turn token
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
     device = next(model.parameters()).device
     ids, mask = left_padded(prompt_ids, pad)
@@ -125,7 +127,9 @@ def vllm_sample(llm: Any, prompt_ids: Sequence[list[int]], n: int, max_tokens: i
     from vllm import SamplingParams
     from vllm.inputs import TokensPrompt
 
-    params = SamplingParams(n=n, temperature=float(temperature), top_p=1.0, top_k=-1, max_tokens=max_tokens)
+    # stop at the answers' end token too: an instruct model's end of turn need not be its eos
+    params = SamplingParams(n=n, temperature=float(temperature), top_p=1.0, top_k=-1, max_tokens=max_tokens,
+                            stop_token_ids=[answer_end_id(llm.get_tokenizer())])
     outs = llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], params, use_tqdm=False)
     return [[list(c.token_ids) for c in o.outputs] for o in outs]
 
