@@ -220,6 +220,12 @@ def main_eval(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
     return result
 
 
+def collector_game(games: str, i: int) -> str:
+    """Collector ``i``'s game in ``--role all``: ``--game zork1,detective`` deals the games round-robin."""
+    names = [g for g in games.split(",") if g]
+    return names[i % len(names)] if names else games
+
+
 def all_search_address(cfg: Config) -> str | None:
     """Where ``--role all``'s search server binds, or None when its collectors search locally (printed either way)."""
     from pzstream.roles.search_server import wants_search_server
@@ -255,7 +261,8 @@ async def main_all(cfg: Config, args: argparse.Namespace) -> dict[str, object]:
             await hub.ready.wait()
             for i in range(cfg.collector.count):
                 cmd = base + list(args.overrides) + [f"collector.id=c{i}", f"collector.seed={cfg.collector.seed + i}",
-                                                     f"collector.game={cfg.collector.game}", "run.max_seconds=null"]
+                                                     f"collector.game={collector_game(cfg.collector.game, i)}",
+                                                     "run.max_seconds=null"]
                 if cfg.llm.prior_server:
                     cmd.append(f"llm.prior_server={cfg.llm.prior_server}")
                 if cfg.collector.policies:
