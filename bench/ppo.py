@@ -95,7 +95,7 @@ def final_rollout_reward(runtime, samples, cfg, reward_fn, seed: int) -> float:
 
     tok = runtime.tokenizer
     ro = rollout(runtime, samples, cfg, 3, seed)
-    rewards = [reward_fn(s, ro.text(tok, r))[0] for s, group in zip(samples, ro.responses) for r in group]
+    rewards = [reward_fn(s, text)[0] for s, texts in zip(samples, ro.texts(tok)) for text in texts]
     return float(np.mean(rewards))
 
 

@@ -26,10 +26,10 @@ import torch
 from pzstream.config import PPOSection
 from pzstream.llm.losses import k3_kl, masked_mean
 from pzstream.orz import ppo_math
+from pzstream.llm.prompts import PromptConfig, scoring_prompts
 from pzstream.llm.tokens import encode_answers, prompt_ids as encode_prompt
 from pzstream.orz.rollout import choice_scores, sample_choices, shared_prefix_len
-from pzstream.orz.samples import (PromptSample, choice_opening, orz_prompt_config, render_choice_prompt,
-                                  render_prompt)
+from pzstream.orz.samples import PromptSample, answer_choices, orz_prompt_config, render_prompt
 
 RewardFn = Callable[[PromptSample, str], tuple[float, dict[str, float]]]
 
@@ -53,61 +53,69 @@ class Rollout:
     """An episode's prompts and responses, as token ids.
 
     fixed: per prompt, the tokens every allowed answer begins with (0 in free mode): they decide
-    nothing, so they get no advantage. text_prefix: what the prompt already says of every
-    response (choice mode: ``</think>\n<answer>``), put back in front before the reward reads it.
+    nothing, so they get no advantage. choices: choice mode's candidate that each response answers.
     """
 
     prompt_ids: list[list[int]]
     responses: list[list[list[int]]]  # [P][n] response ids
     fixed: list[int]
-    text_prefix: str = ""
+    choices: list[list[str]] | None = None  # [P][n] candidate texts (choice mode)
 
-    def text(self, tokenizer: Any, response: Sequence[int]) -> str:
-        return self.text_prefix + tokenizer.decode(list(response), skip_special_tokens=True)
+    def texts(self, tokenizer: Any) -> list[list[str]]:
+        """[P][n] what the reward reads of each response: in choice mode the chosen candidate as an
+        ORZ answer (``</think>\n<answer>CANDIDATE</answer>``, whatever format the prompt had), in
+        free mode the decoded response."""
+        if self.choices is not None:
+            return [answer_choices(row) for row in self.choices]
+        return [[tokenizer.decode(list(r), skip_special_tokens=True) for r in group] for group in self.responses]
 
 
 def rollout(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, history_len: int = 3,
-            seed: int = 0) -> Rollout:
-    """``n_samples_per_prompt`` responses to each prompt (see ``rollout.py`` for the two modes)."""
+            seed: int = 0, prior_prompt: PromptConfig | None = None, list_candidates: bool = True) -> Rollout:
+    """``n_samples_per_prompt`` responses to each prompt (see ``rollout.py`` for the two modes).
+
+    Choice mode asks the prior's own scoring prompt (``prompts.scoring_prompts`` with ``prior_prompt``
+    and ``list_candidates``: the collectors' ``llm`` settings; default the ORZ format with the
+    candidates listed, ``ppo.prompt_max_len`` tokens), so PPO trains the very token paths the prior reads."""
     tok = runtime.tokenizer
     n = cfg.n_samples_per_prompt
     if cfg.answer_mode == "choice":
-        continuation = orz_prompt_config(history_len, cfg.prompt_max_len).continuation_template
-        # the prior's (prompt, answer) ids, so PPO trains the very token paths the prior scores
-        prompt_ids = [encode_prompt(tok, render_choice_prompt(s, tok, cfg.prompt_max_len, history_len),
-                                    cfg.prompt_max_len) for s in samples]
-        allowed = [encode_answers(tok, s.candidates, continuation) for s in samples]
+        pcfg = prior_prompt or orz_prompt_config(history_len, cfg.prompt_max_len)
+        texts = scoring_prompts(tok, pcfg, [s.history for s in samples], [s.observation for s in samples],
+                                [s.candidates for s in samples], list_candidates)
+        prompt_ids = [encode_prompt(tok, t, cfg.prompt_max_len) for t in texts]
+        allowed = [encode_answers(tok, s.candidates, pcfg.continuation_template) for s in samples]
         fixed = [shared_prefix_len(a) for a in allowed]
         scores = choice_scores(runtime.choice_logprobs(prompt_ids, allowed), fixed)
         picks = sample_choices(scores, n, cfg.temperature, seed)
         return Rollout(prompt_ids, [[allowed[i][j] for j in row] for i, row in enumerate(picks)], fixed,
-                       choice_opening(history_len, cfg.prompt_max_len))
+                       [[s.candidates[j] for j in row] for s, row in zip(samples, picks)])
     prompt_ids = encode_prompts(samples, tok, cfg, history_len)
     return Rollout(prompt_ids, runtime.sample(prompt_ids, n, cfg.generate_max_len, cfg.temperature, seed),
                    [0] * len(samples))
 
 
 def run_episode(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, reward_fn: RewardFn, *,
-                history_len: int = 3, seed: int = 0) -> EpisodeResult:
+                history_len: int = 3, seed: int = 0, prior_prompt: PromptConfig | None = None,
+                list_candidates: bool = True) -> EpisodeResult:
     if len(samples) != cfg.rollout_batch_size:
         raise ValueError(f"an episode takes ppo.rollout_batch_size={cfg.rollout_batch_size} prompts, got {len(samples)}")
     tok = runtime.tokenizer
     times: dict[str, float] = {}
     t = time.monotonic()
     runtime.ensure_alive()
-    ro = rollout(runtime, samples, cfg, history_len, seed)
+    ro = rollout(runtime, samples, cfg, history_len, seed, prior_prompt, list_candidates)
     n = cfg.n_samples_per_prompt
     times["generate"] = time.monotonic() - t
 
     t = time.monotonic()
     seqs, rewards, components = [], [], Counter()
     lengths, forced = [], []
-    for s, p, group, k in zip(samples, ro.prompt_ids, ro.responses, ro.fixed):
+    for s, p, group, k, texts in zip(samples, ro.prompt_ids, ro.responses, ro.fixed, ro.texts(tok)):
         if len(group) != n:
             raise RuntimeError(f"engine returned {len(group)} responses for a prompt, expected {n}")
-        for r in group:
+        for r, text in zip(group, texts):
             r = list(r) or [tok.eos_token_id]  # an empty response still occupies a token (reward on it)
-            text = ro.text(tok, r)
             total, parts = reward_fn(s, text)
             seqs.append((p, r))
             forced.append(k)

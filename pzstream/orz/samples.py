@@ -167,19 +167,6 @@ def render_prompt(sample: PromptSample, tokenizer: Any, prompt_max_len: int, his
     return fit_prompt(tokenizer, cfg, sample.history, sample.observation, sample.candidates, generation=True)
 
 
-def render_choice_prompt(sample: PromptSample, tokenizer: Any, prompt_max_len: int, history_len: int = 3) -> str:
-    """The choice-mode prompt of a sample: the ORZ scoring prompt (candidates listed, an empty
-    thought, ending ``</think>\n<answer>``), fitted to ``prompt_max_len`` tokens. An allowed answer
-    follows it as ``CANDIDATE</answer>``, encoded by ``pzstream.llm.tokens`` as the prior scores it."""
-    cfg = orz_prompt_config(history_len, prompt_max_len)
-    return fit_prompt(tokenizer, cfg, sample.history, sample.observation, sample.candidates)
-
-
-def choice_opening(history_len: int = 3, prompt_max_len: int = 512) -> str:
-    """The part of a choice-mode response that its prompt already holds: ``</think>\n<answer>``."""
-    return orz_prompt_config(history_len, prompt_max_len).score_suffix.format(thought="")
-
-
 def answer_choices(candidates: list[str]) -> list[str]:
     """The responses allowed in ``choice`` mode: an empty thought, then one candidate as the answer."""
     return [f"{THINK_CLOSE}\n{ANSWER_OPEN}{c}{ANSWER_CLOSE}" for c in candidates]

@@ -200,6 +200,7 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
     signal.signal(signal.SIGTERM, _exit_on_term)
     die_with_parent()  # SIGTERM when the hub's process ends, even by kill -9: Ray and its engines go too
 
+    from pzstream.llm.factory import prompt_config
     from pzstream.llm.tiny import resolve_model
     from pzstream.stream.logstream import setup_helper_logging
     from pzstream.orz.runtime import make_runtime
@@ -209,6 +210,7 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
     torch.set_num_threads(max(1, cfg.trainer.threads))
     channel = HelperChannel(inbox, outbox, linger_ms=5000)
     pc = cfg.ppo
+    prior_prompt = prompt_config(cfg.llm)  # choice mode trains the collectors' prior on its own prompts
     runtime = None
     parent = os.getppid()
     try:
@@ -253,7 +255,8 @@ def run_worker(cfg_json: str, inbox: str, outbox: str, run_dir: str, logs_in: st
                 samples = [PromptSample.from_dict(d) for d in req.samples]
                 episode_reward = failing_reward(k) if k in pc.fail_episodes else reward_fn  # a testing aid
                 result = run_episode(runtime, samples, pc, episode_reward, history_len=cfg.llm.history_len,
-                                     seed=pc.seed + 1000 * k)
+                                     seed=pc.seed + 1000 * k, prior_prompt=prior_prompt,
+                                     list_candidates=cfg.llm.list_candidates)
             except Exception as e:  # noqa: BLE001 - isolation: the episode fails, the worker lives on
                 tb = traceback.format_exc()
                 log.error("PPO episode %d failed: %s\n%s", k, e, tb)

@@ -85,28 +85,53 @@ def test_prompts_are_one_user_turn_and_answers_end_the_assistant_turn(smollm2, f
     assert smollm2.decode(p + a).endswith(opening + cfg.continuation("open mailbox") + "<|im_end|>")
 
 
-def test_the_prior_and_sft_and_ppo_encode_the_same_ids(smollm2):
-    """The prior's (prompt, answer) ids are SFT's and choice-mode PPO's for the same step."""
+def test_the_prior_and_sft_encode_the_same_ids(smollm2):
+    """Built-in SFT's (prompt, answer) ids for a step are the prior's for that step."""
     from pzstream.llm.train import make_prompt
-    from pzstream.orz.samples import PromptSample, render_choice_prompt
 
     history = [("You are in a field.", "look", 0.0), ("Nothing happens.", "jump", 0.0)]
-    sample = PromptSample(game="zork1", observation=WEST_OF_HOUSE, candidates=CANDIDATES, truth="open mailbox",
-                          history=history, visits=[1.0] * len(CANDIDATES), reward=0.0, collector_id="c0",
-                          episode_id=0, step=2, seed=0, prefix=["look", "jump"], wm_version=0, llm_version=0)
-    orz = PromptConfig.orz(history_len=3, max_prompt_tokens=256)
-    prior_prompts = scoring_prompts(smollm2, orz, [history], [WEST_OF_HOUSE], [CANDIDATES], list_candidates=True)
-    p_ids, a_ids = encode_roots(smollm2, prior_prompts, [CANDIDATES], orz.continuation_template)
-    ppo_prompt = prompt_ids(smollm2, render_choice_prompt(sample, smollm2, 256, history_len=3), 256)
-    assert ppo_prompt == p_ids[0]
-    assert encode_answers(smollm2, CANDIDATES, orz.continuation_template) == a_ids[0]
-
     pz = PromptConfig(history_len=3, max_prompt_tokens=256)
-    prior_pz = scoring_prompts(smollm2, pz, [history], [WEST_OF_HOUSE], [CANDIDATES])
+    p_ids, a_ids = encode_roots(smollm2, scoring_prompts(smollm2, pz, [history], [WEST_OF_HOUSE], [CANDIDATES]),
+                                [CANDIDATES], pz.continuation_template)
     sft = encode_pair(smollm2, make_prompt(pz, history, WEST_OF_HOUSE, smollm2), "open mailbox",
                       pz.continuation_template, 256)
-    assert sft == (encode_roots(smollm2, prior_pz, [CANDIDATES], pz.continuation_template)[0][0],
-                   encode_roots(smollm2, prior_pz, [CANDIDATES], pz.continuation_template)[1][0][0])
+    assert sft == (p_ids[0], a_ids[0][0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("fmt", ["priorzero", "orz"])
+def test_ppo_trains_the_real_models_prior_token_paths(fmt):
+    """Choice-mode PPO on the real SmolLM2 asks the prior's own prompt (either format) and answers
+    with the prior's answer ids; its log-prob of an answer is the prior's score of it."""
+    from pzstream.config import PPOSection
+    from pzstream.llm.backend import TransformersBackend
+    from pzstream.llm.tiny import resolve_model
+    from pzstream.orz.episode import rollout
+    from pzstream.orz.prompt_sets import walkthrough_samples
+    from pzstream.orz.runtime import InProcessRuntime
+
+    path = resolve_model("smollm2-135m-instruct")  # the packaged model (scripts/setup.sh installs it)
+    samples = walkthrough_samples(max_candidates=3, limit=2)
+    cfg = PPOSection(enabled=True, runtime="inprocess", rollout_batch_size=2, fire_threshold=2, n_samples_per_prompt=4,
+                     micro_train_batch_size=4, policy_update_steps=1, critic_update_steps=1, prompt_max_len=256)
+    pcfg = (PromptConfig.orz if fmt == "orz" else PromptConfig)(history_len=3, max_prompt_tokens=256)
+    listed = fmt == "orz"
+    rt = InProcessRuntime(cfg, path)
+    tok = rt.tokenizer
+    ro = rollout(rt, samples, cfg, history_len=3, seed=0, prior_prompt=pcfg, list_candidates=listed)
+    cands = [s.candidates for s in samples]
+    prompts = scoring_prompts(tok, pcfg, [s.history for s in samples], [s.observation for s in samples], cands, listed)
+    p_ids, a_ids = encode_roots(tok, prompts, cands, pcfg.continuation_template)
+    prior = TransformersBackend(model=path, prompt_config=pcfg).mean_logprobs(prompts, cands)
+    im_end = tok.convert_tokens_to_ids("<|im_end|>")
+    for i, group in enumerate(ro.responses):
+        assert ro.prompt_ids[i] == p_ids[i] and p_ids[i][0] == tok.convert_tokens_to_ids("<|im_start|>")
+        for r, text in zip(group, ro.texts(tok)[i]):
+            k = a_ids[i].index(list(r))  # raises if PPO's answer is not one the prior scores
+            assert r[-1] == im_end
+            ppo_sum = float(rt.policy.logprobs([(ro.prompt_ids[i], list(r))]).sum())
+            assert ppo_sum == pytest.approx(prior[i][k] * len(r), abs=2e-3)
+            assert text == f"</think>\n<answer>{cands[i][k]}</answer>"  # what the reward reads
 
 
 @pytest.mark.parametrize("limit", [60, 120, 200])

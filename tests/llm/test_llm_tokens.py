@@ -58,13 +58,14 @@ def test_ppo_trains_the_token_paths_the_prior_scores(qwen_like):
     cands = [s.candidates for s in samples]
     p_ids, a_ids = encode_roots(tok, prompts, cands, pcfg.continuation_template)
     prior = TransformersBackend(model=path, prompt_config=pcfg).mean_logprobs(prompts, cands)
+    texts = ro.texts(tok)
     for i, group in enumerate(ro.responses):
         assert ro.prompt_ids[i] == p_ids[i]
-        for r in group:
+        for r, text in zip(group, texts[i]):
             k = a_ids[i].index(list(r))  # raises if PPO's answer is not one the prior scores
             ppo_sum = float(rt.policy.logprobs([(ro.prompt_ids[i], list(r))]).sum())
             assert ppo_sum == pytest.approx(prior[i][k] * len(r), abs=1e-3)
-            assert ro.text(tok, r) == f"</think>\n<answer>{cands[i][k]}</answer>"  # what the reward reads
+            assert text == f"</think>\n<answer>{cands[i][k]}</answer>"  # what the reward reads
 
 
 def test_the_end_of_the_answer_is_scored():
