@@ -58,7 +58,7 @@ def run_game(game: str, seconds: float, extra: list[str]) -> dict:
 
 
 def split_returns(series: list[list[float]], start: float) -> list[float]:
-    return [r for t, r in series if t >= start]
+    return [x[1] for x in series if x[0] >= start]
 
 
 def mean(xs: list[float]) -> float | None:
@@ -75,8 +75,8 @@ def report(game: str, summary: dict, seconds: float) -> dict:
     print(f"{'window (s)':>14} {'mcts':>10} {'n':>4} {'random':>10} {'n':>4}")
     for i in range(bins):
         lo, hi = i * seconds / bins, (i + 1) * seconds / bins
-        m = [r for t, r in mcts.get("series", []) if lo <= t < hi]
-        r = [x for t, x in rand.get("series", []) if lo <= t < hi]
+        m = [x[1] for x in mcts.get("series", []) if lo <= x[0] < hi]
+        r = [x[1] for x in rand.get("series", []) if lo <= x[0] < hi]
         fmt = lambda xs: f"{sum(xs) / len(xs):10.2f}" if xs else f"{'-':>10}"  # noqa: E731
         print(f"{lo:6.0f}-{hi:<6.0f} {fmt(m)} {len(m):4d} {fmt(r)} {len(r):4d}")
     m2, r2 = split_returns(mcts.get("series", []), half), split_returns(rand.get("series", []), half)

@@ -268,3 +268,15 @@ def test_ppo_episodes_are_paced_by_min_interval(tmp_path, monkeypatch):
     assert len(part.helper.sent) == 1 and not part.due()  # 10 s < 30 s: the full queue waits
     now[0] += 20
     assert part.maybe_fire() and len(part.helper.sent) == 2  # the watch's next tick fires it
+
+
+def test_each_return_carries_its_games_env_steps_so_far():
+    """A learning curve against env steps: every finished episode records how many steps its game
+    has had from all collectors at that moment (2 steps a segment here)."""
+    tracker = ReturnTracker()
+    tracker.on_segment(_episode_end("a", 0, 1.0))
+    tracker.on_segment(_episode_end("b", 0, 2.0))
+    tracker.on_segment(_episode_end("a", 1, 3.0))
+    s = tracker.summary()
+    assert [tuple(x[1:]) for x in s["a"]["series"]] == [(1.0, 2), (3.0, 6)]
+    assert [tuple(x[1:]) for x in s["b"]["series"]] == [(2.0, 4)]

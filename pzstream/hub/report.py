@@ -46,7 +46,10 @@ class ReturnTracker:
         self._t0 = time.monotonic()
         self.max_collectors = max_collectors
         self._partial: dict[tuple[str, int], float] = {}
-        self.returns: dict[str, list[tuple[float, float]]] = {}  # collector -> [(seconds since start, return)]
+        # collector -> [(seconds since start, return, env steps of the episode's game so far, all collectors)]:
+        # a learning curve against env steps per game
+        self.returns: dict[str, list[tuple[float, float, int]]] = {}
+        self._game_steps: Counter[str] = Counter()
         self._cut: dict[str, int] = {}  # collector -> its returns no longer kept (past RETURNS_KEPT)
         self.policies: dict[str, str] = {}
         self.caps: Counter[str] = Counter()
@@ -55,6 +58,8 @@ class ReturnTracker:
         seg = accepted.segment
         h = seg.header
         key = (h.collector_id, h.episode_id)
+        if h.game in self._game_steps or len(self._game_steps) < 4 * self.max_collectors:  # games are peers' names
+            self._game_steps[h.game] += seg.n_steps
         total = self._partial.pop(key, 0.0) + float(seg.reward.sum(dtype="float64"))
         if bool(seg.done[-1]):
             cid = h.collector_id
@@ -66,7 +71,7 @@ class ReturnTracker:
                     self.policies.pop(gone, None)
                 self.returns[cid] = []
             series = self.returns[cid]
-            series.append((round(time.monotonic() - self._t0, 2), total))
+            series.append((round(time.monotonic() - self._t0, 2), total, self._game_steps[h.game]))
             if len(series) > RETURNS_KEPT:
                 del series[0]
                 self._cut[cid] = self._cut.get(cid, 0) + 1
@@ -83,12 +88,12 @@ class ReturnTracker:
         return len(self.returns.get(cid, ())) + self._cut.get(cid, 0)
 
     def recent_means(self, last: int = 10) -> dict[str, float]:
-        return {cid: sum(r for _, r in s[-last:]) / len(s[-last:]) for cid, s in self.returns.items()}
+        return {cid: sum(x[1] for x in s[-last:]) / len(s[-last:]) for cid, s in self.returns.items()}
 
     def summary(self) -> dict[str, dict[str, object]]:
         out = {}
         for cid, series in sorted(self.returns.items()):
-            rets = [r for _, r in series]
+            rets = [x[1] for x in series]
             half = len(rets) // 2
             out[cid] = {"policy": self.policies.get(cid, "unknown"), "episodes": self.episodes(cid),
                         "mean": round(sum(rets) / len(rets), 3),
