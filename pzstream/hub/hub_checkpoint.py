@@ -191,7 +191,8 @@ class HubCheckpointer:
             "hub_id": h.hub_id, "counters": counters_state(h.ingest.counters),
             "trainer": {"dropped": h.trainer.dropped, "forwarded": h.trainer.forwarded},
             "versions": {"wm": h.versions.wm, "llm": h.versions.llm},
-            "returns": {"returns": h.returns.returns, "policies": h.returns.policies},
+            "returns": {"returns": h.returns.returns, "policies": h.returns.policies,
+                        "game_steps": dict(h.returns.game_steps)},
             "model": self.cfg.model, "llm_model": self.cfg.llm.model,
         }
         peers = [PeerState(p.identity, p.hello, p.last_seq, p.accepted, p.rejected, p.steps).to_dict()
@@ -276,6 +277,7 @@ class HubCheckpointer:
         h.trainer.dropped, h.trainer.forwarded = int(state["trainer"]["dropped"]), int(state["trainer"]["forwarded"])
         h.returns.returns = {k: [tuple(x) for x in v] for k, v in state["returns"]["returns"].items()}
         h.returns.policies = dict(state["returns"]["policies"])
+        h.returns.game_steps.update(state["returns"].get("game_steps", {}))  # absent before 2026-12-06
         if h.ppo is not None and "ppo.msgpack" in ckpt.parts:
             h.ppo.restore_state(ckpt.parts["ppo.msgpack"])
         peers = {p.identity: p for p in map(PeerState.from_dict, msgpack.unpackb(ckpt.parts["peers.msgpack"]))}

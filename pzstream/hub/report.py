@@ -49,7 +49,7 @@ class ReturnTracker:
         # collector -> [(seconds since start, return, env steps of the episode's game so far, all collectors)]:
         # a learning curve against env steps per game
         self.returns: dict[str, list[tuple[float, float, int]]] = {}
-        self._game_steps: Counter[str] = Counter()
+        self.game_steps: Counter[str] = Counter()
         self._cut: dict[str, int] = {}  # collector -> its returns no longer kept (past RETURNS_KEPT)
         self.policies: dict[str, str] = {}
         self.caps: Counter[str] = Counter()
@@ -58,8 +58,8 @@ class ReturnTracker:
         seg = accepted.segment
         h = seg.header
         key = (h.collector_id, h.episode_id)
-        if h.game in self._game_steps or len(self._game_steps) < 4 * self.max_collectors:  # games are peers' names
-            self._game_steps[h.game] += seg.n_steps
+        if h.game in self.game_steps or len(self.game_steps) < 4 * self.max_collectors:  # games are peers' names
+            self.game_steps[h.game] += seg.n_steps
         total = self._partial.pop(key, 0.0) + float(seg.reward.sum(dtype="float64"))
         if bool(seg.done[-1]):
             cid = h.collector_id
@@ -71,7 +71,7 @@ class ReturnTracker:
                     self.policies.pop(gone, None)
                 self.returns[cid] = []
             series = self.returns[cid]
-            series.append((round(time.monotonic() - self._t0, 2), total, self._game_steps[h.game]))
+            series.append((round(time.monotonic() - self._t0, 2), total, self.game_steps[h.game]))
             if len(series) > RETURNS_KEPT:
                 del series[0]
                 self._cut[cid] = self._cut.get(cid, 0) + 1
