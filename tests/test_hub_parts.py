@@ -280,3 +280,17 @@ def test_each_return_carries_its_games_env_steps_so_far():
     s = tracker.summary()
     assert [tuple(x[1:]) for x in s["a"]["series"]] == [(1.0, 2), (3.0, 6)]
     assert [tuple(x[1:]) for x in s["b"]["series"]] == [(2.0, 4)]
+
+
+def test_the_report_reads_returns_per_game_from_the_series_with_env_steps():
+    """The periodic report's returns per game read the (time, return, env steps) series: every hub
+    report of a run whose collectors had finished an episode raised before this was fixed."""
+    from pzstream.hub.report import returns_by_game
+
+    tracker = ReturnTracker()
+    tracker.on_segment(_episode_end("a", 0, 1.0))
+    tracker.on_segment(_episode_end("a", 1, 3.0))
+    tracker.on_segment(_episode_end("b", 0, 5.0))
+    got = returns_by_game(tracker, {"a": "zork1", "b": "zork1"})
+    assert got["zork1"].episodes == 3 and got["zork1"].recent_mean == 3.0 and got["zork1"].collectors == 2
+    assert tracker.recent_means() == {"a": 2.0, "b": 5.0}

@@ -129,7 +129,7 @@ def returns_by_game(returns: ReturnTracker, games: dict[str, str], last: int = 1
             continue
         game = games.get(cid, "(unknown)")
         episodes, recent, collectors = sums.get(game, (0, [], 0))
-        sums[game] = (episodes + returns.episodes(cid), recent + [r for _, r in series[-last:]], collectors + 1)
+        sums[game] = (episodes + returns.episodes(cid), recent + [x[1] for x in series[-last:]], collectors + 1)
     return {g: GameReturns(episodes=n, recent_mean=round(sum(r) / len(r), 4), collectors=k)
             for g, (n, r, k) in sorted(sums.items())}
 
