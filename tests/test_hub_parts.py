@@ -102,6 +102,86 @@ def test_the_supervisor_restarts_a_helper_that_dies():
     assert all("test helper died (exit code 3)" in why for why in client.exits)
 
 
+def _in_a_long_task(inbox: str, outbox: str) -> None:
+    """A helper in a task that reads no message for ten minutes (a PPO episode on a slow CPU)."""
+    import time
+
+    from pzstream.stream.internal import HelperChannel
+
+    channel = HelperChannel(inbox, outbox, linger_ms=0)
+    time.sleep(600)
+    channel.close()
+
+
+def _idle_then_saves(inbox: str, outbox: str) -> None:
+    """An idle helper: on Stop it takes a second (its last checkpoint), then exits cleanly."""
+    import time
+
+    from pzstream.stream.internal import HelperChannel, Stop, WorkerReady
+
+    channel = HelperChannel(inbox, outbox, linger_ms=1000)
+    channel.send(WorkerReady("test", "listening"))
+    while not isinstance(channel.receive() if channel.wait(100) else None, Stop):
+        pass
+    time.sleep(1.0)
+    channel.close()
+
+
+def _spawner(target):
+    def start(inbox: str, outbox: str) -> mp.process.BaseProcess:
+        proc = mp.get_context("spawn").Process(target=target, args=(inbox, outbox), daemon=True)
+        proc.start()
+        return proc
+    return start
+
+
+class BusyRecorder(Recorder):
+    def busy(self) -> str | None:
+        return "a ten-minute test task" if self.starts else None
+
+
+class ReadyRecorder(Recorder):
+    ready = False
+
+    async def on_message(self, msg) -> None:
+        self.ready = self.ready or isinstance(msg, WorkerReady)
+
+
+def test_stopping_does_not_wait_for_a_busy_helpers_task_and_lets_an_idle_one_finish():
+    """Issue 21: a run past its deadline waited 60 s for a PPO worker in an episode. A helper busy with
+    a task is stopped within BUSY_STOP_GRACE_S (terminated), an idle one still gets its grace to save,
+    and both are waited for side by side."""
+    import time
+
+    from pzstream.hub.supervisor import BUSY_STOP_GRACE_S
+
+    busy, idle = BusyRecorder(), ReadyRecorder()
+
+    async def main() -> tuple[Supervisor, float, dict[str, int | None]]:
+        ctx = zmq.asyncio.Context()
+        sup = Supervisor(ctx)
+        sup.add(HelperSpec("busy", "busy helper", _spawner(_in_a_long_task), stop_grace_s=60.0), busy)
+        sup.add(HelperSpec("idle", "idle helper", _spawner(_idle_then_saves), stop_grace_s=60.0), idle)
+        with anyio.move_on_after(120):  # until the idle one listens (a Stop sent before would be lost)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sup.run)
+                while not (idle.ready and busy.starts):
+                    await anyio.sleep(0.1)
+                tg.cancel_scope.cancel()
+        procs = {name: h.proc for name, h in sup.helpers.items()}
+        t0 = time.monotonic()
+        sup.close()
+        took = time.monotonic() - t0
+        ctx.destroy(linger=0)
+        return sup, took, {name: p.exitcode for name, p in procs.items()}
+
+    sup, took, codes = anyio.run(main)
+    assert busy.starts and idle.ready
+    assert took < BUSY_STOP_GRACE_S + 5, f"stopping took {took:.1f}s"
+    assert codes["busy"] is not None and codes["busy"] < 0, codes  # terminated by a signal
+    assert codes["idle"] == 0, codes  # finished by itself after its second's work
+
+
 class CountingSteps:
     """A sequence that counts how many of its items were built."""
 

@@ -234,6 +234,7 @@ class LearnerHub:
             "ppo_episodes_failed": ppo.state.failed if ppo else 0,
             "ppo_episodes_ok": ppo.state.ok if ppo else 0,
             "prompt_queue_size": len(ppo.queue) if ppo else 0,
-            "ppo": ppo.summary() if ppo else {"runtime": None, "worker_restarts": 0, "unsearched_steps": 0, "last": {},
+            "ppo": ppo.summary() if ppo else {"runtime": None, "worker_restarts": 0, "episode_in_flight": None,
+                                              "unsearched_steps": 0, "last": {},
                                               "errors": [], "queue": None},
         }

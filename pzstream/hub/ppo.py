@@ -143,6 +143,11 @@ class PPOEpisodes:
 
     # -- the helper client ---------------------------------------------------------------
 
+    def busy(self) -> str | None:
+        """The episode the worker is in (it reads no message until the episode ends), or None."""
+        st = self.state
+        return None if st.running is None else f"PPO episode {st.running} ({time.monotonic() - st.started:.0f}s in)"
+
     def on_start(self, pid: int) -> None:
         self.state.ready = False
         log.info("PPO worker pid %d: runtime %s", pid, self.cfg.ppo.runtime)
@@ -258,5 +263,6 @@ class PPOEpisodes:
     def summary(self) -> dict[str, object]:
         st = self.state
         return {"runtime": st.runtime, "worker_restarts": self.helper.restarts if self.helper is not None else 0,
+                "episode_in_flight": st.running,  # at the stop: abandoned (counted failed on --resume)
                 "unsearched_steps": st.unsearched_steps, "last": st.last, "errors": st.errors,
                 "queue": self.queue.summary()}

@@ -9,6 +9,13 @@ started again after ``restart_delay_s``; ingestion never waits for any of it. A 
 cannot be decoded or handled (its weights cannot be published, say) is logged and counted
 (``message_errors``), never allowed to end the hub.
 
+Stopping (the hub's deadline, a signal) is bounded whatever a helper is doing: every helper is
+told to stop at once and they are waited for side by side, not one after the other. An idle helper
+may take its ``stop_grace_s`` (it writes its last checkpoint first); one whose client says it is
+``busy`` with a task it reads no message during (a PPO episode: minutes on a CPU) would act on the
+Stop only when the task ends, so it gets ``BUSY_STOP_GRACE_S`` and is then terminated: the task is
+abandoned, as a task in flight at a stop always was (its helper's checkpoint is the one before it).
+
 Messages are read in bursts: everything already waiting is taken at once (up to
 ``BURST_MESSAGES``). Of the weights in one burst only the newest of each model is handed on
 (``newest_weights_only``): after the hub's loop stood still, versions that are already replaced are
@@ -21,6 +28,7 @@ import logging
 import multiprocessing as mp
 import shutil
 import tempfile
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,6 +44,10 @@ log = logging.getLogger("pzstream.learner")
 
 #: Helper messages taken in one burst (weights are coalesced within a burst).
 BURST_MESSAGES = 1024
+#: How long a helper busy with a task (``HelperClient.busy``) may take to stop before it is terminated.
+BUSY_STOP_GRACE_S = 3.0
+#: How long a terminated helper (SIGTERM: it unwinds and closes its runtime) may take before it is killed.
+TERMINATE_GRACE_S = 30.0
 
 
 def newest_weights_only(msgs: list[internal.Internal]) -> tuple[list[internal.Internal], int]:
@@ -64,7 +76,12 @@ class HelperSpec:
 
 
 class HelperClient(Protocol):
-    """The hub part a helper serves: it hears what the helper sends and when it comes and goes."""
+    """The hub part a helper serves: it hears what the helper sends and when it comes and goes.
+
+    A client may also have ``busy() -> str | None``: the task the helper is in during which it reads
+    no message (a PPO episode), so that a Stop would wait for the task's end; None (or no such
+    method): none.
+    """
 
     async def on_message(self, msg: internal.Internal) -> None: ...
 
@@ -164,15 +181,39 @@ class Helper:
         log.error("a message from the %s could not be handled (%d so far): %s: %s", self.spec.title,
                   self.message_errors, type(e).__name__, e, exc_info=e)
 
-    def close(self) -> None:
-        """Stop the process and remove the channel (the hub is shutting down)."""
+    def busy_with(self) -> str | None:
+        """The task the helper is in, reading no message until it ends (its client's ``busy``), or None."""
+        busy = getattr(self.client, "busy", None)
+        return busy() if busy is not None else None
+
+    def stop_grace_s(self) -> float:
+        """How long the helper may take to stop now: its spec's grace, or ``BUSY_STOP_GRACE_S`` while
+        it is busy (it would read the Stop only after its task)."""
+        return min(self.spec.stop_grace_s, BUSY_STOP_GRACE_S) if self.busy_with() else self.spec.stop_grace_s
+
+    def tell_stop(self) -> tuple[mp.process.BaseProcess, float] | None:
+        """Send Stop and let go of the process: (it, how long it may take), or None when none runs.
+        The channel stays open until :meth:`close_channel`, so the Stop is delivered."""
         proc, self.proc = self.proc, None
-        if proc is not None:
-            self.send(internal.Stop())
-            _join_or_kill(proc, self.spec.stop_grace_s)
+        if proc is None:
+            return None
+        grace, task = self.stop_grace_s(), self.busy_with()
+        if task:
+            log.warning("%s (pid %d) is in %s; stopping it within %.0fs, the task abandoned", self.spec.title, proc.pid,
+                        task, grace)
+        self.send(internal.Stop())
+        return proc, grace
+
+    def close_channel(self) -> None:
         self._push.close(0)
         self._pull.close(0)
         shutil.rmtree(self._dir, ignore_errors=True)
+
+    def close(self) -> None:
+        """Stop the process and remove the channel (the hub is shutting down)."""
+        if (told := self.tell_stop()) is not None:
+            _join_or_kill(*told)
+        self.close_channel()
 
 
 def _join_or_kill(proc: mp.process.BaseProcess, grace_s: float) -> None:
@@ -180,7 +221,7 @@ def _join_or_kill(proc: mp.process.BaseProcess, grace_s: float) -> None:
     proc.join(timeout=grace_s)
     if proc.is_alive():  # busy (starting up, in an episode): SIGTERM still lets it clean up
         proc.terminate()
-        proc.join(timeout=30)
+        proc.join(timeout=TERMINATE_GRACE_S)
     if proc.is_alive():
         proc.kill()
         proc.join(timeout=5)
@@ -203,8 +244,15 @@ class Supervisor:
                 tg.start_soon(helper.run)
 
     def close(self) -> None:
+        """Stop every helper at once and wait for them side by side (the slowest sets the time, not the sum)."""
+        told = [t for helper in self.helpers.values() if (t := helper.tell_stop()) is not None]
+        waits = [threading.Thread(target=_join_or_kill, args=t, name=f"stop-{t[0].name}") for t in told]
+        for w in waits:
+            w.start()
+        for w in waits:
+            w.join()
         for helper in self.helpers.values():
-            helper.close()
+            helper.close_channel()
 
     def summary(self) -> dict[str, dict[str, object]]:
         return {name: {"pid": h.pid, "restarts": h.restarts, "message_errors": h.message_errors,
