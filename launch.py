@@ -91,6 +91,51 @@ def build_config(args: argparse.Namespace) -> Config:
     return load_config(args.config, overrides)
 
 
+def address_problem(address: str, hub: bool) -> str | None:
+    """Why ``address`` is no address a socket can bind or connect to (None: it is one). A hub's
+    address also names the three ports after it (``endpoints_for``)."""
+    from pzstream.stream.transport import endpoints_for
+
+    if hub:
+        try:
+            endpoints_for(address)
+        except ValueError as e:
+            return str(e)
+        return None
+    if address.startswith("tcp://"):
+        host, _, port = address[len("tcp://"):].rpartition(":")
+        return None if host and port.isdigit() and 0 < int(port) < 65536 else f"address {address!r} must look like tcp://host:port"
+    return None if address.startswith(("ipc://", "inproc://")) else f"address {address!r}: use tcp://host:port or ipc://path"
+
+
+def check_addresses(cfg: Config) -> None:
+    """Every address the config names is one (ConfigError naming the flag and the key otherwise),
+    before any role starts: a mistyped --learner is the user's error, not a traceback."""
+    named = [("--learner / hub.address", cfg.hub.address, True), ("--learner / collector.learner", cfg.collector.learner, True),
+             ("--prior / llm.prior_server", cfg.llm.prior_server, False),
+             ("--search / search_server.address", cfg.search_server.address, False),
+             ("collector.search_server", cfg.collector.search_server, False)]
+    for where, address, hub in named:
+        if address is not None and (why := address_problem(address, hub)) is not None:
+            raise ConfigError(f"{where}: {why}")
+
+
+def bind_problem(e: BaseException) -> str | None:
+    """The message for a socket that could not bind its address (in use, or not this host's), else None."""
+    import errno
+
+    import zmq
+
+    if not isinstance(e, zmq.ZMQError):
+        return None
+    if e.errno == errno.EADDRINUSE:
+        return (f"cannot bind: {e}: another process (another hub?) holds that port; a hub at port P also binds "
+                f"P+1..P+3. Choose another address (--learner, --prior, --search)")
+    if e.errno == errno.EADDRNOTAVAIL:
+        return f"cannot bind: {e}: not an address of this host; bind one of its own IPs, or 0.0.0.0"
+    return None
+
+
 def check_resume(cfg: Config, args: argparse.Namespace) -> None:
     """--resume names a run directory with a complete hub checkpoint (ConfigError otherwise)."""
     if not args.resume:
@@ -347,6 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     try:
         cfg = build_config(args)
+        check_addresses(cfg)
         check_resume(cfg, args)
         if args.dashboard and args.role != "monitor":
             raise ConfigError(f"--dashboard is for --role monitor, not --role {args.role}")
@@ -377,6 +423,9 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     except BaseException as e:  # task groups wrap errors in exception groups; report the cause plainly
         cause = _leaf(e)
+        if (why := bind_problem(cause)) is not None:
+            print(f"error: {why}", file=sys.stderr)
+            return 2
         code = EXIT_CODES.get(type(cause)) or next((c for t, c in EXIT_CODES.items() if isinstance(cause, t)), None)
         if code is None:
             raise

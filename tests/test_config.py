@@ -86,3 +86,47 @@ def test_launch_refuses_a_device_the_host_lacks():
     out = subprocess.run([sys.executable, "launch.py", "--role", "learner", "trainer.device=cuda:7"],
                          cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "trainer.device=cuda:7: this host has" in out.stderr
+
+
+def _launch_error(*args: str) -> tuple[int, list[str]]:
+    """Exit code and stderr lines of a launch.py that should stop at once."""
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "launch.py", *args], cwd=Path(__file__).resolve().parent.parent,
+                         capture_output=True, text=True, timeout=120)
+    return out.returncode, out.stderr.splitlines()
+
+
+@pytest.mark.parametrize("args, named", [
+    (["--role", "learner", "--learner", "notanaddress"], "--learner"),
+    (["--role", "collector", "--learner", "tcp://hub-without-port"], "--learner"),
+    (["--role", "prior", "--prior", "tcp://0.0.0.0:port"], "--prior"),
+])
+def test_a_bad_address_is_one_error_line_naming_the_flag(args, named, tmp_path):
+    """Issue 21: --learner notanaddress ended in a 33-line traceback (exit 1)."""
+    code, lines = _launch_error(*args, "--max-seconds", "5", f"run.out_dir={tmp_path}")
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1 and named in errors[0], lines
+    assert not any("Traceback" in ln for ln in lines), lines
+
+
+def test_a_port_in_use_is_one_error_line(tmp_path):
+    """Issue 21: a hub on a port another process holds ended in a 48-line traceback (exit 1)."""
+    import socket
+
+    from pzstream.stream.transport import free_base_port
+
+    port = free_base_port()
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", port + 2))  # the hub's log intake port, P+2: every one of the four counts
+    holder.listen()
+    try:
+        code, lines = _launch_error("--role", "learner", "--learner", f"tcp://127.0.0.1:{port}", "--max-seconds", "5",
+                                    "trainer.enabled=false", "ppo.enabled=false", f"run.out_dir={tmp_path}")
+    finally:
+        holder.close()
+    errors = [ln for ln in lines if ln.startswith("error:")]
+    assert code == 2 and len(errors) == 1, lines
+    assert "Address already in use" in errors[0] and f"127.0.0.1:{port + 2}" in errors[0], errors
+    assert not any("Traceback" in ln for ln in lines), lines
