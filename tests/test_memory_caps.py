@@ -420,6 +420,7 @@ def test_log_intake_caps_sizes_and_attributes_records_to_their_connection(procs)
         for _ in range(3):
             pub.send_multipart(record("collector", "y" * (2 * max_log)))  # over the cap: counted here
             pub.send_multipart(record("learner", "hub says: all good"))  # the hub's own role: refused
+            pub.send_multipart(record("hub", "hub says: all good"))  # the name monitors show it under: refused
             pub.send_multipart([b"collector/x", b"\xc1 not a record"])
             pub.send_multipart(record("collector", "still heard"))
         t_end = time.monotonic() + 3
@@ -433,12 +434,25 @@ def test_log_intake_caps_sizes_and_attributes_records_to_their_connection(procs)
         mon.close(0)
         summary = hub.stop()
     assert [r.message for r in seen[1:] if r.role == "collector"].count("still heard") == 3
-    assert not any(r.role == "learner" and "all good" in r.message for r in seen)
+    assert not any("all good" in r.message for r in seen)
     assert all(r.sender.endswith("@127.0.0.1") for r in seen if r.role != "learner")
     caps = summary["caps"]
-    assert caps["log_records_too_large"] == 3 and caps["log_records_spoofed"] == 3, caps
+    assert caps["log_records_too_large"] == 3 and caps["log_records_spoofed"] == 6, caps
     assert caps["log_records_malformed"] == 3, caps
     assert hub.peak_growth() < 64 * max_log + SLACK, hub.peak_growth() / MiB
+
+
+@pytest.mark.parametrize("role", ["learner", "hub", "HUB", " Hub ", "learner/hub", "hub/x", "Learner"])
+def test_a_peers_record_claiming_any_of_the_hubs_names_is_refused(role):
+    """Issue 21: a record claiming the role ``hub`` reached monitors (only ``learner`` was refused)."""
+    from pzstream.stream.transport import attributed_log
+
+    rec = wire.Log(role=role, sender="hub", level=30, time=time.time(), logger="l", message="all good")
+    assert attributed_log([f"{role}/hub".encode(), wire.encode(rec)], 64 * 1024) == (None, "log_records_spoofed")
+    for fine in ("collector", "prior", "trainer", "hubcap"):  # others pass, attributed to their connection
+        rec = wire.Log(role=fine, sender="hub", level=30, time=time.time(), logger="l", message="ok")
+        out, why = attributed_log([f"{fine}/hub".encode(), wire.encode(rec)], 64 * 1024)
+        assert out is not None and why == "" and wire.decode(out[1]).sender == "hub@local"
 
 
 def test_the_monitor_prints_a_peers_text_on_lines_of_its_own_record():

@@ -47,6 +47,15 @@ ID_IN_USE_WAIT_S = 60.0
 HUB_OWN_LOGS = "inproc://pzstream-hub-own-logs"
 #: The role of the hub's own records; the log intake drops peers' records that claim it.
 HUB_LOG_ROLE = "learner"
+#: Every name a monitor shows the hub's own records under (``learner/hub``): a peer's record whose role
+#: is one of them, in any case or followed by ``/...``, is refused.
+HUB_LOG_NAMES = frozenset({HUB_LOG_ROLE, "hub"})
+
+
+def claims_hub_role(role: str) -> bool:
+    """Whether a record's ``role`` would show as the hub's in a monitor: ``learner``, ``hub``, ``Hub``,
+    `` hub``, ``learner/hub`` (the role is printed before a ``/``, so its first part is what reads as one)."""
+    return role.split("/", 1)[0].strip().lower() in HUB_LOG_NAMES
 
 
 class SecurityError(RuntimeError):
@@ -329,7 +338,7 @@ def attributed_log(frames: list, max_bytes: int) -> tuple[list[bytes] | None, st
         return None, "log_records_malformed"
     if not isinstance(rec, Log):
         return None, "log_records_malformed"
-    if rec.role == HUB_LOG_ROLE:
+    if claims_hub_role(rec.role):
         return None, "log_records_spoofed"
     peer = peer_of(frames[1]) if isinstance(frames[1], zmq.Frame) else "local"
     role, sender = printable(rec.role, 32), f"{printable(rec.sender)}@{peer}"
