@@ -28,6 +28,7 @@ from pzstream.stream.journal import PeerRecord, SegmentJournal, SegmentRecord, j
 from pzstream.hub.parts import AcceptedSegment
 from pzstream.hub.prompt_queue import PromptQueue
 from pzstream.stream import wire
+from pzstream.stream.weights import latest_on_disk
 
 # ------------------------------------------------------------------------------ atomic parts
 
@@ -240,7 +241,7 @@ def test_kill_9_at_a_random_point_then_resume_loses_no_acknowledged_segment(tmp_
     err = tmp_path / "resumed.err"
     wait_until(lambda: err.exists() and "resumed from checkpoint" in err.read_text(), 60, "the resume", resumed, err)
     assert f"resumed from checkpoint {saved.step}" in err.read_text()
-    wait_until(lambda: f"published wm v{mirror_wm + 1} " in err.read_text(), 120,
+    wait_until(lambda: latest_on_disk(run_dir / "weights", "wm")[0] > mirror_wm, 120,
           "the resumed trainer's first version, above the saved ones", resumed, err)
     accepted_then = saved.manifest.counters["segments_accepted"]
     wait_until(lambda: "collector c0 joined" in err.read_text() and "collector c1 joined" in err.read_text(), 60,
@@ -256,7 +257,7 @@ def test_kill_9_at_a_random_point_then_resume_loses_no_acknowledged_segment(tmp_
     summary = _last_json(tmp_path / "resumed.out")
     assert summary["checkpoint"]["resumed_from"]["hub"] == saved.step
     assert summary["segments_accepted"] > accepted_then, "counters continue above the saved ones"
-    assert summary["wm_version_published"] > mirror_wm and f"published wm v{mirror_wm + 1} " in err.read_text()
+    assert summary["wm_version_published"] > mirror_wm
     final = _newest(run_dir, "trainer")
     assert final.manifest.counters["updates"] > trainer_saved["updates"], "the trainer's updates continue"
     assert "trainer resumed from checkpoint" in (run_dir / "helpers.log").read_text()

@@ -152,9 +152,12 @@ def last_json(path: Path) -> dict:
     return json.loads(path.read_text().strip().splitlines()[-1])
 
 
-def published(err: Path, model: str) -> int:
-    """The newest version of ``model`` the hub's log says it published (0: none yet)."""
-    return max((int(v) for v in re.findall(rf"published {model} v(\d+) ", text(err))), default=0)
+def published(run_dir: Path, model: str) -> int:
+    """The newest version of ``model`` the hub published, from the run's weights mirror (0: none yet)."""
+    from pzstream.stream.weights import latest_on_disk
+
+    found = latest_on_disk(run_dir / "weights", model)
+    return found[0] if found is not None else 0
 
 
 def journal_keys(run_dir: Path) -> list[tuple[str, int]]:
@@ -216,16 +219,16 @@ def test_failed_updates_and_a_crashed_trainer_do_not_stop_training_or_lose_segme
 
     wait(lambda: "world-model update 7 failed" in text(helpers), 180, "the injected update failure", proc, err)
     assert "InjectedFault" in text(helpers), "logged with what raised"
-    v_failed, t_failed = published(err, "wm"), time.monotonic()
-    wait(lambda: published(err, "wm") >= v_failed + 2, 90, "new versions after the failed update", proc, err)
+    v_failed, t_failed = published(run_dir, "wm"), time.monotonic()
+    wait(lambda: published(run_dir, "wm") >= v_failed + 2, 90, "new versions after the failed update", proc, err)
     after_failure_s = time.monotonic() - t_failed
 
     wait(lambda: f"world-model trainer died (exit code {CRASH_EXIT_CODE})" in text(err), 120, "the trainer's crash",
          proc, err)
-    v_crash, t_crash = published(err, "wm"), time.monotonic()
-    wait(lambda: published(err, "wm") > v_crash, 150, "the restarted trainer's first version", proc, err)
+    v_crash, t_crash = published(run_dir, "wm"), time.monotonic()
+    wait(lambda: published(run_dir, "wm") > v_crash, 150, "the restarted trainer's first version", proc, err)
     restart_s = time.monotonic() - t_crash
-    wait(lambda: published(err, "wm") >= v_crash + 3, 90, "versions rising after the restart", proc, err)
+    wait(lambda: published(run_dir, "wm") >= v_crash + 3, 90, "versions rising after the restart", proc, err)
     resumed = re.search(r"trainer resumed from checkpoint (\d+): (\d+) updates", text(helpers))
     assert resumed, "the restarted trainer resumed from the run's checkpoints"
     summary, outs, _ = stop_all(collectors, proc, err, run_dir)
@@ -265,7 +268,7 @@ def test_a_failed_ppo_episode_is_counted_and_the_next_one_runs(tmp_path, address
     t_failed = time.monotonic()
     wait(lambda: "PPO episode 3 done" in text(err), 180, "the episode after the failed one", proc, err)
     next_ok_s = time.monotonic() - t_failed
-    wait(lambda: published(err, "llm") >= 2, 30, "the LLM versions of episodes 1 and 3", proc, err)
+    wait(lambda: published(run_dir, "llm") >= 2, 30, "the LLM versions of episodes 1 and 3", proc, err)
     summary, outs, keys = stop_all(collectors, proc, err, run_dir)
 
     assert summary["ppo_episodes_failed"] == 1 and summary["ppo_episodes_ok"] >= 2, summary

@@ -374,3 +374,34 @@ def test_the_report_reads_returns_per_game_from_the_series_with_env_steps():
     got = returns_by_game(tracker, {"a": "zork1", "b": "zork1"})
     assert got["zork1"].episodes == 3 and got["zork1"].recent_mean == 3.0 and got["zork1"].collectors == 2
     assert tracker.recent_means() == {"a": 2.0, "b": 5.0}
+
+
+def test_the_report_line_counts_publishes_and_no_line_is_logged_per_publish(caplog):
+    """Issue 21: the quick start printed one line per world-model publish (about one a second),
+    burying the periodic report. Publishes are counted in the report line (newest version, how many
+    in all and since the report before) and each publish logs at DEBUG only."""
+    import logging
+    import time
+
+    from support import HubThread, free_base_port, hub_config
+
+    address = f"tcp://127.0.0.1:{free_base_port()}"
+    with caplog.at_level(logging.INFO, logger="pzstream.learner"):
+        hub = HubThread(hub_config(address, "hub.report_every_s=0.3")).start()
+        try:
+            for _ in range(3):
+                hub.call(hub.hub.publish, "wm", b"world-model weights")
+            hub.call(hub.hub.publish, "llm", b"llm weights")
+
+            def lines() -> list[str]:
+                return [r.getMessage() for r in caplog.records if r.name == "pzstream.learner"]
+
+            deadline = time.monotonic() + 30
+            while not any("published 3, 0 new" in line for line in lines()) and time.monotonic() < deadline:
+                time.sleep(0.1)
+        finally:
+            hub.stop()
+    reports = [line for line in lines() if line.startswith("segments ")]
+    assert any("wm v3 (published 3, 3 new;" in line and "llm v1 (published 1, 1 new)" in line for line in reports), reports
+    assert any("wm v3 (published 3, 0 new;" in line for line in reports), reports  # the next report: none new
+    assert not any(line.startswith("published ") for line in lines())

@@ -35,5 +35,7 @@ def test_quick_start_shows_every_part_working_and_a_readable_terminal():
     stray = [ln for ln in terminal.splitlines()
              if ln.strip() and not HUB_LINE.match(ln) and not ln.startswith(LAUNCH_LINES)]
     assert not stray, stray[:20]
+    # publishes are counted in the periodic report line, not printed one a line (issue 21)
+    assert "published wm v" not in terminal and re.search(r"wm v\d+ \(published \d+, \d+ new;", terminal), terminal[-3000:]
     helpers = (REPO / "runs" / "test-quick-start" / "helpers.log").read_text(errors="replace")
     assert "trainer/wm" in helpers and "ppo/orz" in helpers  # the helpers' output went to their log file

@@ -31,7 +31,7 @@ from support import REPO, FakeHubRouter, HubThread, dealer, free_base_port, hub_
 from pzstream.stream import wire
 from pzstream.stream.liveness import LoopClock, excused, loop_stall_s
 from pzstream.stream.transport import NoticeSubscriber, SegmentSender, handshake_rejection
-from pzstream.stream.weights import BlobAssembler, WeightsStore
+from pzstream.stream.weights import BlobAssembler, WeightsStore, latest_on_disk
 from pzstream.stream.weights_client import WeightsClient
 
 HEARTBEAT_S = 0.25
@@ -98,7 +98,7 @@ def test_hub_stopped_past_the_peer_timeout_resumes_without_false_alarms(address,
              and all(installed_versions(logs[c]) for c in COLLECTORS), 90, "3 collectors streaming with trained weights", hub)
     hub.send_signal(signal.SIGSTOP)
     stopped_at = time.monotonic()
-    published_before = max(int(v) for v in re.findall(r"published wm v(\d+)", hub_err.read_text()))
+    published_before = latest_on_disk(tmp_path / "run" / "weights", "wm")[0]  # the run's weights mirror
     time.sleep(STOP_S)
     resumed_at = time.monotonic()
     hub.send_signal(signal.SIGCONT)

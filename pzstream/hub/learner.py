@@ -213,7 +213,8 @@ class LearnerHub:
         helpers = {"trainer": self.trainer.helper, "ppo": ppo.helper if ppo else None}
         return HubExtras(wm_updates=self.trainer.updates, trainer_stats=dict(self.trainer.stats),
                          trainer_dropped=self.trainer.dropped, ppo=figures, last_heard_s=heard,
-                         pids={name: h.pid for name, h in helpers.items() if h is not None})
+                         pids={name: h.pid for name, h in helpers.items() if h is not None},
+                         publishes=dict(self.versions.publishes))
 
     def summary(self) -> dict[str, object]:
         """The JSON summary ``launch.py`` prints last."""

@@ -31,6 +31,7 @@ class PublishedVersions:
         self.store = store
         self.notices: NoticePublisher | None = None
         self._latest = dict.fromkeys(MODELS, 0)
+        self.publishes = dict.fromkeys(MODELS, 0)  # versions published by this hub process (a resumed run's too)
         if store.directory is not None and store.directory.is_dir():
             for model in MODELS:
                 if (found := latest_on_disk(store.directory, model)) is not None:
@@ -57,9 +58,11 @@ class PublishedVersions:
         version = self._latest[model] + 1
         notice = self.store.put(model, version, data)
         self._latest[model] = version
+        self.publishes[model] += 1
         if self.notices is not None:
             await self.notices.publish(notice)
-        log.info("published %s v%d (%d bytes, sha256 %s)", model, version, notice.nbytes, notice.sha256[:12])
+        # DEBUG: a world model publishes about once a second; the periodic report line counts them
+        log.debug("published %s v%d (%d bytes, sha256 %s)", model, version, notice.nbytes, notice.sha256[:12])
         return notice
 
     async def announce(self) -> None:

@@ -9,7 +9,7 @@ import os
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import anyio
@@ -109,7 +109,8 @@ class HubExtras:
     """What the report reads beside :class:`HubStatus`, taken on the hub's loop.
 
     trainer_stats: the trainer's last stats (``loss/*`` among them); last_heard_s: peer id ->
-    seconds since the hub last heard from it; pids: helper name -> its process id (None: not running).
+    seconds since the hub last heard from it; pids: helper name -> its process id (None: not running);
+    publishes: model -> versions this hub published (``PublishedVersions.publishes``).
     """
 
     wm_updates: int
@@ -118,6 +119,7 @@ class HubExtras:
     ppo: PPOFigures | None
     last_heard_s: dict[str, float]
     pids: dict[str, int | None]
+    publishes: dict[str, int] = field(default_factory=dict)
 
 
 def returns_by_game(returns: ReturnTracker, games: dict[str, str], last: int = 10) -> dict[str, GameReturns]:
@@ -175,6 +177,19 @@ def report_record(s: HubStatus, x: HubExtras, returns: ReturnTracker, interval_s
         rss_bytes=rss_bytes)
 
 
+def report_line(s: HubStatus, x: HubExtras, segments_per_s: float, publishes_before: dict[str, int]) -> str:
+    """The periodic report's log line: ingest, collectors, and per model its newest version with how
+    many versions this hub published (in all, and since the report before: ``publishes_before``)."""
+    def published(model: str) -> str:
+        n = x.publishes.get(model, 0)
+        return f"published {n}, {n - publishes_before.get(model, 0)} new"
+
+    return (f"segments {s.segments_accepted} ({segments_per_s:.1f}/s), steps {s.env_steps}, rejected "
+            f"{s.rejected_by_reason or 0}, collectors live {s.live_collectors}, cache hit {100 * s.cache_hit_rate():.1f}%, "
+            f"wm v{s.wm_version} ({published('wm')}; updates {x.wm_updates}, lag mean "
+            f"{float(s.lag_wm.get('mean', 0.0)):.1f}), llm v{s.llm_version} ({published('llm')})")
+
+
 def measure_rss(pids: dict[str, int | None]) -> dict[str, int]:
     """Resident memory of this process (``hub``) and of each named helper that runs."""
     named = {"hub": os.getpid(), **{name: pid for name, pid in pids.items() if pid is not None}}
@@ -200,6 +215,7 @@ class HubReport:
         t0 = last_t = time.monotonic()
         s, x = self.status(), self.extras()  # a resumed hub's counters start where they stopped
         previous = (s.segments_accepted, s.env_steps, x.wm_updates)
+        publishes_before = dict(x.publishes)
         try:
             while True:
                 await anyio.sleep(self.every_s)
@@ -208,10 +224,8 @@ class HubReport:
                 previous, last_t = (s.segments_accepted, s.env_steps, x.wm_updates), now
                 publisher.publish(record)
                 lag_mean = float(s.lag_wm.get("mean", 0.0))
-                log.info("segments %d (%.1f/s), steps %d, rejected %s, collectors live %d, cache hit %.1f%%, "
-                         "wm v%d (updates %d, lag mean %.1f)", s.segments_accepted, record.segments_per_s, s.env_steps,
-                         s.rejected_by_reason or 0, s.live_collectors, 100 * s.cache_hit_rate(), s.wm_version,
-                         x.wm_updates, lag_mean)
+                log.info("%s", report_line(s, x, record.segments_per_s, publishes_before))
+                publishes_before = dict(x.publishes)
                 means = self.returns.recent_means()
                 for cid, mean in means.items():
                     log.info("returns %s (%s): last %d episodes mean %.2f", printable(cid),
