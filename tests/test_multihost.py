@@ -16,7 +16,7 @@ import warnings
 import pytest
 
 from pzstream.stream.transport import SecurityError, check_bind_security, generate_keys
-from support import REPO, free_base_port, launch
+from support import REPO, free_base_port, launch, wait_until
 
 
 def _ip(*args: str) -> None:
@@ -67,27 +67,32 @@ def test_hub_and_collector_on_different_hosts_with_curve(two_hosts, tmp_path, pr
     address = f"tcp://{hub_ip}:{free_base_port()}"
     py = [sys.executable, str(REPO / "launch.py")]
     common = ["hub.heartbeat_s=0.2", "hub.peer_timeout_heartbeats=10", "trainer.enabled=false", "collector.policy=random"]
-    hub = subprocess.Popen(on_hub + py + ["--role", "learner", "--learner", address, "--max-seconds", "60",
-                                          f"security.curve_dir={keys}", *common],
-                           cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    hub_err = tmp_path / "hub.err"
+    hub = subprocess.Popen(on_hub + py + ["--role", "learner", "--learner", address, "--max-seconds", "600",
+                                          f"security.curve_dir={keys}", f"run.out_dir={tmp_path}", *common],
+                           cwd=REPO, stdout=subprocess.PIPE, stderr=hub_err.open("wb"))
     procs.append(hub)
     remote = subprocess.Popen(on_collector + py + ["--role", "collector", "--learner", address, "--max-steps", "60",
                                                    "collector.id=remote", "collector.segment_steps=10",
                                                    f"security.curve_dir={keys}", *common],
                               cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(remote)
-    # a collector on the remote host without the keys: must get nowhere, and be counted
-    keyless = subprocess.Popen(on_collector + py + ["--role", "collector", "--learner", address, "--max-seconds", "8",
+    # a collector on the remote host without the keys: must get nowhere, and be counted. It runs until
+    # the hub has logged its refusal (once per kind), however long a loaded machine takes to start it
+    keyless = subprocess.Popen(on_collector + py + ["--role", "collector", "--learner", address, "--max-seconds", "300",
                                                     "collector.id=keyless", *common],
                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     procs.append(keyless)
-    out, err = remote.communicate(timeout=120)
+    out, err = remote.communicate(timeout=300)
     assert remote.returncode == 0, err.decode()[-3000:]
     assert json.loads(out.decode().splitlines()[-1])["env_steps"] == 60
+    wait_until(lambda: "rejected (handshake_failed)" in hub_err.read_text(errors="replace"), 240,
+               "the hub's refusal of the keyless collector", hub, hub_err)
+    keyless.send_signal(signal.SIGTERM)
     keyless.communicate(timeout=60)
     hub.send_signal(signal.SIGTERM)
-    out, err = hub.communicate(timeout=30)
-    assert hub.returncode == 0, err.decode()[-3000:]
+    out, _ = hub.communicate(timeout=60)
+    assert hub.returncode == 0, hub_err.read_text()[-3000:]
     summary = json.loads(out.decode().splitlines()[-1])
     assert summary["per_collector"]["remote"]["steps"] == 60, summary
     assert "keyless" not in summary["per_collector"]
