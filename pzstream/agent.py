@@ -59,6 +59,71 @@ class RandomPolicy:
         return Move(int(self.rng.integers(k)), np.full(k, 1.0 / k, np.float32), float("nan"))
 
 
+#: A move's LLM prior counts as ignored when it moves less than this share of the root prior's mass
+#: (``llm_prior_shift``): 1%, a hundredth of a visit per simulation.
+PRIOR_IGNORED_SHIFT = 0.01
+
+
+def llm_prior_shift(llm: np.ndarray, weight: np.ndarray, legal: np.ndarray) -> np.ndarray:
+    """float64 [B]: how much of each root prior's mass the LLM's preferences move, ``w * TV(llm, uniform)``.
+
+    llm: [B, K] the LLM's probabilities (any scale; renormalised over the legal slots); weight: [B]
+    its mixing weight w at the root; legal: bool [B, K]. The mixed prior ``(1 - w) wm + w llm`` is
+    ``(1 - w) wm + w u`` (what an LLM with no preference, uniform u over the legal candidates, gives)
+    plus ``w (llm - u)``: the LLM's information, which moves ``w * TV(llm, u)`` of the prior's mass
+    (TV = half the L1 distance). It is 0 when w is 0 or the LLM is uniform; a root with one legal
+    candidate has nothing to decide (0).
+    """
+    p = np.where(legal, np.asarray(llm, np.float64), 0.0)
+    p = p / np.maximum(p.sum(axis=-1, keepdims=True), 1e-12)
+    k = np.maximum(legal.sum(axis=-1, keepdims=True), 1)
+    tv = 0.5 * np.where(legal, np.abs(p - 1.0 / k), 0.0).sum(axis=-1)
+    return np.asarray(weight, np.float64) * tv
+
+
+@dataclass
+class PriorCounts:
+    """What the LLM prior did for a policy's moves, in its heartbeat stats (``as_stats``).
+
+    moves: moves searched with an LLM prior; errors: prior calls that raised; fallbacks: moves played
+    without an LLM prior although one is configured (it raised, or a prior server did not answer);
+    ignored: moves whose LLM prior could not steer the search, ``llm_prior_shift < PRIOR_IGNORED_SHIFT``
+    (its weight at the root was 0, or it was within 2% of uniform at weight 0.5); shift_sum: the
+    shifts of all its moves (their mean says how much the LLM steers). Ignored moves and fallbacks
+    are each logged once.
+    """
+
+    moves: int = 0
+    errors: int = 0
+    fallbacks: int = 0
+    ignored: int = 0
+    shift_sum: float = 0.0
+
+    def priced(self, shifts: np.ndarray, weights: np.ndarray) -> None:
+        """Count the moves of one call whose LLM prior moved ``shifts`` [B] at root weights ``weights`` [B]."""
+        ignored = shifts < PRIOR_IGNORED_SHIFT
+        if ignored.any() and self.ignored == 0:
+            i = int(np.argmax(ignored))
+            log.warning("the LLM prior had no effect on a move's search: at root weight %.2f it moved %.4f of the "
+                        "prior's mass (< %.2f; %s); such moves are counted as prior_ignored", weights[i], shifts[i],
+                        PRIOR_IGNORED_SHIFT, "the weight is 0" if weights[i] == 0 else "the LLM's prior is near uniform")
+        self.moves += len(shifts)
+        self.ignored += int(ignored.sum())
+        self.shift_sum += float(shifts.sum())
+
+    def fell_back(self, moves: int) -> None:
+        """``moves`` played without the LLM prior although one is configured."""
+        if self.fallbacks == 0:
+            log.warning("a move played without the LLM prior, which is configured (it failed or did not answer); "
+                        "such moves are counted as prior_fallbacks")
+        self.fallbacks += moves
+
+    def as_stats(self) -> dict[str, float]:
+        return {"prior_moves": float(self.moves), "prior_errors": float(self.errors),
+                "prior_fallbacks": float(self.fallbacks), "prior_ignored": float(self.ignored),
+                "prior_shift_mean": round(self.shift_sum / self.moves, 5) if self.moves else 0.0}
+
+
 class _Ask:
     """``MctsPolicy.search_roots``'s default: ask the LLM for the roots' priors in the call."""
 
@@ -93,12 +158,16 @@ class MctsPolicy:
         self._pending: tuple[object, int] | None = None
         self._lock = threading.Lock()
         self.prior_source = prior
-        self.prior_errors = 0
+        self.prior_counts = PriorCounts()
         self.mix, self.fixed_weight, self.adaptive_range = mix, fixed_weight, adaptive_range
 
     @property
     def llm_version(self) -> int:
         return self.prior_source.version if self.prior_source is not None else 0
+
+    @property
+    def prior_errors(self) -> int:
+        return self.prior_counts.errors
 
     def offer(self, model, version: int) -> None:
         with self._lock:
@@ -123,8 +192,8 @@ class MctsPolicy:
         try:
             got = self.prior_source.prior(histories, observations, valids)
         except Exception as e:
-            self.prior_errors += 1
-            if self.prior_errors == 1:
+            self.prior_counts.errors += 1
+            if self.prior_counts.errors == 1:
                 log.exception("LLM prior failed (%s); playing with the world model's prior for such moves", e)
             return None
         return list(got) if got is not None else None
@@ -132,7 +201,8 @@ class MctsPolicy:
     def roots_prior(self, root_logits: np.ndarray, legal: np.ndarray,
                     got: list[np.ndarray] | None) -> np.ndarray | None:
         """The mixed root prior [B, K] of the world model's root logits and the LLM's probabilities ``got``
-        (None: no LLM prior, the search uses the world model's own)."""
+        (None: no LLM prior, the search uses the world model's own). Counts what the LLM could steer
+        (``prior_counts``)."""
         from pzstream.search import mix_root_prior, root_llm_weight, softmax_masked
 
         if got is None:
@@ -143,6 +213,7 @@ class MctsPolicy:
             llm[i, :k] = probs[:k]
         wm = softmax_masked(root_logits, legal)
         weight = root_llm_weight(self.mix, wm, legal, self.fixed_weight, *self.adaptive_range)
+        self.prior_counts.priced(llm_prior_shift(llm, weight, legal), weight)
         return mix_root_prior(wm, llm, weight, legal)
 
     def act(self, history: History, observation: str, valid: list[str]) -> Move:
@@ -176,6 +247,8 @@ class MctsPolicy:
             net += time.perf_counter() - t0
             if isinstance(llm_probs, _Ask):
                 llm_probs = self.llm_priors(histories, observations, valids)
+            if llm_probs is None and self.prior_source is not None:
+                self.prior_counts.fell_back(len(valids))
             mixed = self.roots_prior(root.prior_logits, root.legal, llm_probs)
             result = run_search(RootFnOutput(prior_logits=root.prior_logits, value=root.value, handle=root.handle),
                                 recurrent, root.legal, self.search_cfg, self.rng, root_prior=mixed)
@@ -307,7 +380,9 @@ class ServedPolicy:
 
 
 class LlmPolicy:
-    """The LLM alone: the candidate with the highest prior (evaluation mode 'llm')."""
+    """The LLM alone: the candidate with the highest prior (evaluation mode 'llm'). Its moves are counted
+    as ``MctsPolicy``'s are, at weight 1 (``prior_counts``): a (near) uniform prior is ignored (the first
+    candidate wins the tie), a prior source's None a fallback (uniform); an error propagates."""
 
     name = "llm"
     wm_version = 0
@@ -315,6 +390,7 @@ class LlmPolicy:
     def __init__(self, prior: PriorSource):
         self.prior_source = prior
         self.net_s = 0.0
+        self.prior_counts = PriorCounts()
 
     @property
     def llm_version(self) -> int:
@@ -322,7 +398,13 @@ class LlmPolicy:
 
     def act(self, history: History, observation: str, valid: list[str]) -> Move:
         got = self.prior_source.prior([history], [observation], [valid])
-        probs = got[0] if got is not None else np.full(len(valid), 1.0 / len(valid), np.float32)
+        if got is None:
+            self.prior_counts.fell_back(1)
+            probs = np.full(len(valid), 1.0 / len(valid), np.float32)
+        else:
+            probs = got[0]
+            one = np.ones((1,), np.float64)
+            self.prior_counts.priced(llm_prior_shift(probs[None, :], one, np.ones((1, len(probs)), bool)), one)
         return Move(int(np.argmax(probs)), probs.astype(np.float32), float("nan"), probs)
 
 

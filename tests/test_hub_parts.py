@@ -405,3 +405,14 @@ def test_the_report_line_counts_publishes_and_no_line_is_logged_per_publish(capl
     assert any("wm v3 (published 3, 3 new;" in line and "llm v1 (published 1, 1 new)" in line for line in reports), reports
     assert any("wm v3 (published 3, 0 new;" in line for line in reports), reports  # the next report: none new
     assert not any(line.startswith("published ") for line in lines())
+
+
+def test_the_summarys_llm_prior_sums_the_peers_counts_and_weights_the_shift_by_moves():
+    from pzstream.hub.report import llm_prior_summary
+
+    peers = [{"prior_moves": 30.0, "prior_errors": 1.0, "prior_fallbacks": 2.0, "prior_ignored": 30.0, "prior_shift_mean": 0.0},
+             {"prior_moves": 10.0, "prior_errors": 0.0, "prior_fallbacks": 0.0, "prior_ignored": 0.0, "prior_shift_mean": 0.2},
+             {"env_steps": 50.0},  # random play, or no LLM: not counted
+             {"prior_moves": float("nan"), "prior_ignored": float("inf")}]  # a peer's stats may say anything
+    assert llm_prior_summary(peers) == {"moves": 40.0, "errors": 1.0, "fallbacks": 2.0, "ignored": 30.0,
+                                        "shift_mean": 0.05}

@@ -56,6 +56,9 @@ def test_prior_server_serves_collectors_and_they_fall_back_when_it_dies(address,
         hub.wait_for(lambda h: all(h.status().collectors[f"p{i}"].stats.get("prior_failures", 0) >= 1 for i in range(2)),
                      timeout=60, what="collectors noticing the prior server is gone")
         hub.wait_for(lambda h: len(h.segments()) >= before + 4, timeout=60, what="play goes on without it")
+        # the moves played without the configured prior are counted, per collector and in the summary
+        assert all(hub.status().collectors[f"p{i}"].stats.get("prior_fallbacks", 0) >= 1 for i in range(2))
+        assert hub.call(hub.hub.summary)["llm_prior"]["fallbacks"] >= 2
         for p in procs[1:]:
             p.send_signal(signal.SIGTERM)
         logs = []
@@ -66,6 +69,27 @@ def test_prior_server_serves_collectors_and_they_fall_back_when_it_dies(address,
     finally:
         hub.stop()
     assert all("playing with the world model's prior" in log for log in logs)
+
+
+def test_a_prior_that_cannot_steer_the_search_is_counted_in_the_hubs_summary(address, procs):
+    """Issue 21: wm_llm played exactly the moves of wm alone and nothing said so. At root weight 0
+    (llm.fixed_weight=0) the LLM is asked at every move and steers none: every move is counted as
+    ignored, in the collector's stats and the hub's summary, and logged once."""
+    hub = HubThread(hub_config(address)).start()
+    try:
+        collector = launch("--role", "collector", "--learner", address, "collector.id=muted", "hub.heartbeat_s=0.2",
+                           "--max-steps", "10", "llm.fixed_weight=0", *FAST)
+        procs.append(collector)
+        _, err = collector.communicate(timeout=180)
+        assert collector.returncode == 0, err.decode()[-3000:]
+        hub.wait_for(lambda h: h.status().collectors["muted"].stats.get("prior_moves", 0) >= 10, timeout=30,
+                     what="the collector's last stats")
+    finally:
+        summary = hub.stop()
+    stats = summary["collector_stats"]["muted"]
+    assert stats["prior_moves"] == stats["prior_ignored"] == 10 and stats["prior_fallbacks"] == 0, stats
+    assert summary["llm_prior"] == {"moves": 10.0, "errors": 0.0, "fallbacks": 0.0, "ignored": 10.0, "shift_mean": 0.0}
+    assert err.decode().count("counted as prior_ignored") == 1  # logged once, not per move
 
 
 def test_eval_reports_three_modes(tmp_path):

@@ -257,6 +257,26 @@ def valid_action_shares(s: HubStatus) -> dict[str, dict[str, float]]:
                 "over_budget_share": round(o / n, 4) if n else 0.0} for g, (v, p, o, n) in sums.items()}
 
 
+#: The LLM prior's counters in a peer's heartbeat stats (``pzstream.agent.PriorCounts.as_stats``).
+PRIOR_COUNTS = ("prior_moves", "prior_errors", "prior_fallbacks", "prior_ignored")
+
+
+def llm_prior_summary(peer_stats: list[dict[str, float]]) -> dict[str, float]:
+    """The LLM prior over every peer that searched with one (collectors, search servers): moves searched
+    with it, errors, fallbacks (moves without it although configured), moves it could not steer
+    (ignored), and the mean share of the root prior's mass it moved (weighted by moves)."""
+    out = {k[len("prior_"):]: 0.0 for k in PRIOR_COUNTS}
+    shift = 0.0
+    for st in peer_stats:
+        if "prior_moves" not in st:
+            continue
+        for k in PRIOR_COUNTS:
+            out[k[len("prior_"):]] += finite(st.get(k, 0.0)) or 0.0
+        shift += (finite(st.get("prior_shift_mean", 0.0)) or 0.0) * (finite(st["prior_moves"]) or 0.0)
+    out["shift_mean"] = round(shift / out["moves"], 5) if out["moves"] else 0.0
+    return out
+
+
 def ingest_summary(s: HubStatus) -> dict[str, object]:
     """The ingest half of the hub's summary (the parts add theirs)."""
     elapsed = s.elapsed_s
@@ -277,6 +297,7 @@ def ingest_summary(s: HubStatus) -> dict[str, object]:
         "per_collector": {cid: c.summary() for cid, c in s.collectors.items()},
         "readers": {rid: {"lost": r.lost, "closed": r.closed, **r.stats} for rid, r in s.readers.items()},
         "collector_stats": {cid: c.stats for cid, c in s.collectors.items() if c.stats},
+        "llm_prior": llm_prior_summary([c.stats for c in [*s.collectors.values(), *s.readers.values()]]),
         "lag": {"wm": s.lag_wm, "llm": s.lag_llm},
         "caps": dict(sorted(s.caps.items())),
         "megabytes": round(s.accepted_bytes / 1e6, 3),

@@ -107,6 +107,8 @@ def collector_stats(game, player: GamePlayer, plays: Plays, weights: WeightsClie
             **({"wm_version": float(policy.wm_version)} if policy.name == "mcts" else {}),
             **({"llm_version": float(prior.version), "prior_failures": float(getattr(prior, "failures", 0))}
                if prior is not None else {}),
+            # what the LLM prior did for this collector's own searches (moves, errors, fallbacks, ignored)
+            **(plays.local.prior_counts.as_stats() if prior is not None and isinstance(plays.local, MctsPolicy) else {}),
             **({"llm_version": float(served.llm_version)} if prior is None and served is not None and llm_enabled
                else {}),
             "weights_rejected": float(weights.stats.rejected if weights is not None else 0),

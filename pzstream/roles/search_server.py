@@ -142,11 +142,13 @@ class BatchSearch:
         """The LLM's reuse: roots answered from the memo, and prompt tokens the shared-prefix cache saved."""
         if self.prior is None:
             return {}
+        counts = self.policy.prior_counts.as_stats()  # what the prior did for the searches (issue 21)
         if not isinstance(self.prior, LocalPrior):
-            return {"prior_s": float(self.prior.net_s), "prior_failures": float(getattr(self.prior, "failures", 0))}
+            return {"prior_s": float(self.prior.net_s), "prior_failures": float(getattr(self.prior, "failures", 0)),
+                    **counts}
         memo, prefix = self.prior.memo, getattr(self.prior.backend, "prefix", None)
         return {"prior_s": float(self.prior.net_s), "memo_hits": float(memo.hits), "memo_misses": float(memo.misses),
-                "prefix_tokens_saved": float(prefix.tokens_saved) if prefix is not None else 0.0}
+                "prefix_tokens_saved": float(prefix.tokens_saved) if prefix is not None else 0.0, **counts}
 
     def price(self, roots: list[Root]) -> Priced:
         """Stage 1: the LLM prior over every root of the batch (one packed call)."""
