@@ -1,5 +1,5 @@
 """The LLM prior in the running system: built-in training reaches collectors, a prior server serves
-several collectors and collectors fall back when it dies, evaluation reports three modes."""
+several collectors and collectors fall back when it dies, evaluation reports four modes."""
 from __future__ import annotations
 
 import json
@@ -92,12 +92,12 @@ def test_a_prior_that_cannot_steer_the_search_is_counted_in_the_hubs_summary(add
     assert err.decode().count("counted as prior_ignored") == 1  # logged once, not per move
 
 
-def test_eval_reports_three_modes(tmp_path):
+def test_eval_reports_four_modes(tmp_path):
     p = launch("--role", "eval", "--episodes", "1", "--weights", str(tmp_path), "collector.max_episode_steps=8", *FAST)
     out, err = p.communicate(timeout=240)
     assert p.returncode == 0, err.decode()[-3000:]
     result = last_json(out)
-    assert set(result["scores"]) == {"wm", "wm_llm", "llm"}
+    assert set(result["scores"]) == {"random", "wm", "wm_llm", "llm"}
     assert all("tw-default" in result["scores"][m] for m in result["scores"])
     assert result["weights"] == {"wm": 0, "llm": 0, "from": str(tmp_path)}
     assert "wm_llm mean" in out.decode()  # the table

@@ -1,5 +1,7 @@
-"""Evaluation in three modes, without exploration noise: world model alone, world model with the
-LLM prior mixed in, and the LLM alone (its top-scored candidate).
+"""Evaluation in four modes, without exploration noise: uniform random play (the baseline), the world
+model alone, the world model with the LLM prior mixed in, and the LLM alone (its top-scored candidate).
+The output names the LLM (``llm.model`` and the directory it loaded from) and what its prior did in
+the modes that ask it (``PriorCounts``: moves, ignored, fallbacks, errors, mean shift).
 
 Weights come from a run's mirror directory (``runs/<run.name>/weights``, written by the hub);
 where a model has no published weights the untrained one is used, and the output says so. A
@@ -20,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pzstream.agent import GamePlayer, LlmPolicy, mcts_policy
+from pzstream.agent import GamePlayer, LlmPolicy, RandomPolicy, mcts_policy
 from pzstream.llm.factory import LocalPrior
 from pzstream.config import Config
 from pzstream.env import open_game
@@ -29,7 +31,7 @@ from pzstream.stream.weights_client import WeightsClient
 
 log = logging.getLogger("pzstream.eval")
 
-MODES = ("wm", "wm_llm", "llm")
+MODES = ("random", "wm", "wm_llm", "llm")
 
 
 def seed_everything(seed: int) -> None:
@@ -73,16 +75,20 @@ def evaluate(cfg: Config, games: list[str], episodes: int, weights_dir: Path | N
                     f"in {weights_dir}" if weights_dir is not None else "(no weights directory)",
                     "them" if len(untrained) > 1 else "it")
     search = dataclasses.replace(cfg.search_config(), root_noise_fraction=0.0, temperature=0.0)
-    log.info("evaluating %s x %d episodes with wm v%d, llm v%d (weights from %s)", ",".join(games), episodes,
-             wm_version, prior.version, weights_dir)
+    llm_dir = llm_directory(cfg)
+    log.info("evaluating %s x %d episodes with wm v%d, llm v%d (weights from %s); llm: %s (%s)", ",".join(games),
+             episodes, wm_version, prior.version, weights_dir, cfg.llm.model, llm_dir)
     scores: dict[str, dict[str, float]] = {m: {} for m in MODES}
     max_scores: dict[str, dict[str, int]] = {m: {} for m in MODES}
     returns: dict[str, dict[str, float]] = {m: {} for m in MODES}
     plays: dict[str, dict[str, str]] = {m: {} for m in MODES}
+    llm_prior: dict[str, dict[str, dict[str, float]]] = {m: {} for m in ("wm_llm", "llm")}
     for game_name in games:
         for mode in MODES:
             seed_everything(seed)  # each mode alike, whichever ran before it
-            if mode == "llm":
+            if mode == "random":
+                policy = RandomPolicy(seed)
+            elif mode == "llm":
                 policy = LlmPolicy(prior)
             else:
                 policy = mcts_policy(cfg, seed, prior if mode == "wm_llm" else None, search)
@@ -103,20 +109,44 @@ def evaluate(cfg: Config, games: list[str], episodes: int, weights_dir: Path | N
             max_scores[mode][name] = int(max(s.scores))
             returns[mode][name] = round(float(np.mean(s.returns)), 3)
             plays[mode][name] = digest.hexdigest()[:16]
+            if mode in llm_prior:
+                llm_prior[mode][name] = policy.prior_counts.as_stats()
             log.info("%s %s: mean score %.2f, max %d over %d episodes (%.0f s)", name, mode, scores[mode][name],
                      max_scores[mode][name], episodes, time.monotonic() - t)
     return {"scores": scores, "max_scores": max_scores, "returns": returns, "plays": plays, "episodes": episodes,
-            "seed": seed, "weights": {"wm": wm_version, "llm": prior.version,
-                                      "from": str(weights_dir) if weights_dir is not None else None}}
+            "seed": seed, "llm_prior": llm_prior,
+            "llm": {"model": cfg.llm.model, "dir": llm_dir},
+            "weights": {"wm": wm_version, "llm": prior.version,
+                        "from": str(weights_dir) if weights_dir is not None else None}}
+
+
+def llm_directory(cfg: Config) -> str:
+    """Where the LLM of ``llm.model`` was loaded from (the directory ``resolve_model`` gives the backends)."""
+    from pzstream.llm.tiny import resolve_model
+
+    return str(resolve_model(cfg.llm.model))
+
+
+def prior_line(mode: str, per_game: dict[str, dict[str, float]]) -> str:
+    """One line on what the LLM prior did in ``mode``, summed over its games."""
+    total = {k: sum(g[k] for g in per_game.values()) for k in ("prior_moves", "prior_ignored", "prior_fallbacks",
+                                                               "prior_errors")}
+    moves = total["prior_moves"]
+    shift = sum(g["prior_shift_mean"] * g["prior_moves"] for g in per_game.values()) / moves if moves else 0.0
+    ignored = f" ({100 * total['prior_ignored'] / moves:.0f}%)" if moves else ""
+    return (f"llm prior in {mode}: {moves:.0f} moves, {total['prior_ignored']:.0f} ignored{ignored}, "
+            f"{total['prior_fallbacks']:.0f} fallbacks, {total['prior_errors']:.0f} errors, mean shift {shift:.3f} "
+            f"of the root prior's mass")
 
 
 def format_table(result: dict[str, object]) -> str:
     """The scores as a text table: one row per game, a mean and a max column per mode, every
     column at least two spaces from the next whatever the lengths of game names and headers."""
     scores, maxes = result["scores"], result["max_scores"]  # type: ignore[index]
-    games = sorted({g for m in MODES for g in scores[m]})  # type: ignore[index]
-    header = ["game"] + [f"{m} {stat}" for m in MODES for stat in ("mean", "max")]
-    rows = [[g] + [cell for m in MODES for cell in (f"{scores[m][g]:.2f}", f"{maxes[m][g]:d}")]  # type: ignore[index]
+    modes = [m for m in MODES if m in scores]  # type: ignore[operator]
+    games = sorted({g for m in modes for g in scores[m]})  # type: ignore[index]
+    header = ["game"] + [f"{m} {stat}" for m in modes for stat in ("mean", "max")]
+    rows = [[g] + [cell for m in modes for cell in (f"{scores[m][g]:.2f}", f"{maxes[m][g]:d}")]  # type: ignore[index]
             for g in games]
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     lines = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))).rstrip()
@@ -124,6 +154,9 @@ def format_table(result: dict[str, object]) -> str:
     w = result["weights"]  # type: ignore[index]
     lines.append(f"{result['episodes']} episodes per game and mode, no exploration noise, seed {result.get('seed')}; "
                  f"world model v{w['wm']}, llm v{w['llm']}")
+    if llm := result.get("llm"):
+        lines.append(f"llm: {llm['model']} ({llm['dir']})")  # type: ignore[index]
+    lines += [prior_line(m, per_game) for m, per_game in (result.get("llm_prior") or {}).items() if per_game]
     return "\n".join(lines)
 
 
