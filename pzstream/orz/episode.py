@@ -70,6 +70,22 @@ class Rollout:
         return [[tokenizer.decode(list(r), skip_special_tokens=True) for r in group] for group in self.responses]
 
 
+def score_choices(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, history_len: int = 3,
+                  prior_prompt: PromptConfig | None = None, list_candidates: bool = True):
+    """Choice mode's scoring of every allowed answer by the current policy: (prompt ids, allowed
+    answer ids, shared answer tokens, scores), per prompt; answers are drawn from
+    softmax(scores / ``cfg.temperature``) (``rollout``; ``bench/ppo.py`` reads it as the policy's
+    expected reward)."""
+    tok = runtime.tokenizer
+    pcfg = prior_prompt or orz_prompt_config(history_len, cfg.prompt_max_len)
+    texts = scoring_prompts(tok, pcfg, [s.history for s in samples], [s.observation for s in samples],
+                            [s.candidates for s in samples], list_candidates)
+    prompt_ids = [encode_prompt(tok, t, cfg.prompt_max_len) for t in texts]
+    allowed = [encode_answers(tok, s.candidates, pcfg.continuation_template) for s in samples]
+    fixed = [shared_prefix_len(a) for a in allowed]
+    return prompt_ids, allowed, fixed, choice_scores(runtime.choice_logprobs(prompt_ids, allowed), fixed)
+
+
 def rollout(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, history_len: int = 3,
             seed: int = 0, prior_prompt: PromptConfig | None = None, list_candidates: bool = True) -> Rollout:
     """``n_samples_per_prompt`` responses to each prompt (see ``rollout.py`` for the two modes).
@@ -80,13 +96,8 @@ def rollout(runtime: Any, samples: Sequence[PromptSample], cfg: PPOSection, hist
     tok = runtime.tokenizer
     n = cfg.n_samples_per_prompt
     if cfg.answer_mode == "choice":
-        pcfg = prior_prompt or orz_prompt_config(history_len, cfg.prompt_max_len)
-        texts = scoring_prompts(tok, pcfg, [s.history for s in samples], [s.observation for s in samples],
-                                [s.candidates for s in samples], list_candidates)
-        prompt_ids = [encode_prompt(tok, t, cfg.prompt_max_len) for t in texts]
-        allowed = [encode_answers(tok, s.candidates, pcfg.continuation_template) for s in samples]
-        fixed = [shared_prefix_len(a) for a in allowed]
-        scores = choice_scores(runtime.choice_logprobs(prompt_ids, allowed), fixed)
+        prompt_ids, allowed, fixed, scores = score_choices(runtime, samples, cfg, history_len, prior_prompt,
+                                                           list_candidates)
         picks = sample_choices(scores, n, cfg.temperature, seed)
         return Rollout(prompt_ids, [[allowed[i][j] for j in row] for i, row in enumerate(picks)], fixed,
                        [[s.candidates[j] for j in row] for s, row in zip(samples, picks)])
