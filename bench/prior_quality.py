@@ -46,8 +46,8 @@ import numpy as np  # noqa: E402
 SMOKE = os.environ.get("PZSTREAM_BENCH_SMOKE") == "1"
 #: Games whose walkthrough reaches the maximum score and whose valid actions cost about a second
 #: or less a state here (measured: bench/RESULTS.md, "Walkthrough yardstick").
-DEFAULT_GAMES = ("zork1", "detective", "905", "advent", "adventureland", "balances", "deephome", "ludicorp")
-QUICK_GAMES = ("zork1", "detective", "905", "deephome")
+DEFAULT_GAMES = ("zork1", "zork3", "planetfall", "plundered", "detective", "905", "reverb", "night")
+QUICK_GAMES = ("zork1", "detective", "905", "reverb")
 DEFAULT_MODELS = ("smollm2-135m-instruct",)
 #: The smoke run's training: small segments and an early first update, so 25 s publish weights.
 SMOKE_TRAINING = ["collector.segment_steps=5", "trainer.min_replay_steps=20", "trainer.publish_every=5",
@@ -98,13 +98,25 @@ def target_logprob(scores: np.ndarray, target: int, temperature: float) -> float
     return float(x[target] - m - np.log(np.exp(x - m).sum()))
 
 
-def state_metrics(scores: list[np.ndarray], targets: list[int]) -> dict[str, float]:
-    """Mean reciprocal rank, top-1, top-3 and target log-prob per temperature over states."""
+def same_length(scores: np.ndarray, target: int, words: np.ndarray) -> tuple[np.ndarray, int]:
+    """The scores of the candidates with as many words as the target, and the target's index among
+    them: ranking there tells what a prior knows beyond how long an action is."""
+    keep = np.flatnonzero(np.asarray(words) == words[target])
+    return np.asarray(scores)[keep], int(np.flatnonzero(keep == target)[0])
+
+
+def state_metrics(scores: list[np.ndarray], targets: list[int],
+                  words: list[np.ndarray] | None = None) -> dict[str, float]:
+    """Mean reciprocal rank, top-1, top-3 and target log-prob per temperature over states; with
+    ``words`` (each candidate's word count) also the MRR among the target's same-length candidates."""
     if not scores:
         raise ValueError("no states to score")
     out = {"mrr": np.mean([reciprocal_rank(s, t) for s, t in zip(scores, targets)]),
            "top1": np.mean([top_k(s, t, 1) for s, t in zip(scores, targets)]),
            "top3": np.mean([top_k(s, t, 3) for s, t in zip(scores, targets)])}
+    if words is not None:
+        out["mrr_same_length"] = np.mean([reciprocal_rank(*same_length(s, t, w))
+                                          for s, t, w in zip(scores, targets, words)])
     for temp in TEMPERATURES:
         out[f"logp@{temp:g}"] = np.mean([target_logprob(s, t, temp) for s, t in zip(scores, targets)])
     return {k: float(v) for k, v in out.items()}
@@ -141,6 +153,11 @@ def build_all_states(games: list[str], settings, games_dir: str | None, cache_di
 
 
 # ---------------------------------------------------------------- the priors
+
+def candidate_words(candidates) -> np.ndarray:
+    """Words per candidate: the walkthrough's action is often a one-word move, so a prior that only
+    prefers short answers already beats uniform (the ``fewest_words`` baseline measures that)."""
+    return np.array([len(c.split()) for c in candidates])
 
 @dataclass(frozen=True)
 class Variant:
@@ -268,9 +285,9 @@ def load_world_model(cfg, weights_dir: Path | None):
 
 # ---------------------------------------------------------------- summaries and output
 
-def summarise(policy: dict, targets: dict[str, list[int]]) -> dict:
+def summarise(policy: dict, targets: dict[str, list[int]], words: dict[str, list[np.ndarray]]) -> dict:
     """A policy's figures per game and over games, and its milliseconds per root."""
-    per_game = {g: state_metrics(policy["scores"][g], targets[g]) for g in targets}
+    per_game = {g: state_metrics(policy["scores"][g], targets[g], words[g]) for g in targets}
     mean = over_games(per_game)
     temp, logp = best_temperature(mean)
     return {"per_game": per_game, "mean": mean, "best_temperature": temp, "target_logprob": logp,
@@ -288,26 +305,29 @@ def format_tables(summaries: dict[str, dict], all_states: dict, heads: dict[str,
     variant with its mean MRR, top-1, top-3, best temperature's target log-prob and cost."""
     cols = [(h, n) for h, n in heads.items() if n is not None]
     lines = ["walkthrough action's MRR per game (an LLM's column is its best variant, named below)",
-             f"{'game':<14}{'states':>7}{'K':>6}{'added':>6}" + "".join(f"{h:>14}" for h, _ in cols)]
+             f"{'game':<14}{'states':>7}{'K':>6}{'added':>6}" + "".join(f"{h[:13]:>14}" for h, _ in cols)]
     for g, ws in all_states.items():
         k = np.mean([len(s.candidates) for s in ws.states])
         lines.append(f"{g:<14}{len(ws.states):>7}{k:>6.1f}{ws.matches()['added']:>6}"
                      + "".join(f"{summaries[n]['per_game'][g]['mrr']:>14.3f}" for _, n in cols))
     lines.append(f"{'mean over games':<33}" + "".join(f"{summaries[n]['mean']['mrr']:>14.3f}" for _, n in cols))
     lines += ["", ", ".join(f"{h} = {n}" for h, n in cols if h != n), "",
-              f"{'policy / variant':<44}{'MRR':>7}{'top-1':>7}{'top-3':>7}{'logp(T*)':>10}{'T*':>6}{'ms/root':>9}"]
+              f"{'policy / variant':<46}{'MRR':>7}{'top-1':>7}{'top-3':>7}{'MRR|len':>8}{'logp(T*)':>10}{'T*':>6}"
+              f"{'ms/root':>9}"]
     for n, s in summaries.items():
         m = s["mean"]
-        lines.append(f"{n:<44}{m['mrr']:>7.3f}{m['top1']:>7.3f}{m['top3']:>7.3f}{s['target_logprob']:>10.3f}"
-                     f"{s['best_temperature']:>6g}{s['ms_per_root']:>9.1f}")
+        lines.append(f"{n:<46}{m['mrr']:>7.3f}{m['top1']:>7.3f}{m['top3']:>7.3f}{m['mrr_same_length']:>8.3f}"
+                     f"{s['target_logprob']:>10.3f}{s['best_temperature']:>6g}{s['ms_per_root']:>9.1f}")
+    lines.append("MRR|len: the MRR among the candidates with as many words as the walkthrough's action")
     return "\n".join(lines)
 
 
 def result_json(summaries: dict[str, dict], all_states: dict, models: list[str], heads: dict, extra: dict) -> dict:
     """The JSON line: headline keys first, then every variant's figures."""
-    r = lambda x: round(float(x), 4)  # noqa: E731
+    r = lambda x: round(float(x), 4) if np.isfinite(x) else None  # noqa: E731  (strict JSON has no inf)
     ms_key = "ms_per_root_gpu" if extra["device"].startswith("cuda") else "ms_per_root_cpu"
     tiny = heads["tiny"]
+    fewest = summaries["fewest_words"]["mean"]
     out = {"bench": "prior_quality", "games": list(all_states), "states": sum(len(w.states) for w in all_states.values()),
            "states_per_game": {g: len(w.states) for g, w in all_states.items()},
            "candidates_mean": r(np.mean([len(s.candidates) for w in all_states.values() for s in w.states])),
@@ -315,11 +335,15 @@ def result_json(summaries: dict[str, dict], all_states: dict, models: list[str],
            "walkthrough_score": {g: [w.walkthrough_score, w.max_score] for g, w in all_states.items()},
            "mrr_uniform": r(summaries["uniform"]["mean"]["mrr"]), "top1_uniform": r(summaries["uniform"]["mean"]["top1"]),
            "top3_uniform": r(summaries["uniform"]["mean"]["top3"]),
+           "mrr_fewest_words": r(fewest["mrr"]), "top1_fewest_words": r(fewest["top1"]),
+           "one_word_targets": r(np.mean([len(s.candidates[s.target].split()) == 1
+                                          for w in all_states.values() for s in w.states])),
            "mrr_tiny": r(summaries[tiny]["mean"]["mrr"]), "tiny_variant": tiny.split(" ", 1)[1],
            "mrr_real": {}, "top1_real": {}, "top3_real": {}}
     for label in models:
         best = heads[label]
-        out["mrr_real"][label] = {"mrr": r(summaries[best]["mean"]["mrr"]), "variant": best.split(" ", 1)[1]}
+        out["mrr_real"][label] = {"mrr": r(summaries[best]["mean"]["mrr"]), "variant": best.split(" ", 1)[1],
+                                  "mrr_same_length": r(summaries[best]["mean"]["mrr_same_length"])}
         out["top1_real"][label] = r(summaries[best]["mean"]["top1"])
         out["top3_real"][label] = r(summaries[best]["mean"]["top3"])
     out["config_variant"] = {}
@@ -328,12 +352,14 @@ def result_json(summaries: dict[str, dict], all_states: dict, models: list[str],
         name = next((n for n in (f"{label} {v.name('mean')}", f"{label} {replace(v, chat=False).name('mean')}")
                      if n in summaries), None)
         out["config_variant"][label] = {"variant": name.split(" ", 1)[1], "mrr": r(summaries[name]["mean"]["mrr"])}
-    out[ms_key] = {h: round(summaries[n]["ms_per_root"], 2) for h, n in heads.items() if n is not None and h != "uniform"}
+    out[ms_key] = {h: round(summaries[n]["ms_per_root"], 2) for h, n in heads.items()
+                   if n is not None and h not in ("uniform", "fewest_words")}
     for wm in ("wm_untrained", "wm_trained"):
         s = summaries.get(wm)
         out[f"mrr_{wm}"] = r(s["mean"]["mrr"]) if s else None
         out[f"top1_{wm}"] = r(s["mean"]["top1"]) if s else None
     out["variants"] = {n: {"mrr": r(s["mean"]["mrr"]), "top1": r(s["mean"]["top1"]), "top3": r(s["mean"]["top3"]),
+                           "mrr_same_length": r(s["mean"]["mrr_same_length"]),
                            "target_logprob": r(s["target_logprob"]), "best_temperature": s["best_temperature"],
                            "logp_by_temperature": {f"{t:g}": r(s["mean"][f"logp@{t:g}"]) for t in TEMPERATURES},
                            "ms_per_root": round(s["ms_per_root"], 2),
@@ -341,6 +367,15 @@ def result_json(summaries: dict[str, dict], all_states: dict, models: list[str],
                        for n, s in summaries.items()}
     out.update(extra)
     return out
+
+
+def save_scores(path: str, policies: dict, all_states: dict) -> None:
+    """Every policy's scores per state beside its candidates and target, to analyse without rescoring."""
+    out = {g: [{"step": s.step, "candidates": list(s.candidates), "target": s.target, "match": s.match,
+                "scores": {n: [x if np.isfinite(x) else None for x in map(float, p["scores"][g][i])]
+                           for n, p in policies.items()}} for i, s in enumerate(ws.states)]
+           for g, ws in all_states.items()}
+    Path(path).write_text(json.dumps(out))
 
 
 def parse_models(text: str) -> dict[str, str]:
@@ -356,7 +391,8 @@ def parse_models(text: str) -> dict[str, str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help=f"games {','.join(QUICK_GAMES)}, 10 states each, 60 s training")
-    ap.add_argument("--games", default=None, help=f"comma-separated names or story files (default {','.join(DEFAULT_GAMES)})")
+    ap.add_argument("--games", default=None,
+                    help=f"comma-separated names or story files (default {','.join(DEFAULT_GAMES)})")
     ap.add_argument("--states", type=int, default=None, help="states per game (default 30; --quick 10)")
     ap.add_argument("--models", default=",".join(DEFAULT_MODELS), help="real LLMs: llm.model values, or LABEL=PATH")
     ap.add_argument("--device", default="cpu", help="cpu or cuda: where the LLMs and the world model score")
@@ -368,6 +404,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1, help="torch threads (1: as a collector scores)")
     ap.add_argument("--config", default=None, help="config file (default config/debug.yaml): llm.history_len, "
                     "llm.max_prompt_tokens and the world model's shape come from it")
+    ap.add_argument("--scores-out", default=None, help="write every policy's score of every candidate here (JSON)")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides")
     args = ap.parse_args()
     run(args)
@@ -396,8 +433,10 @@ def run(args) -> None:
     t0 = time.perf_counter()
     all_states = build_all_states([g for g in games if g], settings, str(games_dir), cfg.env.cache_dir)
     targets = {g: [s.target for s in ws.states] for g, ws in all_states.items()}
+    words = {g: [candidate_words(s.candidates) for s in ws.states] for g, ws in all_states.items()}
     policies = {"uniform": {"scores": {g: [np.zeros(len(s.candidates)) for s in ws.states]
-                                       for g, ws in all_states.items()}}}
+                                       for g, ws in all_states.items()}},
+                "fewest_words": {"scores": {g: [-w for w in words[g]] for g in words}}}
     for label, spec in {"tiny": "tiny", **models}.items():
         for name, p in score_llm(label, spec, cfg.llm, all_states, args.batch).items():
             policies[f"{label} {name}"] = p
@@ -414,13 +453,15 @@ def run(args) -> None:
             policies["wm_trained"] = score_world_model(wm, all_states, args.device, args.batch)
         else:
             log(f"the training run published no world-model weights in {train_s:.0f} s: no wm_trained figures")
-    summaries = {n: summarise(p, targets) for n, p in policies.items()}
-    heads = {"uniform": "uniform", "tiny": best_variant(summaries, "tiny"),
+    summaries = {n: summarise(p, targets, words) for n, p in policies.items()}
+    if args.scores_out:
+        save_scores(args.scores_out, policies, all_states)
+    heads = {"uniform": "uniform", "fewest_words": "fewest_words", "tiny": best_variant(summaries, "tiny"),
              **{label: best_variant(summaries, label) for label in models},
              "wm_untrained": "wm_untrained", "wm_trained": "wm_trained" if "wm_trained" in summaries else None}
     print(format_tables(summaries, all_states, heads))
-    extra = {"device": args.device, "llm_config": {"prompt_format": cfg.llm.prompt_format,
-                                                   "list_candidates": cfg.llm.list_candidates}, "threads": args.threads, "batch": args.batch, "models": models,
+    extra = {"device": args.device, "threads": args.threads, "batch": args.batch, "models": models,
+             "llm_config": {"prompt_format": cfg.llm.prompt_format, "list_candidates": cfg.llm.list_candidates},
              "seeds": {"walkthrough_sample": args.seed, "world_model_untrained": "VERSION0_SEED (fixed)"},
              "settings": {"states_per_game": n_states, "history_steps": settings.history_steps,
                           "history_len": cfg.llm.history_len, "max_prompt_tokens": cfg.llm.max_prompt_tokens,

@@ -11,7 +11,8 @@ from support import REPO
 sys.path.insert(0, str(REPO))
 
 from bench.prior_quality import (  # noqa: E402
-    over_games, parse_models, reciprocal_rank, state_metrics, target_logprob, top_k, uniform_reciprocal_rank)
+    over_games, parse_models, reciprocal_rank, same_length, state_metrics, target_logprob, top_k,
+    uniform_reciprocal_rank)
 
 
 def test_reciprocal_rank_and_top_k_of_a_strict_order():
@@ -53,3 +54,12 @@ def test_state_metrics_and_the_mean_over_games_weigh_each_game_the_same():
 def test_models_are_named_or_labelled():
     assert parse_models("smollm2-135m-instruct, mine=/tmp/dir") == {"smollm2-135m-instruct": "smollm2-135m-instruct",
                                                                    "mine": "/tmp/dir"}
+
+
+def test_same_length_ranking_leaves_out_candidates_of_other_lengths():
+    words = np.array([1, 2, 2, 1, 2])
+    scores = np.array([9.0, 1.0, 3.0, 8.0, 2.0])  # the one-word moves score highest
+    sub, t = same_length(scores, 4, words)
+    assert list(sub) == [1.0, 3.0, 2.0] and t == 2 and reciprocal_rank(sub, t) == 0.5
+    m = state_metrics([scores], [4], [words])
+    assert m["mrr"] == pytest.approx(1 / 4) and m["mrr_same_length"] == pytest.approx(1 / 2)
