@@ -398,6 +398,12 @@ def main(argv: list[str] | None = None) -> int:
             raise ConfigError(f"--dashboard is for --role monitor, not --role {args.role}")
         if args.role in ("learner", "all", "search", "prior", "collector", "eval"):
             check_placement(cfg, args.role)
+            if cfg.llm.enabled:  # a model that cannot load stops here, before any role starts
+                from pzstream.llm.packaged import ModelError, check_model
+                try:
+                    print(f"llm: {check_model(cfg.llm.model)}", file=sys.stderr)
+                except ModelError as e:
+                    raise ConfigError(str(e)) from e
         if args.role in ("learner", "all") and args.helper_output == "file":
             # the run directory as each role's hub places it (--role all: under the repository)
             run_dir = Path(cfg.run.out_dir) / cfg.run.name

@@ -210,8 +210,10 @@ class LLMSection(_Section):
 
     enabled: bool = Field(True, description="score candidates with the LLM and mix its prior into the root")
     model: str = Field("tiny", description="'tiny' (built locally), 'random:qwen2.5-0.5b' / -1.5b / -7b (a real shape "
-                                           "with random weights, built locally: pzstream/llm/shapes.py), a local "
-                                           "directory, or a Hugging Face name")
+                                           "with random weights, built locally: pzstream/llm/shapes.py), "
+                                           "'smollm2-135m-instruct' / 'gemma3-270m' (packaged pretrained models) or a "
+                                           ".gguf file (converted once to a cached model directory: "
+                                           "pzstream/llm/packaged.py), a local directory, or a Hugging Face name")
     backend: Literal["transformers", "vllm"] = Field("transformers", description="scoring engine of collectors and prior servers")
     device: str = "cpu"
     dtype: Literal["float32", "bfloat16"] = Field(

@@ -1,7 +1,8 @@
 """A pytest plugin for CI: a test skipped because an optional stack that ``scripts/setup.sh``
-installs is missing (vLLM, Ray, DeepSpeed, LightZero, the Jericho games) fails instead, when
-``PZSTREAM_REQUIRE_STACKS=1``. On a developer's machine a missing stack stays a skip; in CI a
-broken install must not pass as a green run with those tests silently left out."""
+installs is missing (vLLM, Ray, DeepSpeed, LightZero, the Jericho games, the packaged SmolLM2 and
+Gemma models) fails instead, when ``PZSTREAM_REQUIRE_STACKS=1``. On a developer's machine a missing
+stack stays a skip; in CI a broken install must not pass as a green run with those tests silently
+left out."""
 from __future__ import annotations
 
 import os
@@ -9,7 +10,7 @@ import re
 
 import pytest
 
-REQUIRED_STACKS = ("vLLM", "Ray", "DeepSpeed", "LightZero", "Jericho")
+REQUIRED_STACKS = ("vLLM", "Ray", "DeepSpeed", "LightZero", "Jericho", "SmolLM2", "Gemma")  # the last two: packaged models
 _NAMES = re.compile(r"\b(" + "|".join(REQUIRED_STACKS) + r")\b", re.IGNORECASE)
 
 

@@ -269,6 +269,9 @@ def resolve_model(name_or_path: str) -> str:
     * ``"tiny"`` -> the locally built tiny model (built on first use);
     * ``"random:<shape>"`` (e.g. ``"random:qwen2.5-0.5b"``) -> a real architecture with random
       weights, built locally on first use (``pzstream.llm.shapes``);
+    * a packaged pretrained model (``"smollm2-135m-instruct"``, ``"gemma3-270m"``) or a ``.gguf``
+      file -> a model directory dequantized from it on first use and cached by the file's hash
+      (``pzstream.llm.packaged``; ``ModelError`` naming the file and the cause if it cannot load);
     * an existing directory -> that directory;
     * a Hugging Face repo id such as ``"Qwen/Qwen2.5-0.5B-Instruct"`` -> passed through
       unchanged (it loads where the user has it in the Hugging Face cache);
@@ -285,17 +288,22 @@ def resolve_model(name_or_path: str) -> str:
         from .shapes import build_random  # imported here: shapes builds on this module
 
         return str(build_random(s[len(RANDOM_PREFIX):]))
+    from .packaged import is_gguf_model, resolve_gguf  # imported here: packaged builds on this module
+
+    if is_gguf_model(s):
+        return str(resolve_gguf(s))
     p = Path(s).expanduser()
     if p.is_dir():
         return str(p)
     if p.exists():
-        raise FileNotFoundError(f"model path {s!r} is a file, expected a model directory "
-                                "(with config.json) or a Hugging Face repo id")
+        raise FileNotFoundError(f"model path {s!r} is a file, expected a .gguf file, a model "
+                                "directory (with config.json) or a Hugging Face repo id")
     path_like = (s.startswith(("/", "./", "../", "~", "\\")) or s.count("/") > 1
                  or "\\" in s or s in (".", ".."))
     if path_like:
         raise FileNotFoundError(
             f"model path {s!r} does not exist; pass 'tiny' for the built-in tiny model, "
-            "'random:qwen2.5-0.5b' (or -1.5b, -7b) for a real shape with random weights, an "
-            "existing model directory, or a Hugging Face repo id (e.g. 'Qwen/Qwen2.5-0.5B')")
+            "'random:qwen2.5-0.5b' (or -1.5b, -7b) for a real shape with random weights, "
+            "'smollm2-135m-instruct' or 'gemma3-270m' for a packaged pretrained model, a .gguf "
+            "file, an existing model directory, or a Hugging Face repo id (e.g. 'Qwen/Qwen2.5-0.5B')")
     return s
