@@ -18,8 +18,8 @@ eos), the encoding the collectors' prior scores, so SFT moves exactly the scores
 made of.
 
 Everything a loss needs is computed first (teacher-forced token log-probs from one batched,
-right-padded forward, ``logprobs.token_logprobs``); the losses are the pure functions of
-``losses.py``.
+right-padded forward, ``logprobs.token_logprobs``; ``sft_visits`` scores each sample's candidates in
+one packed row, ``packed_scores``); the losses are the pure functions of ``losses.py``.
 
     samples = samples_from_segments(segments, PromptConfig())
     trainer = LLMTrainer(model, tokenizer, mode="sft", lr=3e-3)
@@ -44,7 +44,7 @@ from .losses import (clip_fraction, k3_kl, masked_mean, ppo_clip_loss, rft_loss,
                      sft_visit_loss)
 from .prior import candidate_logprobs_shared
 from .prompts import PromptConfig, build_prompt, fit_prompt
-from .tokens import DEFAULT_CONTINUATION, encode_pair, pad_id
+from .tokens import DEFAULT_CONTINUATION, encode_answers, encode_pair, pad_id, prompt_ids
 
 # The root values an advantage is measured against were searched at the world model's discount;
 # the n-step target z must use the same one, or z - V is biased (0.99 against 0.997 pushed every
@@ -163,21 +163,54 @@ def samples_from_segments(segments: Sequence[Segment], prompt_cfg: PromptConfig 
 
 
 def candidate_scores(model, tokenizer, samples: Sequence[LLMSample], device: str | torch.device = "cpu",
-                     continuation: str = DEFAULT_CONTINUATION, max_prompt_tokens: int | None = None,
-                     rows_per_forward: int = 256) -> list[torch.Tensor]:
+                     continuation: str = DEFAULT_CONTINUATION, max_prompt_tokens: int | None = None) -> list[torch.Tensor]:
     """Mean token log-prob of every candidate of every sample, differentiable.
 
-    Teacher-forced, one full row per (prompt, candidate) (plain, no KV cache), so gradients
-    reach every candidate. Returns one float32 [K_i] tensor per sample.
-    """
-    pairs = [encode_pair(tokenizer, s.prompt, c, continuation, max_prompt_tokens) for s in samples for c in s.candidates]
-    pad = pad_id(tokenizer)
-    chunks = []
-    for lo in range(0, len(pairs), rows_per_forward):
-        pk = pack(pairs[lo:lo + rows_per_forward], pad)
-        chunks.append(mean_logprob(token_logprobs(model, pk), pk.mask.to(device)))
-    flat = torch.cat(chunks) if chunks else torch.zeros(0)
-    return list(torch.split(flat, [len(s.candidates) for s in samples]))
+    Teacher-forced with the ids of ``tokens.encode_pair``, one packed row per sample
+    (``packed_scores``: its prompt once, then every candidate), so gradients reach every candidate.
+    Returns one float32 [K_i] tensor per sample."""
+    return [packed_scores(model, prompt_ids(tokenizer, s.prompt, max_prompt_tokens),
+                          encode_answers(tokenizer, s.candidates, continuation), device) for s in samples]
+
+
+def packed_scores(model, prompt: list[int], answers: list[list[int]], device: str | torch.device = "cpu") -> torch.Tensor:
+    """float32 [K]: the mean token log-prob of each answer after ``prompt``, differentiable.
+
+    One row ``[prompt, answer_1, ..., answer_K]`` with a 4-D additive mask: prompt tokens attend
+    causally within the prompt, each answer token to the whole prompt and causally to its own answer;
+    answer token j sits at position ``len(prompt) + j``, where it sits in its own full row. The same
+    numbers and gradients as K full rows of prompt + answer (``logprobs.token_logprobs``, tested) at
+    prompt + K x answer tokens instead of K x (prompt + answer): with a real model's prompts of a few
+    hundred tokens and tens of candidates, the full rows of one batch of 8 samples outgrew 20 GB of
+    activations (killed for memory on a 24 GiB machine)."""
+    if not answers or not all(answers):
+        raise ValueError("packed_scores needs at least one answer, each of at least one token")
+    prefix = getattr(model, "base_model_prefix", "model")
+    decoder, head = getattr(model, prefix), model.get_output_embeddings()
+    dev = torch.device(device)
+    P = len(prompt)
+    seg = [0] * P + [k + 1 for k, a in enumerate(answers) for _ in a]  # 0 prompt, k + 1 answer k
+    pos = list(range(P)) + [P + j for a in answers for j in range(len(a))]
+    seg_t = torch.tensor(seg, device=dev)
+    L = len(seg)
+    ar = torch.arange(L, device=dev)
+    allowed = (ar[:, None] >= ar[None, :]) & ((seg_t[:, None] == seg_t[None, :]) | (seg_t == 0)[None, :])
+    dtype = next(model.parameters()).dtype
+    mask = torch.zeros((1, 1, L, L), dtype=dtype, device=dev).masked_fill_(~allowed, torch.finfo(dtype).min)
+    ids = torch.tensor([prompt + [t for a in answers for t in a]], dtype=torch.long, device=dev)
+    hidden = decoder(input_ids=ids, attention_mask=mask, position_ids=torch.tensor([pos], device=dev),
+                     use_cache=False).last_hidden_state[0]
+    # answer k's token j is predicted at the last prompt position (j = 0) or at its token j - 1
+    at, owner, off = [], [], P
+    for k, a in enumerate(answers):
+        at += [P - 1] + list(range(off, off + len(a) - 1))
+        owner += [k] * len(a)
+        off += len(a)
+    logits = head(hidden[torch.tensor(at, device=dev)]).float()
+    targets = torch.tensor([t for a in answers for t in a], device=dev)
+    lp = logits.gather(1, targets[:, None]).squeeze(1) - torch.logsumexp(logits, dim=-1)
+    own = torch.tensor(owner, device=dev)
+    return torch.zeros(len(answers), device=dev).index_add(0, own, lp) / torch.bincount(own, minlength=len(answers))
 
 
 @torch.no_grad()
@@ -268,10 +301,28 @@ class LLMTrainer:
     def _update(self, loss: torch.Tensor) -> float:
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        return self._apply()
+
+    def _apply(self) -> float:
+        """Clip the gradients and step; returns their norm before clipping."""
         gn = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.max_grad_norm)
         self.opt.step()
         self.updates += 1
         return float(gn)
+
+    def _visit_update(self, samples: Sequence[LLMSample]) -> tuple[float, float]:
+        """One update of the visit loss (a mean over samples), each sample's graph built, run backward
+        and freed in turn, its gradient accumulated: one sample of tens of candidates holds about
+        1 GB of a 135 M model's activations, a batch at once B times that. Returns (loss, grad norm)."""
+        self.opt.zero_grad(set_to_none=True)
+        total = 0.0
+        for s in samples:
+            scores = candidate_scores(self.model, self.tokenizer, [s], self.device, self.continuation,
+                                      self.max_prompt_tokens)[0]
+            loss = sft_visit_loss(scores, torch.as_tensor(s.visits, dtype=torch.float32, device=self.device))
+            (loss / len(samples)).backward()
+            total += loss.item() / len(samples)
+        return total, self._apply()
 
     def step(self, samples: Sequence[LLMSample]) -> dict[str, float]:
         """One update on ``samples`` (``rft_epochs`` updates in RFT); returns the losses and the KL
@@ -287,25 +338,16 @@ class LLMTrainer:
             ref_lp = token_logprobs(self.ref, pk)
         metrics: dict[str, float] = {}
         if self.mode == "sft_visits":
-            scores = candidate_scores(self.model, self.tokenizer, samples, self.device, self.continuation,
-                                      self.max_prompt_tokens)
-            kmax = max(len(s.candidates) for s in samples)
-            sc = torch.full((len(samples), kmax), float("-inf"), device=self.device)
-            vis = torch.zeros((len(samples), kmax), device=self.device)
-            cmask = torch.zeros((len(samples), kmax), dtype=torch.bool, device=self.device)
-            for i, (s, x) in enumerate(zip(samples, scores)):
-                sc[i, :len(x)] = x
-                vis[i, :len(x)] = torch.as_tensor(s.visits, dtype=torch.float32)
-                cmask[i, :len(x)] = True
-            loss = sft_visit_loss(sc, vis, cmask)
             with torch.no_grad():  # KL on the chosen tokens, for the record
                 kl = masked_mean(k3_kl(token_logprobs(self.model, pk), ref_lp), mask)
+            loss_value, grad_norm = self._visit_update(samples)
         else:
             lp = token_logprobs(self.model, pk)
             kl = masked_mean(k3_kl(lp.detach(), ref_lp), mask)
             loss = sft_ce_loss(lp, mask)
-        metrics["train/llm_sft_loss"] = loss.item()
-        metrics["train/llm_grad_norm"] = self._update(loss)
+            loss_value, grad_norm = loss.item(), self._update(loss)
+        metrics["train/llm_sft_loss"] = loss_value
+        metrics["train/llm_grad_norm"] = grad_norm
         metrics["train/llm_kl"] = kl.item()
         return metrics
 

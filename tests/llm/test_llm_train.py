@@ -181,6 +181,58 @@ def test_sft_visits_step(data):
     assert math.isfinite(out["train/llm_sft_loss"]) and out["train/llm_sft_loss"] > 0
 
 
+def full_row_scores(model, tok, samples):
+    """Every (prompt, candidate) as its own full row: the plain teacher-forced reference."""
+    from pzstream.llm.logprobs import mean_logprob, pack, token_logprobs
+    from pzstream.llm.tokens import encode_pair, pad_id
+
+    pk = pack([encode_pair(tok, s.prompt, c) for s in samples for c in s.candidates], pad_id(tok))
+    return mean_logprob(token_logprobs(model, pk), pk.mask)
+
+
+def test_sft_visits_scores_equal_full_rows_in_values_and_gradients(data):
+    """sft_visits runs each prompt once and its candidates on the KV cache: the same scores, and the
+    same gradients, as a full row per candidate (answers of 1 to several tokens, ragged)."""
+    from pzstream.llm.train import candidate_scores
+
+    model, tok, st, _ = data
+    model.train()
+    samples = [s for s in st if len(s.candidates) > 2][:3]
+    params = [p for p in model.parameters() if p.requires_grad]
+    shared = torch.cat(candidate_scores(model, tok, samples))
+    g_shared = torch.autograd.grad((shared * torch.linspace(-1, 1, len(shared))).sum(), params)
+    full = full_row_scores(model, tok, samples)
+    g_full = torch.autograd.grad((full * torch.linspace(-1, 1, len(full))).sum(), params)
+    assert torch.allclose(shared, full, atol=1e-4), (shared, full)
+    for a, b in zip(g_shared, g_full):
+        assert torch.allclose(a, b, atol=1e-5 + 1e-3 * float(b.abs().max())), float((a - b).abs().max())
+
+
+@pytest.mark.slow
+def test_sft_visits_step_on_the_real_model_with_many_candidates():
+    """A batch of 8 states with 30 candidates each after ~250-token prompts: as full rows per
+    candidate this step was killed for memory on a 24 GiB machine; now it runs and moves the
+    candidates' scores towards the visits."""
+    from pzstream.llm.backend import load_model_and_tokenizer
+    from pzstream.llm.train import candidate_scores
+
+    model, tok = load_model_and_tokenizer("smollm2-135m-instruct")
+    verbs = ["open", "take", "drop", "push", "pull", "read", "eat", "throw", "climb", "examine"]
+    cands = [f"{v} {o}" for v in verbs for o in ("mailbox", "leaflet", "door")]
+    text = ("West of House. You are standing in an open field west of a white house, with a boarded front "
+            "door. There is a small mailbox here. ") * 8 + "Action:"
+    visits = np.full(len(cands), 0.1 / (len(cands) - 1), np.float32)
+    visits[0] = 0.9  # the search's choice: open mailbox
+    batch = [LLMSample(text, cands, 0, visits, 0.0) for _ in range(8)]
+    before = candidate_scores(model, tok, batch[:1])[0].detach()
+    trainer = LLMTrainer(model, tok, lr=1e-5, mode="sft_visits")
+    for _ in range(2):
+        out = trainer.step(batch)
+    after = candidate_scores(model, tok, batch[:1])[0].detach()
+    assert math.isfinite(out["train/llm_sft_loss"])
+    assert torch.log_softmax(after, 0)[0] > torch.log_softmax(before, 0)[0]
+
+
 def test_advantage_from_value_targets():
     """With search root values: advantage = value target - root value (given or n-step)."""
     import dataclasses
