@@ -12,7 +12,7 @@ import pytest
 from support import REPO, free_base_port, launch
 
 HUB_LINE = re.compile(r"^\d\d:\d\d:\d\d (DEBUG|INFO|WARNING|ERROR|CRITICAL)\s+learner/hub ")
-LAUNCH_LINES = ("helper processes (", "started ", "search: ", "placement: ")  # launch.py's own notices
+LAUNCH_LINES = ("helper processes (", "started ", "search: ", "placement: ", "llm: ")  # launch.py's own notices
 
 
 @pytest.mark.slow
