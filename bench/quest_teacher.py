@@ -64,21 +64,28 @@ def collect_quest_segments(steps: int, seed: int = 0, explore: float = 0.5, segm
     """Play ``steps`` real steps of the default game with the quest teacher; returns the segments."""
     game = open_quest_game()
     try:
-        player = GamePlayer(game, QuestTeacherPolicy(game, seed, explore), collector_id, segment_steps,
-                            max_episode_steps, seed)
-        segs, stop = [], threading.Event()
-        while player.stats.env_steps < steps:
-            seg = player.play_segment(stop, max_steps=steps)
-            if seg is not None:
-                segs.append(seg)
+        return play_segments(GamePlayer(game, QuestTeacherPolicy(game, seed, explore), collector_id, segment_steps,
+                                        max_episode_steps, seed), steps)
     finally:
         game.close()
+
+
+def play_segments(player: GamePlayer, steps: int) -> list[Segment]:
+    """Let ``player`` play until it has made ``steps`` env steps; returns the segments it cut."""
+    segs, stop = [], threading.Event()
+    while player.stats.env_steps < steps:
+        seg = player.play_segment(stop, max_steps=steps)
+        if seg is not None:
+            segs.append(seg)
     return segs
 
 
 def split_by_episode(segments: list[Segment], held_out_every: int = 4) -> tuple[list[Segment], list[Segment]]:
-    """Train / held-out split by episode: every ``held_out_every``-th episode is held out."""
+    """Train / held-out split by episode: every ``held_out_every``-th episode (counted over all
+    collectors, in the order they first appear) is held out."""
+    order: dict[tuple[str, int], int] = {}
     train, held = [], []
     for s in segments:
-        (held if s.header.episode_id % held_out_every == held_out_every - 1 else train).append(s)
+        k = order.setdefault((s.header.collector_id, s.header.episode_id), len(order))
+        (held if k % held_out_every == held_out_every - 1 else train).append(s)
     return train, held

@@ -163,7 +163,8 @@ def samples_from_segments(segments: Sequence[Segment], prompt_cfg: PromptConfig 
 
 
 def candidate_scores(model, tokenizer, samples: Sequence[LLMSample], device: str | torch.device = "cpu",
-                     continuation: str = DEFAULT_CONTINUATION, max_prompt_tokens: int | None = None) -> list[torch.Tensor]:
+                     continuation: str = DEFAULT_CONTINUATION,
+                     max_prompt_tokens: int | None = None) -> list[torch.Tensor]:
     """Mean token log-prob of every candidate of every sample, differentiable.
 
     Teacher-forced with the ids of ``tokens.encode_pair``, one packed row per sample
@@ -173,7 +174,8 @@ def candidate_scores(model, tokenizer, samples: Sequence[LLMSample], device: str
                           encode_answers(tokenizer, s.candidates, continuation), device) for s in samples]
 
 
-def packed_scores(model, prompt: list[int], answers: list[list[int]], device: str | torch.device = "cpu") -> torch.Tensor:
+def packed_scores(model, prompt: list[int], answers: list[list[int]],
+                  device: str | torch.device = "cpu") -> torch.Tensor:
     """float32 [K]: the mean token log-prob of each answer after ``prompt``, differentiable.
 
     One row ``[prompt, answer_1, ..., answer_K]`` with a 4-D additive mask: prompt tokens attend
