@@ -9,10 +9,12 @@ gradient always lands on the very token path the MCTS root prior reads:
 
 The rule (``encode_pair``):
 
-* ``prompt ids`` = the prompt text tokenised on its own (no special tokens); an empty prompt
-  becomes ``[eos]`` (something must predict the first answer token); a prompt longer than a
-  limit keeps its LAST tokens (``keep_last``), the last step of the one truncation rule
-  (``prompts.fit_prompt`` drops history and cuts the observation first).
+* ``prompt ids`` = ``lead_ids`` (what the tokenizer itself puts before a text: ``<bos>`` for
+  Gemma, nothing for Qwen2 or SmolLM2) and the prompt text tokenised on its own; an empty prompt
+  with no lead becomes ``[eos]`` (something must predict the first answer token); a prompt longer
+  than a limit keeps its lead and its LAST tokens (``keep_last``), the last step of the one
+  truncation rule (``prompts.fit_prompt`` drops history and cuts the observation first). A model
+  trained always to see ``<bos>`` first scores noise without it.
 * ``answer ids`` = ``continuation.format(action=candidate)`` tokenised on its own, cut to
   ``max_answer_tokens``, then the end of the answer, ``eos``. Tokenising the answer apart from
   the prompt keeps BPE from merging across the boundary (with Qwen2's pre-tokenizer ``>open``
@@ -112,6 +114,36 @@ def encode_many(tokenizer: Any, texts: Sequence[str]) -> list[list[int]]:
     return [list(x) for x in tokenizer([str(t) for t in texts], add_special_tokens=False)["input_ids"]]
 
 
+def lead_ids(tokenizer: Any) -> list[int]:
+    """The special ids the tokenizer puts before every text it encodes (``[bos]`` for Gemma's,
+    ``[]`` for Qwen2's and SmolLM2's). Cached on the tokenizer."""
+    cached = getattr(tokenizer, "_pzstream_lead_ids", None)
+    if cached is not None:
+        return list(cached)
+    plain = list(tokenizer("x", add_special_tokens=False)["input_ids"])
+    full = list(tokenizer("x")["input_ids"])
+    at = next((i for i in range(len(full) - len(plain) + 1) if full[i:i + len(plain)] == plain), 0)
+    lead = full[:at] if plain else []
+    try:
+        tokenizer._pzstream_lead_ids = tuple(lead)
+    except AttributeError:
+        pass
+    return lead
+
+
+def _with_lead(lead: list[int], ids: list[int], end: int, max_tokens: int | None) -> list[int]:
+    """``lead + ids`` cut to ``max_tokens`` from the front of ``ids`` (the lead stays); a prompt
+    whose text already starts with the lead (a chat template that renders ``<bos>``) keeps one."""
+    if lead and ids[:len(lead)] == lead:
+        ids = ids[len(lead):]
+    if not lead:
+        return keep_last(ids or [end], max_tokens)
+    room = None if max_tokens is None else max_tokens - len(lead)
+    if room is not None and room < 1:
+        return keep_last(lead + ids, max_tokens)
+    return lead + (keep_last(ids, room) if ids else [])
+
+
 def keep_last(ids: Sequence[int], max_tokens: int | None) -> list[int]:
     """The last ``max_tokens`` ids (all when ``max_tokens`` is None): the prompt's end holds the
     instruction and the current observation, its start only the oldest history."""
@@ -160,8 +192,8 @@ def encode_answers(tokenizer: Any, candidates: Sequence[str], continuation: str 
 
 
 def prompt_ids(tokenizer: Any, prompt: str, max_tokens: int | None = None) -> list[int]:
-    """The prompt's ids (``[eos]`` when it has none), cut to its last ``max_tokens``."""
-    return keep_last(encode_many(tokenizer, [prompt])[0] or [eos_id(tokenizer)], max_tokens)
+    """The prompt's ids (``lead_ids`` first; ``[eos]`` when it has none), cut to ``max_tokens``."""
+    return _with_lead(lead_ids(tokenizer), encode_many(tokenizer, [prompt])[0], eos_id(tokenizer), max_tokens)
 
 
 def encode_pair(tokenizer: Any, prompt: str, candidate: str, continuation: str = DEFAULT_CONTINUATION,
@@ -189,7 +221,7 @@ def encode_roots(tokenizer: Any, prompts: Sequence[str], candidates: Sequence[Se
             raise TypeError(f"root {i}: candidates must be a list of strings, not a string")
         if len(cands) == 0:
             raise ValueError(f"root {i}: empty candidate list; every root needs at least one candidate action")
-    end = eos_id(tokenizer)
+    end, lead = eos_id(tokenizer), lead_ids(tokenizer)
     flat = [c for cands in candidates for c in cands]
     answers = encode_answers(tokenizer, flat, continuation, max_answer_tokens)
     p_enc = encode_many(tokenizer, list(prompts))
@@ -200,6 +232,6 @@ def encode_roots(tokenizer: Any, prompts: Sequence[str], candidates: Sequence[Se
         cs = answers[at:at + len(cands)]
         at += len(cands)
         keep = None if max_total_tokens is None else max(1, max_total_tokens - max(len(x) for x in cs))
-        p_ids.append(keep_last(p or [end], keep))
+        p_ids.append(_with_lead(lead, p, end, keep))
         a_ids.append(cs)
     return p_ids, a_ids

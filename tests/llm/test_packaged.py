@@ -147,6 +147,19 @@ def test_gemma3_270m_loads_by_name_and_keeps_its_bos(tmp_path, monkeypatch):
     scores = {a: action_logprob(model, tok, WEST_OF_HOUSE, a) for a in ("open mailbox", "eat mailbox")}
     # measured 2026-12-06: open mailbox -4.28, eat mailbox -11.82 (mean token log-probs, with <bos>)
     assert scores["open mailbox"] - scores["eat mailbox"] > 5.0, scores
+    # the project's own encoding puts <bos> first too (prior, SFT and PPO share it), and its scorer agrees
+    from pzstream.llm.prior import candidate_logprobs_naive
+    from pzstream.llm.tokens import encode_roots, lead_ids, prompt_ids
+
+    assert lead_ids(tok) == [2] and prompt_ids(tok, "look")[0] == 2 and prompt_ids(tok, "")[:1] == [2]
+    assert prompt_ids(tok, "<bos>look") == prompt_ids(tok, "look")  # never two <bos>
+    assert len(prompt_ids(tok, WEST_OF_HOUSE, max_tokens=5)) == 5 and prompt_ids(tok, WEST_OF_HOUSE, 5)[0] == 2
+    p_ids, _ = encode_roots(tok, [WEST_OF_HOUSE], [["open mailbox"]])
+    assert p_ids[0][0] == 2 and p_ids[0] == prompt_ids(tok, WEST_OF_HOUSE)
+    prompt = f"You are playing a text adventure game.\n\n{WEST_OF_HOUSE}\n\nWhat is the single best next action?\nAction:"
+    own = candidate_logprobs_naive(model, tok, [prompt], [["open mailbox", "eat mailbox"]])[0]
+    # measured 2026-12-06 (the answer's <eos> in the mean): 4.61 nats with <bos>, 2.49 without it
+    assert own[0] - own[1] > 3.5, own
 
 
 # --- errors: each names the file and the cause, before anything is built
