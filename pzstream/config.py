@@ -219,8 +219,11 @@ class LLMSection(_Section):
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="weights of the scoring LLM (transformers backend); new weights are cast to it as they "
                                "load. bfloat16 measured faster only from 32 roots a batch on an H200 (bench/RESULTS.md)")
-    temperature: float = Field(2.0, gt=0, description="prior = log_softmax(mean token log-prob / temperature)")
-    prompt_format: Literal["priorzero", "orz"] = "priorzero"
+    temperature: float = Field(1.0, gt=0, description="prior = log_softmax(mean token log-prob / temperature); 1.0 "
+                                                      "ranked the walkthrough's action best (bench/prior_quality.py)")
+    prompt_format: Literal["priorzero", "orz"] = Field(
+        "orz", description="orz (through the chat template where the tokenizer has one) ranked the walkthrough's "
+                           "action best for SmolLM2-135M (bench/RESULTS.md, the walkthrough yardstick)")
     history_len: int = Field(3, ge=0)
     list_candidates: bool = Field(False, description="list the candidate actions in the prompt (PPO prompts always do)")
     max_prompt_tokens: int = Field(512, ge=16)
