@@ -174,7 +174,8 @@ def train(args, prior, train_set, held) -> tuple[list[dict], dict]:
     ``args.evals + 1`` points. Returns the rows and the times."""
     model, tok = prior.backend.model, prior.backend.tokenizer
     cont = prior.prompt_cfg.continuation_template
-    trainer = LLMTrainer(model, tok, lr=args.lr, mode=args.mode, continuation=cont)
+    dev = next(model.parameters()).device  # train where the prior scores (llm.device), not the trainer's cpu default
+    trainer = LLMTrainer(model, tok, lr=args.lr, mode=args.mode, continuation=cont, device=dev)
     rng = np.random.default_rng(args.seed)
     eval_at = set(np.linspace(0, args.updates, args.evals + 1).astype(int).tolist())
     rows, loss_key = [], "train/llm_rft_loss" if args.mode == "rft" else "train/llm_sft_loss"
@@ -184,8 +185,8 @@ def train(args, prior, train_set, held) -> tuple[list[dict], dict]:
     for step in range(args.updates + 1):
         if step in eval_at:
             t = time.perf_counter()
-            a_held = agreement(model, tok, held, continuation=cont)
-            a_train = agreement(model, tok, train_set[:len(held)], continuation=cont)
+            a_held = agreement(model, tok, held, device=dev, continuation=cont)
+            a_train = agreement(model, tok, train_set[:len(held)], device=dev, continuation=cont)
             eval_s += time.perf_counter() - t
             loss = float(np.mean(recent)) if recent else None
             rows.append({"step": step, "loss": loss, "kl": kl, "agreement": a_held, "train_agreement": a_train})

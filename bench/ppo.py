@@ -2,7 +2,8 @@
 
     python bench/ppo.py [--quick] [--model smollm2-135m-instruct] [--game zork1] [--methods ppo,grpo]
                         [--seeds S] [--episodes E] [--prompts P] [--held-out H] [--candidates K]
-                        [--lr LR] [--runtime auto|ray|inprocess] [--seed S0] [llm.KEY=VALUE ...]
+                        [--lr LR] [--runtime auto|ray|inprocess] [--device cpu|cuda] [--seed S0]
+                        [llm.KEY=VALUE ...]
 
 1. A fixed prompt set from a game's walkthrough (``prompt_sets.walkthrough_samples``; default
    Jericho's zork1): the first P states, each with K candidate actions (the walkthrough's action
@@ -139,7 +140,7 @@ def ppo_section(args, use_grpo: bool, n_prompts: int, seed: int, llm_cfg):
                       actor_learning_rate=args.lr, critic_learning_rate=args.critic_lr,
                       use_kl_loss=True, kl_loss_coef=args.kl_coef, use_grpo=use_grpo, answer_mode="choice",
                       rewards=["exact:1.0"], temperature=1.0, seed=seed, ray_num_cpus=args.ray_cpus,
-                      prompt_max_len=llm_cfg.max_prompt_tokens)
+                      prompt_max_len=llm_cfg.max_prompt_tokens, device=args.device)
 
 
 def one_run(label: str, use_grpo: bool, args, train, held, model_path: str, seed: int, llm_cfg) -> dict:
@@ -294,6 +295,7 @@ def parse_args():
     ap.add_argument("--threads", type=int, default=1, help="torch threads of this process (in-process runtime; "
                     "1: on a busy 2-core machine a forward ran 12x slower with 2, bench/RESULTS.md)")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu", help="the in-process runtime's device: cpu, cuda or cuda:N")
     ap.add_argument("overrides", nargs="*", help="llm.KEY=VALUE: the model and the prior's prompt (llm.model, "
                     "llm.prompt_format, llm.list_candidates, llm.history_len, llm.max_prompt_tokens)")
     args = ap.parse_args()
