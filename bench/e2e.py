@@ -138,7 +138,7 @@ def main() -> None:
     result["python"], result["config"] = platform.python_version(), args.config or "debug"
     rows = [("env steps/s", result["env_steps_per_s"]), ("moves/s per collector", result["moves_per_s_per_collector"]),
             ("search mean batch", result["search_mean_batch"]), ("search ms per batch", result["search_ms_per_batch"]),
-            ("wm updates/s", result["wm_updates_per_s"]), ("wm samples/s", result["wm_samples_per_s"]),
+            ("search prior share", result["search_prior_share"]), ("wm updates/s", result["wm_updates_per_s"]), ("wm samples/s", result["wm_samples_per_s"]),
             ("PPO episodes fired/ok/failed",
              f"{result['ppo_episodes_fired']}/{result['ppo_episodes_ok']}/{result['ppo_episodes_failed']}"),
             ("min collector wm/llm version", f"{result['min_collector_wm_version']}/{result['min_collector_llm_version']}"),

@@ -452,16 +452,21 @@ def test_a_served_player_sends_deltas_resends_after_a_local_move_and_numbers_epi
 
 
 @pytest.mark.slow
-def test_two_search_servers_serve_one_hub_and_both_follow_its_weights(address, procs):
+def test_two_search_servers_serve_one_hub_and_both_follow_its_weights(address, procs, caplog):
     """Several servers per hub: each collector names its own; both servers are readers of the hub
-    and install the weights it publishes, and stamp their answers with them."""
+    and install the weights it publishes, and stamp their answers with them. The hub's report line
+    tells their load (issue 22, item 5): roots a second over both, mean batch, ms a batch."""
+    import logging
+    import re
+
     import torch
 
     from pzstream.model.world_model import WorldModel, weights_bytes
 
     searches = [f"tcp://127.0.0.1:{free_base_port()}" for _ in range(2)]
     over = [*EXACT, "hub.heartbeat_s=0.2"]
-    hub = HubThread(hub_config(address, "llm.enabled=false")).start()
+    caplog.set_level(logging.INFO, logger="pzstream.learner")
+    hub = HubThread(hub_config(address, "llm.enabled=false", "hub.report_every_s=0.5")).start()
     try:
         for s in searches:
             procs.append(launch("--role", "search", "--search", s, "--learner", address, *over))
@@ -475,6 +480,13 @@ def test_two_search_servers_serve_one_hub_and_both_follow_its_weights(address, p
 
         hub.wait_for(lambda h: len(served(h)) == 2 and min(served(h)) >= 5, 120, "both collectors served")
         assert len(hub.status().readers) == 2
+
+        def loads() -> list[str]:
+            return [m.group(0) for r in caplog.records if r.name == "pzstream.learner"
+                    and (m := re.search(r"steps \d+ \([\d.]+/s\).*search [\d.]+ roots/s \(2 servers\), batch [\d.]+, \d+ ms",
+                                        r.getMessage()))]
+
+        hub.wait_for(lambda h: loads(), 30, "a report line with both servers' load")
         torch.manual_seed(7)
         version = hub.call(hub.hub.publish, "wm", weights_bytes(WorldModel(config().world_model())))
 

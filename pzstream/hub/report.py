@@ -16,6 +16,8 @@ import anyio
 
 from pzstream.hub.parts import AcceptedSegment
 from pzstream.hub.peers import printable
+from pzstream.hub.search_load import describe as describe_search
+from pzstream.hub.search_load import search_load, search_totals
 from pzstream.hub.status import CollectorStatus, HubStatus
 from pzstream.stream.report_record import (
     MAX_PEER_ROWS,
@@ -24,6 +26,7 @@ from pzstream.stream.report_record import (
     PPOFigures,
     ReportPublisher,
     ReportRecord,
+    SearchLoad,
     finite,
     process_rss_bytes,
 )
@@ -153,9 +156,11 @@ def peer_health(c: CollectorStatus, role: str, last_heard_s: float | None) -> Pe
 
 
 def report_record(s: HubStatus, x: HubExtras, returns: ReturnTracker, interval_s: float,
-                  previous: tuple[int, int, int], rss_bytes: dict[str, int]) -> ReportRecord:
+                  previous: tuple[int, int, int], rss_bytes: dict[str, int],
+                  search: SearchLoad | None = None) -> ReportRecord:
     """The structured report: ``s`` and ``x`` now, ``previous`` (segments, env steps, wm updates) at the
-    report ``interval_s`` seconds ago (the rates are over that interval)."""
+    report ``interval_s`` seconds ago (the rates are over that interval), the search servers' ``search``
+    load over it."""
     dt = max(interval_s, 1e-9)
     rows = [peer_health(c, "collector", x.last_heard_s.get(cid)) for cid, c in s.collectors.items()]
     rows += [peer_health(c, "reader", x.last_heard_s.get(cid)) for cid, c in s.readers.items()]
@@ -174,20 +179,23 @@ def report_record(s: HubStatus, x: HubExtras, returns: ReturnTracker, interval_s
         rejected_by_reason=dict(s.rejected_by_reason), connections_rejected=dict(s.connections_rejected),
         caps=dict(sorted(s.caps.items())), peers=tuple(rows[:MAX_PEER_ROWS]), peers_total=len(rows),
         collectors_live=s.live_collectors, collectors_lost=s.collectors_lost, trainer_dropped=x.trainer_dropped,
-        rss_bytes=rss_bytes)
+        rss_bytes=rss_bytes, search=search)
 
 
-def report_line(s: HubStatus, x: HubExtras, segments_per_s: float, publishes_before: dict[str, int]) -> str:
-    """The periodic report's log line: ingest, collectors, and per model its newest version with how
-    many versions this hub published (in all, and since the report before: ``publishes_before``)."""
+def report_line(s: HubStatus, x: HubExtras, record: ReportRecord, publishes_before: dict[str, int]) -> str:
+    """The periodic report's log line: ingest (with the interval's rates from ``record``), collectors,
+    per model its newest version with how many versions this hub published (in all, and since the
+    report before: ``publishes_before``), and the search servers' load where any reports."""
     def published(model: str) -> str:
         n = x.publishes.get(model, 0)
         return f"published {n}, {n - publishes_before.get(model, 0)} new"
 
-    return (f"segments {s.segments_accepted} ({segments_per_s:.1f}/s), steps {s.env_steps}, rejected "
+    search = f", {describe_search(record.search)}" if record.search is not None else ""
+    return (f"segments {s.segments_accepted} ({record.segments_per_s:.1f}/s), steps {s.env_steps} "
+            f"({record.steps_per_s:.1f}/s), rejected "
             f"{s.rejected_by_reason or 0}, collectors live {s.live_collectors}, cache hit {100 * s.cache_hit_rate():.1f}%, "
             f"wm v{s.wm_version} ({published('wm')}; updates {x.wm_updates}, lag mean "
-            f"{float(s.lag_wm.get('mean', 0.0)):.1f}), llm v{s.llm_version} ({published('llm')})")
+            f"{float(s.lag_wm.get('mean', 0.0)):.1f}), llm v{s.llm_version} ({published('llm')}){search}")
 
 
 def measure_rss(pids: dict[str, int | None]) -> dict[str, int]:
@@ -215,16 +223,19 @@ class HubReport:
         t0 = last_t = time.monotonic()
         s, x = self.status(), self.extras()  # a resumed hub's counters start where they stopped
         previous = (s.segments_accepted, s.env_steps, x.wm_updates)
+        searched = search_totals(c.stats for c in s.readers.values())
         publishes_before = dict(x.publishes)
         try:
             while True:
                 await anyio.sleep(self.every_s)
                 now, s, x = time.monotonic(), self.status(), self.extras()
-                record = report_record(s, x, self.returns, now - last_t, previous, measure_rss(x.pids))
-                previous, last_t = (s.segments_accepted, s.env_steps, x.wm_updates), now
+                totals = search_totals(c.stats for c in s.readers.values())
+                record = report_record(s, x, self.returns, now - last_t, previous, measure_rss(x.pids),
+                                       search_load(totals, searched, now - last_t))
+                previous, last_t, searched = (s.segments_accepted, s.env_steps, x.wm_updates), now, totals
                 publisher.publish(record)
                 lag_mean = float(s.lag_wm.get("mean", 0.0))
-                log.info("%s", report_line(s, x, record.segments_per_s, publishes_before))
+                log.info("%s", report_line(s, x, record, publishes_before))
                 publishes_before = dict(x.publishes)
                 means = self.returns.recent_means()
                 for cid, mean in means.items():

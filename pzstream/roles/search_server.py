@@ -342,6 +342,17 @@ class SearchServer:
         return {**s, "mean_batch": s["roots"] / max(1.0, s["batches"]), "contexts": float(len(self.contexts)),
                 **self.searcher.prior_stats(), **{f"rejected_{k}": float(v) for k, v in self.router.rejected.items()}}
 
+    async def sample_gpu(self, device: str, every_s: float = 5.0) -> None:
+        """Keep ``gpu_util`` (percent busy, NVML) of the server's card in its stats, for the hub's report."""
+        from pzstream.stream.report_record import gpu_utilization
+
+        while True:
+            util = await anyio.to_thread.run_sync(gpu_utilization, device)
+            if util is None:
+                return  # no way to ask here: the stats carry no gpu_util
+            self.stats["gpu_util"] = util
+            await anyio.sleep(every_s)
+
     async def report(self, every_s: float = 10.0) -> None:
         last, t_last = 0.0, time.monotonic()
         while True:
@@ -389,6 +400,8 @@ async def _serve(cfg: Config, address: str, stop: anyio.Event, curve: CurveKeys 
             tg.start_soon(server.batches, priced_out)
             tg.start_soon(server.searches, priced_in)
             tg.start_soon(server.report)
+            if sc.device.startswith("cuda"):
+                tg.start_soon(server.sample_gpu, sc.device)
             if prior_proc is not None:
                 tg.start_soon(_watch, prior_proc)
             if hub_address:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import subprocess
 import time
 from dataclasses import dataclass
 
@@ -76,6 +77,20 @@ class PPOFigures:
 
 
 @dataclass(frozen=True)
+class SearchLoad:
+    """The search servers over the last report interval (``pzstream.hub.search_load``): roots answered
+    a second, the mean batch, milliseconds a batch (both stages), the LLM prior's share of that time
+    and the mean GPU utilisation the servers last sampled (percent). None: not known this interval."""
+
+    servers: int
+    roots_per_s: float
+    mean_batch: float | None
+    ms_per_batch: float | None
+    prior_share: float | None
+    gpu_util: float | None
+
+
+@dataclass(frozen=True)
 class ReportRecord:
     """The hub's figures at one report. Rates (per second) are over the last report interval;
     lag_*: n, mean, p50, p90, max of (published version - version played with); losses: the
@@ -108,6 +123,7 @@ class ReportRecord:
     collectors_lost: int
     trainer_dropped: int
     rss_bytes: dict[str, int]
+    search: SearchLoad | None = None  # None: no search server reports to this hub
 
 
 def finite(x: float | None) -> float | None:
@@ -152,6 +168,30 @@ class ReportPublisher:
 
     def close(self) -> None:
         self._sock.close(0)
+
+
+def gpu_utilization(device: str) -> float | None:
+    """The percent of the last sample period that ``device``'s GPU was busy (NVML, through torch or
+    ``nvidia-smi``), or None: a CPU device, or no way to ask. ``cuda`` is ``cuda:0``; an index is a
+    visible device's (mapped through CUDA_VISIBLE_DEVICES for nvidia-smi, which sees them all)."""
+    if not device.startswith("cuda"):
+        return None
+    index = int(device.split(":", 1)[1]) if ":" in device else 0
+    try:
+        import torch
+
+        return float(torch.cuda.utilization(index))
+    except Exception:  # no CUDA build, no pynvml: ask nvidia-smi
+        pass
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    target = visible[index] if index < len(visible) else str(index)
+    try:
+        out = subprocess.run(["nvidia-smi", f"--id={target}", "--query-gpu=utilization.gpu", "--format=csv,noheader,nounits"],
+                             capture_output=True, text=True, timeout=5)
+        value = float(out.stdout.strip().splitlines()[0])
+    except (OSError, ValueError, IndexError, subprocess.TimeoutExpired):
+        return None
+    return value if out.returncode == 0 and 0 <= value <= 100 else None
 
 
 def process_rss_bytes(pid: int | None = None) -> int | None:
