@@ -87,6 +87,12 @@ class CollectorConfig(_Section):
     max_episode_steps: int = Field(100, ge=1)
     max_steps: int | None = Field(None, ge=1, description="stop after this many env steps")
     seed: int = 0
+    games: int = Field(1, ge=1, le=256, description="game instances this collector plays, each in its own thread and "
+                       "streamed as its own peer (id ID-gK, seed seed + 1000 K); their moves are searched together "
+                       "(one batch of the waiting instances' roots: pzstream/move_batcher.py) or sent to the search "
+                       "server at once; max_steps counts per instance")
+    games_max_wait_ms: float = Field(5.0, ge=0, le=10_000, description="games > 1, local search: longest wait for "
+                                     "the other instances' moves once one waits (a slow game holds none back longer)")
     count: int = Field(2, ge=1, le=64, description="collectors started by --role all")
     policies: list[Literal["mcts", "random"]] = Field(
         default_factory=list, description="--role all: policy of collector i is policies[i % len]; empty = collector.policy")

@@ -15,7 +15,7 @@ LAYERS: dict[str, int] = {
     "model": 1, "config": 1,  # the run config composes the world model's (model/config.py)
     "llm": 2,
     "orz": 3,
-    "agent": 4, "parallel": 4,
+    "agent": 4, "parallel": 4, "move_batcher": 4,  # move_batcher: one search for many games (uses agent)
     "roles": 5,
     "hub": 6,
 }

@@ -1,7 +1,9 @@
-"""A collector: plays one game and streams its segments to the learner hub.
+"""A collector: plays one game (or ``collector.games`` instances of it) and streams its segments
+to the learner hub.
 
-The play loop is blocking (Jericho, valid actions) and runs in a worker thread, one segment
-at a time; the event loop keeps the conversation with the hub alive meanwhile.
+The play loop is blocking (Jericho, valid actions) and runs in a worker thread, one segment at a
+time (one thread per game instance, each streamed as its own peer, their moves searched together);
+the event loop keeps the conversation with the hub alive meanwhile.
 """
 from __future__ import annotations
 
@@ -121,87 +123,200 @@ def collector_stats(game, player: GamePlayer, plays: Plays, weights: WeightsClie
             **({"rss_bytes": float(rss)} if (rss := process_rss_bytes()) is not None else {})}  # the dashboard's memory panel
 
 
+def instance_ids(cid: str, games: int) -> list[str]:
+    """The peer id of each game instance: the collector's own id for one game, ``ID-gK`` for several."""
+    return [cid] if games == 1 else [f"{cid}-g{k}" for k in range(games)]
+
+
+def instance_seed(seed: int, k: int) -> int:
+    """Instance K's seed: the collector's for K = 0 (one game plays as before), then 1000 apart, clear of
+    the seeds --role all gives its other collectors (seed + index)."""
+    return seed + 1000 * k
+
+
+@dataclass
+class Instance:
+    """One game a collector plays, and the peer that streams it."""
+
+    cid: str
+    game: object
+    plays: Plays
+    player: GamePlayer
+    sender: SegmentSender | None = None
+    unsent: int = 0
+    failed: str | None = None  # why its game stopped (an exception), None while it plays
+
+
+def instance_plays(cfg: Config, plays: Plays, batcher, k: int, cid: str, curve: CurveKeys | None) -> Plays:
+    """Instance ``k``'s policy when a collector plays several games: its seat of the batcher (local search),
+    or its own search-server client with that seat as the fallback. The LLM prior's counts are the shared
+    policy's, reported by instance 0 only (``local`` of the others is their seat, which counts nothing)."""
+    seat = batcher.seat(k)
+    local = plays.local if k == 0 else seat
+    if plays.served is None:
+        return Plays(seat, local, plays.prior)
+    from pzstream.roles.search_server import SearchClient
+
+    cc = cfg.collector
+    assert cc.search_server is not None
+    served = ServedPolicy(seat, SearchClient(cc.search_server, curve), cid, cc.search_deadline_ms / 1000,  # type: ignore[arg-type]
+                          cc.search_retry_s, fallback=cc.search_fallback)
+    return Plays(served, local, plays.prior, served)
+
+
+async def open_instances(cfg: Config, cid: str, curve: CurveKeys | None) -> tuple[list[Instance], Plays, object]:
+    """The collector's game instances, its shared policy (``Plays``) and the batcher of their moves (None: one game)."""
+    cc = cfg.collector
+    ids = instance_ids(cid, cc.games)
+    games = []
+    try:
+        for k, iid in enumerate(ids):
+            log.info("collector %s opening game %r", iid, cc.game)
+            games.append(await anyio.to_thread.run_sync(lambda k=k: open_game(
+                cc.game, games_dir=cfg.env.games_dir, cache_dir=cfg.env.cache_dir, seed=instance_seed(cc.seed, k),
+                valid_actions_budget_s=cfg.env.valid_actions_budget_s,
+                valid_action_helpers=cfg.env.valid_action_helpers)))
+        from pzstream.model.support import support_warning
+
+        if (why := support_warning(games[0].max_score, cfg.world_model().value_support)) is not None:
+            log.warning("collector %s, game %s: %s", cid, games[0].name, why)
+        plays = await anyio.to_thread.run_sync(collector_policy, cfg, ids[0], curve)
+    except BaseException:
+        for g in games:
+            g.close()
+        raise
+    batcher = None
+    per_instance = [plays]
+    if cc.games > 1 and isinstance(plays.local, MctsPolicy):
+        from pzstream.move_batcher import MoveBatcher
+
+        if plays.served is not None:
+            plays.served.service.close()  # type: ignore[attr-defined]  # each instance gets its own client
+        batcher = MoveBatcher(plays.local, cc.games, cc.games_max_wait_ms / 1000)
+        per_instance = [instance_plays(cfg, plays, batcher, k, iid, curve) for k, iid in enumerate(ids)]
+    elif cc.games > 1:  # random play: each instance its own generator
+        per_instance = [Plays(p, p) for p in (RandomPolicy(instance_seed(cc.seed, k)) for k in range(cc.games))]
+    instances = [Instance(iid, g, p, GamePlayer(g, p.policy, iid, cc.segment_steps, cc.max_episode_steps,
+                                                 instance_seed(cc.seed, k)))
+                 for k, (iid, g, p) in enumerate(zip(ids, games, per_instance))]
+    return instances, plays, batcher
+
+
 async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None = None) -> dict[str, object]:
-    """Play and stream until ``stop`` is set or ``collector.max_steps`` is reached."""
+    """Play and stream until ``stop`` is set or ``collector.max_steps`` is reached (per game instance)."""
     cc = cfg.collector
     cid = cc.id or default_collector_id()
     ep = endpoints_for(cc.learner)
-    log.info("collector %s opening game %r", cid, cc.game)
-    game = await anyio.to_thread.run_sync(lambda: open_game(
-        cc.game, games_dir=cfg.env.games_dir, cache_dir=cfg.env.cache_dir, seed=cc.seed,
-        valid_actions_budget_s=cfg.env.valid_actions_budget_s, valid_action_helpers=cfg.env.valid_action_helpers))
-    from pzstream.model.support import support_warning
-
-    if (why := support_warning(game.max_score, cfg.world_model().value_support)) is not None:
-        log.warning("collector %s, game %s: %s", cid, game.name, why)
-    plays = await anyio.to_thread.run_sync(collector_policy, cfg, cid, curve)
-    policy, prior, served = plays.policy, plays.prior, plays.served
-    player = GamePlayer(game, policy, cid, cc.segment_steps, cc.max_episode_steps, cc.seed)
-    weights = weights_client_for(cfg, plays.local, prior, cid)
-
-    def stats() -> dict[str, float]:
-        return collector_stats(game, player, plays, weights, cfg.llm.enabled)
+    instances, plays, batcher = await open_instances(cfg, cid, curve)
+    weights = weights_client_for(cfg, plays.local, plays.prior, cid)
 
     ctx = zmq.asyncio.Context()
-    hello = Hello(collector_id=cid, game=game.name, host=socket.gethostname(), pid=os.getpid(),
-                  capabilities=(f"policy:{policy.name}", "reject_seq"), seed=cc.seed)
-    sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats,
-                           timeout_heartbeats=cfg.hub.peer_timeout_heartbeats)
+    for inst in instances:
+        def stats(inst: Instance = inst) -> dict[str, float]:
+            return {**collector_stats(inst.game, inst.player, inst.plays, weights, cfg.llm.enabled),
+                    **({"games": float(cc.games), "batch_mean": batcher.stats.mean_batch} if batcher is not None else {})}
+
+        hello = Hello(collector_id=inst.cid, game=inst.game.name, host=socket.gethostname(), pid=os.getpid(),
+                      capabilities=(f"policy:{inst.plays.policy.name}", "reject_seq"), seed=inst.player.seed)
+        inst.sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats,
+                                    timeout_heartbeats=cfg.hub.peer_timeout_heartbeats)
     notices = NoticeSubscriber(ctx, ep.weights, curve)
     halt = threading.Event()
-    if served is not None:
-        served.stopping = halt.is_set
+    for inst in instances:
+        if inst.plays.served is not None:
+            inst.plays.served.stopping = halt.is_set
     conversation_done = anyio.Event()
-    log.info("collector %s playing %s against %s", cid, game.name, cc.learner)
+    log.info("collector %s playing %s against %s%s", cid, instances[0].game.name, cc.learner,
+             f" ({cc.games} game instances, moves searched together)" if cc.games > 1 else "")
+    threads = anyio.CapacityLimiter(cc.games + 2)
 
     async def follow_weights() -> None:
         if weights is not None:
-            await weights.follow(notices.recv, sender.fetch)
+            await weights.follow(notices.recv, instances[0].sender.fetch)  # type: ignore[union-attr]
 
     async def watch_stop() -> None:
         await stop.wait()
         halt.set()
-        sender.give_up(after_s=3 * cfg.hub.heartbeat_s + 2)
+        for inst in instances:
+            inst.sender.give_up(after_s=3 * cfg.hub.heartbeat_s + 2)  # type: ignore[union-attr]
 
-    last_report = time.monotonic()
-    unsent = 0
-    try:
-        async with anyio.create_task_group() as tg:
-            tg.start_soon(sender.run, conversation_done)
-            tg.start_soon(follow_weights)
-            tg.start_soon(watch_stop)
+    async def play(inst: Instance) -> None:
+        """One instance's loop; a game that raises stops that instance only (logged, its peer says goodbye)."""
+        sender = inst.sender
+        assert sender is not None
+        last_report = time.monotonic()
+        try:
             while not halt.is_set():
-                if cc.max_steps is not None and player.stats.env_steps >= cc.max_steps:
+                if cc.max_steps is not None and inst.player.stats.env_steps >= cc.max_steps:
                     break
-                seg = await anyio.to_thread.run_sync(player.play_segment, halt, cc.max_steps)
+                try:
+                    seg = await anyio.to_thread.run_sync(inst.player.play_segment, halt, cc.max_steps, limiter=threads)
+                except Exception as e:
+                    if len(instances) == 1:
+                        raise
+                    inst.failed = f"{type(e).__name__}: {e}"
+                    log.error("collector %s: its game stopped (%s); the other instances play on", inst.cid, inst.failed)
+                    break
                 if seg is not None:
                     try:
                         await sender.send(seg)
                     except SendAbandoned as e:
-                        unsent += 1
-                        log.warning("collector %s stopping: %s (%d steps unsent)", cid, e, seg.n_steps)
+                        inst.unsent += 1
+                        log.warning("collector %s stopping: %s (%d steps unsent)", inst.cid, e, seg.n_steps)
                         break
                 if time.monotonic() - last_report > 10:
                     last_report = time.monotonic()
-                    s = stats()
+                    st = sender.stats_fn()
                     log.info("collector %s: %d steps, %d episodes, return %.2f, cache hit %.1f%%, in flight %d",
-                             cid, s["env_steps"], s["episodes"], s["return_mean"],
-                             100 * s["cache_hits"] / max(1.0, s["cache_hits"] + s["cache_misses"]), sender.inflight)
-            if sender.stats.welcomes == 0:
-                log.error("collector %s was never welcomed by the hub at %s: is the hub running there, and does it "
-                          "need CURVE keys (security.curve_dir)?", cid, cc.learner)
-            elif not await sender.drain(timeout_s=3 * cfg.hub.heartbeat_s + 2):
-                log.warning("collector %s: %d segments unacknowledged at exit", cid, sender.inflight)
-            await sender.send_heartbeat(closing=True)  # final stats, and goodbye
+                             inst.cid, st["env_steps"], st["episodes"], st["return_mean"],
+                             100 * st["cache_hits"] / max(1.0, st["cache_hits"] + st["cache_misses"]), sender.inflight)
+        finally:
+            if batcher is not None:
+                batcher.seat(instances.index(inst)).close()  # the others' batches no longer wait for it
+        if sender.stats.welcomes == 0:
+            log.error("collector %s was never welcomed by the hub at %s: is the hub running there, and does it "
+                      "need CURVE keys (security.curve_dir)?", inst.cid, cc.learner)
+        elif not await sender.drain(timeout_s=3 * cfg.hub.heartbeat_s + 2):
+            log.warning("collector %s: %d segments unacknowledged at exit", inst.cid, sender.inflight)
+        await sender.send_heartbeat(closing=True)  # final stats, and goodbye
+
+    try:
+        async with anyio.create_task_group() as tg:
+            for inst in instances:
+                tg.start_soon(inst.sender.run, conversation_done)  # type: ignore[union-attr]
+            tg.start_soon(follow_weights)
+            tg.start_soon(watch_stop)
+            async with anyio.create_task_group() as players:
+                for inst in instances:
+                    players.start_soon(play, inst)
             await anyio.sleep(0.05)
             conversation_done.set()
             tg.cancel_scope.cancel()
     finally:
-        sender.close(linger_ms=500)
+        for inst in instances:
+            inst.sender.close(linger_ms=500)  # type: ignore[union-attr]
         notices.close()
         ctx.destroy(linger=0)
-        game.close()
-        if served is not None:
-            served.service.close()  # type: ignore[attr-defined]
-    return {"collector_id": cid, **stats(), "segments_sent": sender.stats.sent, "segments_unsent": unsent + sender.inflight,
-            "reconnects": sender.stats.reconnects}
+        for inst in instances:
+            inst.game.close()
+            if inst.plays.served is not None:
+                inst.plays.served.service.close()  # type: ignore[attr-defined]
+    return collector_result(cid, instances, batcher)
+
+
+def collector_result(cid: str, instances: list[Instance], batcher) -> dict[str, object]:
+    """The collector's summary: one game's figures as before; with several, theirs summed and per instance."""
+    def one(inst: Instance) -> dict[str, object]:
+        sender = inst.sender
+        assert sender is not None
+        return {"collector_id": inst.cid, **sender.stats_fn(), "segments_sent": sender.stats.sent,
+                "segments_unsent": inst.unsent + sender.inflight, "reconnects": sender.stats.reconnects,
+                **({"failed": inst.failed} if inst.failed else {})}
+
+    if len(instances) == 1:
+        return one(instances[0])
+    rows = [one(inst) for inst in instances]
+    summed = {k: sum(float(r[k]) for r in rows) for k in ("env_steps", "episodes", "segments_sent", "segments_unsent")}
+    return {"collector_id": cid, "games": len(instances), **summed,
+            "batch_mean": batcher.stats.mean_batch if batcher is not None else None,
+            "instances_failed": sum(1 for inst in instances if inst.failed), "instances": rows}
