@@ -128,7 +128,8 @@ def main() -> None:
                  if SMOKE else []) + list(args.overrides)
     from pzstream.config import load_config
 
-    batch_size = load_config(args.config, overrides).world_model().batch_size
+    cfg = load_config(args.config, overrides)
+    batch_size = cfg.world_model().batch_size
     seconds = 60 * minutes
     with Sampler() as sampler:
         summary = run_all(["--max-seconds", str(seconds), *(["--config", args.config] if args.config else []),
@@ -136,6 +137,7 @@ def main() -> None:
                            "--learner", f"tcp://127.0.0.1:{free_base_port()}"], seconds, "e2e")
     result = report(summary, sampler.summary(), minutes, batch_size)
     result["python"], result["config"] = platform.python_version(), args.config or "debug"
+    result["games_per_collector"], result["num_simulations"] = cfg.collector.games, cfg.search.num_simulations
     rows = [("env steps/s", result["env_steps_per_s"]), ("moves/s per collector", result["moves_per_s_per_collector"]),
             ("search mean batch", result["search_mean_batch"]), ("search ms per batch", result["search_ms_per_batch"]),
             ("search prior share", result["search_prior_share"]), ("wm updates/s", result["wm_updates_per_s"]), ("wm samples/s", result["wm_samples_per_s"]),
