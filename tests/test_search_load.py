@@ -4,8 +4,9 @@ from __future__ import annotations
 import os
 import stat
 
-from pzstream.hub.search_load import SearchTotals, describe, search_load, search_totals
+from pzstream.hub.search_load import SearchTotals, search_load, search_totals
 from pzstream.stream.report_record import ReportRecord, SearchLoad, decode_report, encode_report, gpu_utilization
+from pzstream.stream.report_record import describe_search as describe
 
 
 def server(roots: float, batches: float, search_s: float, prior_s: float, **more: float) -> dict[str, float]:
@@ -80,3 +81,24 @@ def test_gpu_utilization_is_none_on_a_cpu_and_read_from_nvidia_smi_where_torch_c
     assert gpu_utilization("cuda:0") is None  # nvidia-smi failed for GPU 2: not known, no error
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
     assert gpu_utilization("cuda") is None  # no nvidia-smi at all
+
+
+def test_the_dashboards_rates_panel_shows_the_search_load_where_a_server_reports():
+    from rich.console import Console
+
+    from pzstream.roles.dashboard import rates_panel
+
+    fields = dict(elapsed_s=1.0, interval_s=1.0, segments_accepted=0, segments_per_s=0.0, env_steps=0, steps_per_s=0.0,
+                  wm_updates=0, wm_updates_per_s=0.0, wm_version=0, llm_version=0, min_collector_wm_version=None,
+                  min_collector_llm_version=None, lag_wm={}, lag_llm={}, losses={}, returns={}, ppo=None,
+                  rejected_by_reason={}, connections_rejected={}, caps={}, peers=(), peers_total=0, collectors_live=0,
+                  collectors_lost=0, trainer_dropped=0, rss_bytes={})
+    load = SearchLoad(servers=1, roots_per_s=6.0, mean_batch=6.0, ms_per_batch=500.0, prior_share=0.8, gpu_util=None)
+
+    def shown(record: ReportRecord) -> str:
+        console = Console(width=120, record=True)
+        console.print(rates_panel(record, ()))
+        return console.export_text()
+
+    assert "6.0 roots/s, batch 6.0, 500 ms, prior 80%" in shown(ReportRecord(**fields, search=load))
+    assert "roots/s" not in shown(ReportRecord(**fields))

@@ -16,7 +16,6 @@ import anyio
 
 from pzstream.hub.parts import AcceptedSegment
 from pzstream.hub.peers import printable
-from pzstream.hub.search_load import describe as describe_search
 from pzstream.hub.search_load import search_load, search_totals
 from pzstream.hub.status import CollectorStatus, HubStatus
 from pzstream.stream.report_record import (
@@ -27,6 +26,7 @@ from pzstream.stream.report_record import (
     ReportPublisher,
     ReportRecord,
     SearchLoad,
+    describe_search,
     finite,
     process_rss_bytes,
 )

@@ -66,17 +66,3 @@ def search_load(now: SearchTotals, before: SearchTotals, interval_s: float) -> S
                       ms_per_batch=round(1000 * d["search_s"] / d["batches"], 1) if d["batches"] else None,
                       prior_share=round(min(1.0, d["prior_s"] / d["search_s"]), 3) if d["search_s"] > 0 else None,
                       gpu_util=None if now.gpu_util is None else round(now.gpu_util, 1))
-
-
-def describe(load: SearchLoad) -> str:
-    """``search 59.3 roots/s, batch 5.9, 489 ms, prior 71%, gpu 43%`` (parts not known are left out)."""
-    parts = [f"search {load.roots_per_s:.1f} roots/s" + (f" ({load.servers} servers)" if load.servers > 1 else "")]
-    if load.mean_batch is not None:
-        parts.append(f"batch {load.mean_batch:.1f}")
-    if load.ms_per_batch is not None:
-        parts.append(f"{load.ms_per_batch:.0f} ms")
-    if load.prior_share is not None:
-        parts.append(f"prior {100 * load.prior_share:.0f}%")
-    if load.gpu_util is not None:
-        parts.append(f"gpu {load.gpu_util:.0f}%")
-    return ", ".join(parts)

@@ -30,7 +30,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pzstream.stream.logstream import format_record, local_address
-from pzstream.stream.report_record import ReportRecord, decode_report
+from pzstream.stream.report_record import ReportRecord, decode_report, describe_search
 from pzstream.stream.text import printable
 from pzstream.stream.transport import HUB_LOG_ROLE, CurveKeys, LogSubscriber, endpoints_for
 from pzstream.stream.wire import Log
@@ -113,7 +113,12 @@ def rates_panel(r: ReportRecord, rates: tuple[float, ...]) -> Panel:
     return Panel(figures([("segments/s", f"{r.segments_per_s:.1f}"), ("env steps/s", f"{r.steps_per_s:.1f}"),
                           ("wm updates/s", f"{r.wm_updates_per_s:.1f}"), ("segments", r.segments_accepted),
                           ("env steps", r.env_steps), ("wm updates", r.wm_updates),
-                          ("trend", sparkline(rates[-20:]))]), title="rates")
+                          ("trend", sparkline(rates[-20:])), *search_rows(r)]), title="rates")
+
+
+def search_rows(r: ReportRecord) -> list[tuple[str, object]]:
+    """The search servers' load (issue 22): where a run's time goes, shown where any server reports."""
+    return [] if r.search is None else [("search", describe_search(r.search).removeprefix("search "))]
 
 
 def lag_panel(r: ReportRecord) -> Panel:
