@@ -13,6 +13,15 @@ def server(roots: float, batches: float, search_s: float, prior_s: float, **more
     return {"roots": roots, "batches": batches, "search_s": search_s, "prior_s": prior_s, **more}
 
 
+def quiet_report_fields() -> dict:
+    """A ReportRecord's fields for a hub that has seen nothing yet (without ``search``)."""
+    return dict(elapsed_s=1.0, interval_s=1.0, segments_accepted=0, segments_per_s=0.0, env_steps=0, steps_per_s=0.0,
+                wm_updates=0, wm_updates_per_s=0.0, wm_version=0, llm_version=0, min_collector_wm_version=None,
+                min_collector_llm_version=None, lag_wm={}, lag_llm={}, losses={}, returns={}, ppo=None,
+                rejected_by_reason={}, connections_rejected={}, caps={}, peers=(), peers_total=0, collectors_live=0,
+                collectors_lost=0, trainer_dropped=0, rss_bytes={})
+
+
 def test_the_load_over_an_interval_is_the_difference_of_two_totals():
     before = search_totals([server(100, 20, 4.0, 3.0), {"env_steps": 5.0}])  # a collector's stats: not a server
     now = search_totals([server(160, 30, 9.0, 7.0, gpu_util=40.0)])
@@ -56,11 +65,7 @@ def test_a_report_with_the_load_round_trips_and_an_older_report_without_it_still
     from pzstream.stream.transport import HUB_LOG_ROLE
     from pzstream.stream.wire import Log
 
-    fields = dict(elapsed_s=1.0, interval_s=1.0, segments_accepted=0, segments_per_s=0.0, env_steps=0, steps_per_s=0.0,
-                  wm_updates=0, wm_updates_per_s=0.0, wm_version=0, llm_version=0, min_collector_wm_version=None,
-                  min_collector_llm_version=None, lag_wm={}, lag_llm={}, losses={}, returns={}, ppo=None,
-                  rejected_by_reason={}, connections_rejected={}, caps={}, peers=(), peers_total=0, collectors_live=0,
-                  collectors_lost=0, trainer_dropped=0, rss_bytes={})
+    fields = quiet_report_fields()
     load = SearchLoad(servers=1, roots_per_s=6.0, mean_batch=6.0, ms_per_batch=500.0, prior_share=0.8, gpu_util=None)
     for record in (ReportRecord(**fields, search=load), ReportRecord(**fields)):
         rec = Log(role=HUB_LOG_ROLE, sender="hub", level=10, time=0.0, logger=REPORT_LOGGER, message=encode_report(record))
@@ -88,11 +93,7 @@ def test_the_dashboards_rates_panel_shows_the_search_load_where_a_server_reports
 
     from pzstream.roles.dashboard import rates_panel
 
-    fields = dict(elapsed_s=1.0, interval_s=1.0, segments_accepted=0, segments_per_s=0.0, env_steps=0, steps_per_s=0.0,
-                  wm_updates=0, wm_updates_per_s=0.0, wm_version=0, llm_version=0, min_collector_wm_version=None,
-                  min_collector_llm_version=None, lag_wm={}, lag_llm={}, losses={}, returns={}, ppo=None,
-                  rejected_by_reason={}, connections_rejected={}, caps={}, peers=(), peers_total=0, collectors_live=0,
-                  collectors_lost=0, trainer_dropped=0, rss_bytes={})
+    fields = quiet_report_fields()
     load = SearchLoad(servers=1, roots_per_s=6.0, mean_batch=6.0, ms_per_batch=500.0, prior_share=0.8, gpu_util=None)
 
     def shown(record: ReportRecord) -> str:
