@@ -72,6 +72,17 @@ class Plays:
     served: ServedPolicy | None = None
 
 
+def served_policy(cfg: Config, local, cid: str, curve: CurveKeys | None) -> ServedPolicy:
+    """The search server's client policy for peer ``cid``, with ``local`` (an MctsPolicy, or a game
+    instance's seat of the collector's batcher) as its fallback."""
+    from pzstream.roles.search_server import SearchClient
+
+    cc = cfg.collector
+    assert cc.search_server is not None
+    return ServedPolicy(local, SearchClient(cc.search_server, curve), cid, cc.search_deadline_ms / 1000,
+                        cc.search_retry_s, fallback=cc.search_fallback)
+
+
 def collector_policy(cfg: Config, cid: str, curve: CurveKeys | None) -> Plays:
     """The config's policy: random play, or MCTS searched here or by a search server (with local fallback)."""
     cc = cfg.collector
@@ -84,11 +95,7 @@ def collector_policy(cfg: Config, cid: str, curve: CurveKeys | None) -> Plays:
     local = mcts_policy(cfg, cc.seed, prior)
     if cc.search != "server":
         return Plays(local, local, prior)
-    from pzstream.roles.search_server import SearchClient
-
-    assert cc.search_server is not None
-    served = ServedPolicy(local, SearchClient(cc.search_server, curve), cid, cc.search_deadline_ms / 1000,
-                          cc.search_retry_s, fallback=cc.search_fallback)
+    served = served_policy(cfg, local, cid, curve)
     log.info("collector %s searches on %s (%s after %.0f ms)", cid, cc.search_server,
              "local fallback" if cc.search_fallback == "local" else "asking again", cc.search_deadline_ms)
     return Plays(served, local, prior, served)
@@ -155,12 +162,10 @@ def instance_plays(cfg: Config, plays: Plays, batcher, k: int, cid: str, curve: 
     local = plays.local if k == 0 else seat
     if plays.served is None:
         return Plays(seat, local, plays.prior)
-    from pzstream.roles.search_server import SearchClient
-
-    cc = cfg.collector
-    assert cc.search_server is not None
-    served = ServedPolicy(seat, SearchClient(cc.search_server, curve), cid, cc.search_deadline_ms / 1000,  # type: ignore[arg-type]
-                          cc.search_retry_s, fallback=cc.search_fallback)
+    if k == 0:
+        plays.served.local = seat  # the client collector_policy made serves instance 0; it falls back to its seat
+        return Plays(plays.served, local, plays.prior, plays.served)
+    served = served_policy(cfg, seat, cid, curve)
     return Plays(served, local, plays.prior, served)
 
 
@@ -190,8 +195,6 @@ async def open_instances(cfg: Config, cid: str, curve: CurveKeys | None) -> tupl
     if cc.games > 1 and isinstance(plays.local, MctsPolicy):
         from pzstream.move_batcher import MoveBatcher
 
-        if plays.served is not None:
-            plays.served.service.close()  # type: ignore[attr-defined]  # each instance gets its own client
         batcher = MoveBatcher(plays.local, cc.games, cc.games_max_wait_ms / 1000)
         per_instance = [instance_plays(cfg, plays, batcher, k, iid, curve) for k, iid in enumerate(ids)]
     elif cc.games > 1:  # random play: each instance its own generator
