@@ -1,9 +1,9 @@
 """LLM prior scoring throughput: packed tree and shared-prompt KV cache against naive sequences.
 
     python bench/prior.py [--quick] [--device cpu|cuda] [--shape tiny|qwen2.5-0.5b]
-                          [--peak-tflops 989] [--threads N]
+                          [--peak-tflops 989] [--threads N] [--batches 1,8,32] [--profile]
 
-For B in {1, 8, 32} roots, each root has a distinct prompt (~200 tokens on the tiny model,
+For B in {1, 8, 32} roots (``--batches``; 8 is always run, the JSON's headline figures are at 8), each root has a distinct prompt (~200 tokens on the tiny model,
 ~512 on the Qwen2.5-0.5B shape) and K = 20 candidate actions of ~6 tokens. Three methods of
 ``pzstream.llm.prior`` score the same inputs in the same process: ``tree`` (packed rows with a
 4-D mask, the method ``TransformersBackend`` uses on the device, ``tree_scorer``: one forward on a
@@ -20,7 +20,12 @@ intermediate 4864, vocab 151936, tied embeddings) with RANDOM weights (nothing i
 downloaded), in bf16 on cuda (fp32 on cpu), with the tiny tokenizer (its ids are a subset
 of the vocabulary). For it the FLOP floor is reported: 2 x parameters x tokens processed
 by the shared-prompt methods (B x (prompt + K x candidate tokens)) / (--peak-tflops x 1e12),
-and the ratio measured / floor for tree and kvcopy. The last stdout line is one JSON object.
+and the ratio measured / floor for tree and kvcopy. Above B = 32 the naive reference is not run
+(its B x K full sequences): ``max_abs_diff`` there is against kvcopy. ``tokenize_ms`` is the part of the backend's
+time spent tokenising (``tokens.encode_roots``) with the texts seen before (the scorer's case: the prompt
+was tokenised when it was fitted, the candidates recur), ``tokenize_cold_ms`` with none seen. ``--profile``: the backend's method at the largest
+B under ``torch.profiler``, its ten costliest operators printed (device time on a GPU) and saved
+as ``profile`` in the JSON. The last stdout line is one JSON object.
 
 Imports only torch, transformers, numpy and pzstream.llm.*.
 """
@@ -43,11 +48,12 @@ import transformers  # noqa: E402
 from pzstream.llm.prior import (candidate_logprobs_naive, candidate_logprobs_shared,  # noqa: E402
                                 tree_scorer)
 from pzstream.llm.prompts import PromptConfig, build_prompt  # noqa: E402
+from pzstream.llm.tokens import DEFAULT_CONTINUATION, TextIds, encode_roots  # noqa: E402
 from pzstream.llm.tiny import resolve_model  # noqa: E402
 
 K = 20
+NAIVE_MAX_B = 32  # above it the naive reference is not run (its diffs are then against kvcopy)
 CAND_TOKENS = 6
-BATCHES = (1, 8, 32)
 _WORDS = ("lamp lantern sword mailbox leaflet door window trapdoor rug table sack bottle water "
           "garlic rope egg nest tree book candles bell skull painting chest box key coin").split()
 _VERBS = ("take", "drop", "open", "close", "examine", "read", "push", "pull", "go", "climb", "light")
@@ -109,6 +115,26 @@ def timed(fn, repeats: int, device: str) -> tuple[float, list[np.ndarray]]:
     return best, out
 
 
+def profiled(fn, device: str, top: int = 10) -> list[dict]:
+    """The ``top`` operators of one call of ``fn`` by device time (CPU time on a CPU), printed and returned."""
+    from torch.profiler import ProfilerActivity, profile
+
+    fn()  # warm-up
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.startswith("cuda") else [])
+    with profile(activities=acts) as prof:
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+    key = "device_time_total" if device.startswith("cuda") else "cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: -getattr(e, key, 0.0))[:top]
+    out = [dict(op=e.key, calls=e.count, device_ms=getattr(e, "device_time_total", 0.0) / 1e3,
+                cpu_ms=e.cpu_time_total / 1e3) for e in events]
+    print(f"{'operator':<48} {'calls':>6} {'device ms':>10} {'cpu ms':>9}")
+    for r in out:
+        print(f"{r['op'][:48]:<48} {r['calls']:>6} {r['device_ms']:>10.2f} {r['cpu_ms']:>9.2f}")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -118,7 +144,15 @@ def main() -> None:
     ap.add_argument("--prompt-tokens", type=int, default=0, help="0: 200 (tiny) or 512 (qwen shape)")
     ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: leave torch's default)")
     ap.add_argument("--repeats", type=int, default=0, help="timed repeats per case (0: 1 quick, 3 full)")
+    ap.add_argument("--batches", default="1,8,32", help="comma-separated root counts B (8 is always added)")
+    ap.add_argument("--profile", action="store_true", help="profile the backend's method at the largest B")
     args = ap.parse_args()
+    try:
+        batches = sorted({int(b) for b in args.batches.split(",") if b.strip()} | {8})
+    except ValueError:
+        raise SystemExit(f"--batches: expected comma-separated integers, got {args.batches!r}")
+    if batches[0] < 1:
+        raise SystemExit("--batches: every B must be >= 1")
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
@@ -129,32 +163,43 @@ def main() -> None:
     model, tok, dtype = make_model(args.shape, args.device)
     n_params = sum(p.numel() for p in model.parameters())  # tied embeddings counted once
     rng = np.random.default_rng(0)
-    all_prompts, all_cands = make_inputs(tok, max(BATCHES), prompt_tokens, rng)
+    all_prompts, all_cands = make_inputs(tok, max(batches), prompt_tokens, rng)
     cand_tok = float(np.mean([len(tok(" " + c, add_special_tokens=False)["input_ids"])
                               for cs in all_cands for c in cs]))
 
     rows, max_diff, kv_max_diff = [], 0.0, 0.0
     floor_cols = args.shape != "tiny"
     print(f"{'B':>3} {'tree ms':>9} {'kvcopy ms':>10} {'naive ms':>9} {'tree r/s':>9} {'kvcopy r/s':>11} "
-          f"{'naive r/s':>10} {'speedup':>8} {'tree|diff|':>10} {'kv|diff|':>9}"
+          f"{'naive r/s':>10} {'speedup':>8} {'tree|diff|':>10} {'kv|diff|':>9} {'tok ms':>7} {'cold':>6}"
           + (f" {'floor ms':>9} {'tree xfl':>9} {'kv xfl':>7}" if floor_cols else ""))
-    for b in BATCHES:
+    for b in batches:
         prompts, cands = all_prompts[:b], all_cands[:b]
         tt, tree = timed(lambda: tree_scorer(args.device)(model, tok, prompts, cands, args.device,
                                                          max_rows=b * K), repeats, args.device)
         ts, shared = timed(lambda: candidate_logprobs_shared(model, tok, prompts, cands, args.device,
                                                              max_rows=b * K), repeats, args.device)
-        tn, naive = timed(lambda: candidate_logprobs_naive(model, tok, prompts, cands, args.device,
-                                                           max_rows=b * K), repeats, args.device)
+        if b <= NAIVE_MAX_B:
+            tn, naive = timed(lambda: candidate_logprobs_naive(model, tok, prompts, cands, args.device,
+                                                               max_rows=b * K), repeats, args.device)
+        else:  # the reference's full sequences do not fit a forward: kvcopy (equal to it below) stands in
+            tn, naive = float("nan"), shared
+        def encode(fresh: bool):
+            if fresh:  # a table that has seen none of these texts
+                tok._pzstream_text_ids = TextIds()
+            return encode_roots(tok, prompts, cands, DEFAULT_CONTINUATION, 32,
+                                max_total_tokens=model.config.max_position_embeddings)
+        tk_cold, _ = timed(lambda: encode(True), repeats, "cpu")
+        tk, _ = timed(lambda: encode(False), repeats, "cpu")
         diff = max(float(np.abs(x - y).max()) for x, y in zip(tree, naive))
         kv_diff = max(float(np.abs(x - y).max()) for x, y in zip(shared, naive))
         max_diff, kv_max_diff = max(max_diff, diff), max(kv_max_diff, kv_diff)
         row = dict(B=b, tree_ms=tt * 1e3, kvcopy_ms=ts * 1e3, naive_ms=tn * 1e3,
                    tree_roots_per_s=b / tt, kvcopy_roots_per_s=b / ts, naive_roots_per_s=b / tn,
                    shared_ms=tt * 1e3, shared_roots_per_s=b / tt, speedup=tn / tt,
-                   speedup_over_kvcopy=ts / tt, max_abs_diff=diff, kvcopy_max_abs_diff=kv_diff)
+                   speedup_over_kvcopy=ts / tt, max_abs_diff=diff, kvcopy_max_abs_diff=kv_diff,
+                   tokenize_ms=tk * 1e3, tokenize_cold_ms=tk_cold * 1e3)
         line = (f"{b:>3} {tt * 1e3:>9.1f} {ts * 1e3:>10.1f} {tn * 1e3:>9.1f} {b / tt:>9.1f} {b / ts:>11.1f} "
-                f"{b / tn:>10.1f} {tn / tt:>8.2f} {diff:>10.2e} {kv_diff:>9.2e}")
+                f"{b / tn:>10.1f} {tn / tt:>8.2f} {diff:>10.2e} {kv_diff:>9.2e} {tk * 1e3:>7.1f} {tk_cold * 1e3:>6.1f}")
         if floor_cols:
             tokens = b * (prompt_tokens + K * cand_tok)
             floor = 2.0 * n_params * tokens / (args.peak_tflops * 1e12)
@@ -164,6 +209,8 @@ def main() -> None:
         rows.append(row)
         print(line, flush=True)
 
+    profile = profiled(lambda: tree_scorer(args.device)(model, tok, all_prompts, all_cands, args.device,
+                                                        max_rows=max(batches) * K), args.device) if args.profile else None
     at8 = next(r for r in rows if r["B"] == 8)
     result = dict(
         bench="prior", shape=args.shape, quick=args.quick, device=args.device,
@@ -175,7 +222,7 @@ def main() -> None:
         kvcopy_roots_per_s=at8["kvcopy_roots_per_s"], kvcopy_max_abs_diff=kv_max_diff,
         speedup_over_kvcopy=at8["speedup_over_kvcopy"],
         peak_tflops=args.peak_tflops if args.shape != "tiny" else None,
-        per_b=rows, versions=dict(python=platform.python_version(), torch=torch.__version__,
+        per_b=rows, profile=profile, versions=dict(python=platform.python_version(), torch=torch.__version__,
                                   transformers=transformers.__version__, numpy=np.__version__),
     )
     print(json.dumps(result))

@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .tokens import ChatFrame, cap_prompt, chat_frame
+from .tokens import ChatFrame, cap_prompt, chat_frame, encode_many
 
 TRUNCATION_MARK = "..."
 
@@ -173,8 +173,8 @@ def build_generation_prompt(cfg: PromptConfig, history: Sequence[Any] | None, ob
 
 
 def _n_tokens(tokenizer: Any, text: str) -> int:
-    # verbose=False: measuring a text longer than the model's positions is the point here, not a mistake
-    return len(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
+    # through the tokenizer's table: the scorer then finds the fitted prompt's ids there (tokenised once)
+    return len(encode_many(tokenizer, [text])[0])
 
 
 def fit_prompt(tokenizer: Any, cfg: PromptConfig, history: Sequence[Any] | None, observation: str,

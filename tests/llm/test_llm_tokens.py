@@ -137,3 +137,30 @@ def test_cap_prompt_keeps_the_end():
     assert cut.endswith("Action:") and len(tok(cut, add_special_tokens=False)["input_ids"]) <= 10
     with pytest.raises(ValueError, match="max_tokens"):
         cap_prompt(tok, text, 0)
+
+
+def test_texts_are_tokenised_once_and_the_table_stays_bounded(qwen_like):
+    """encode_many keeps each text's ids (least recently used out first): the ids equal a plain
+    tokenizer call, and the scorer's encode of a prompt that fit_prompt measured finds it."""
+    from pzstream.llm.prompts import fit_prompt
+    from pzstream.llm.tokens import TextIds, encode_many, text_ids
+
+    _, tok = qwen_like
+    texts = ["open mailbox", "north", "take the brass lantern", "open mailbox"]
+    plain = [list(x) for x in tok(texts, add_special_tokens=False)["input_ids"]]
+    table = TextIds(capacity=3)
+    assert table.encode(tok, texts) == plain
+    assert (table.hits, table.misses) == (1, 3)  # the repeat within one call is encoded once
+    assert table.encode(tok, ["north"]) == plain[1:2] and table.hits == 2
+    table.encode(tok, ["west"])  # a fourth text: the least recently used ("open mailbox") goes
+    assert len(table._ids) == 3 and "open mailbox" not in table._ids and "north" in table._ids
+
+    tok._pzstream_text_ids = TextIds()
+    prompt = fit_prompt(tok, PromptConfig(max_prompt_tokens=1024), [("West of House.", "north", 0.0)], "North of House.")
+    seen = text_ids(tok)
+    before = (seen.hits, seen.misses)
+    p_ids, a_ids = encode_roots(tok, [prompt], [["open mailbox", "north"]])
+    assert seen.hits == before[0] + 1 and seen.misses == before[1] + 2  # the prompt found, two answers new
+    assert p_ids[0] == encode_many(tok, [prompt])[0] == list(tok(prompt, add_special_tokens=False)["input_ids"])
+    encode_roots(tok, [prompt], [["open mailbox", "north"]])
+    assert seen.misses == before[1] + 2  # the answers too, the second time
