@@ -58,6 +58,7 @@ class SearchAdapter:
         self._roots = 0    # roots in use
         self._root_cap = 0
         self._lens = np.zeros(0, dtype=np.int64)
+        self._root_host = np.zeros(0, dtype=np.int64)  # _root_of on the host: a step looks it up without a device sync
 
     def reset(self) -> None:
         """Forget every handle (call after each search)."""
@@ -97,9 +98,9 @@ class SearchAdapter:
         self._root_of = grown(None if first else self._root_of, (), torch.long)
         self._k = [grown(None if first else self._k[i], (hh, t, d // hh), dt) for i in range(cfg.n_layers)]
         self._v = [grown(None if first else self._v[i], (hh, t, d // hh), dt) for i in range(cfg.n_layers)]
-        lens = np.zeros(cap, dtype=np.int64)
-        lens[:self._n] = self._lens[:self._n]
-        self._lens, self._cap = lens, cap
+        lens, root_host = np.zeros(cap, dtype=np.int64), np.zeros(cap, dtype=np.int64)
+        lens[:self._n], root_host[:self._n] = self._lens[:self._n], self._root_host[:self._n]
+        self._lens, self._root_host, self._cap = lens, root_host, cap
 
     def _grow_roots(self, need: int) -> None:
         if self._roots + need <= self._root_cap:
@@ -116,8 +117,8 @@ class SearchAdapter:
     def _dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def _put(self, tokens: torch.Tensor, valid: torch.Tensor, kv: KV, lens: torch.Tensor | np.ndarray,
-             root_of: torch.Tensor) -> np.ndarray:
+    def _put(self, tokens: torch.Tensor, valid: torch.Tensor, kv: KV, lens: np.ndarray,
+             root_of: np.ndarray) -> np.ndarray:
         """Store B nodes whose first lens[b] positions are tokens/valid/kv[b, :lens[b]]: their handles."""
         b, length = tokens.shape[0], tokens.shape[1]
         self._grow_nodes(b)
@@ -127,7 +128,8 @@ class SearchAdapter:
         lens_t = torch.as_tensor(np.asarray(lens), device=self.device)
         keep = torch.arange(length, device=self.device)[None] < lens_t[:, None]
         self._valid[new, :length] = valid & keep
-        self._root_of[new] = root_of
+        self._root_of[new] = torch.as_tensor(root_of, device=self.device)
+        self._root_host[self._n:self._n + b] = root_of
         for i, (k, v) in enumerate(kv):
             self._k[i][new, :, :length] = k
             self._v[i][new, :, :length] = v
@@ -200,7 +202,7 @@ class SearchAdapter:
         self._roots += b
         roots = torch.arange(r0, r0 + b, device=dev)
         value, prior, legal = self._heads(h[:, -1], roots, k)
-        handles = self._put(x, valid, kv, np.full(b, n_tok, dtype=np.int64), roots)
+        handles = self._put(x, valid, kv, np.full(b, n_tok, dtype=np.int64), np.arange(r0, r0 + b, dtype=np.int64))
         return RootOutput(prior.float().cpu().numpy(), value.float().cpu().numpy(), handles, legal.cpu().numpy())
 
     def _trim(self, handles: np.ndarray) -> np.ndarray:
@@ -212,7 +214,7 @@ class SearchAdapter:
         tokens = self._tokens[h[:, None], cols]
         valid = self._valid[h[:, None], cols]
         _, kv = self.model.transformer(tokens, torch.arange(keep, device=self.device), valid)
-        return self._put(tokens, valid, kv, np.full(len(handles), keep, dtype=np.int64), self._root_of[h])
+        return self._put(tokens, valid, kv, np.full(len(handles), keep, dtype=np.int64), self._root_host[handles])
 
     @torch.no_grad()
     def recurrent(self, parent_handles: np.ndarray, actions: np.ndarray) -> RecurrentOutput:
@@ -222,7 +224,7 @@ class SearchAdapter:
         acts = np.asarray(actions, dtype=np.int64).reshape(-1)
         if len(acts) != len(handles):
             raise ValueError(f"{len(handles)} parent handles but {len(acts)} actions")
-        n_cand = self._n_cand[self._root_of[torch.as_tensor(handles, device=dev)].cpu().numpy()]
+        n_cand = self._n_cand[self._root_host[handles]]
         bad = (acts < 0) | (acts >= n_cand)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -258,9 +260,10 @@ class SearchAdapter:
             ck[rows, :, lens_t], ck[rows, :, lens_t + 1] = kk[:, :, lmax], kk[:, :, lmax + 1]
             cv[rows, :, lens_t], cv[rows, :, lens_t + 1] = vv[:, :, lmax], vv[:, :, lmax + 1]
             child_kv.append((ck, cv))
-        new = self._put(tokens, child_valid, child_kv, lens + 2, roots)
-        return RecurrentOutput(reward.float().cpu().numpy(), value.float().cpu().numpy(),
-                               prior.float().cpu().numpy(), new)
+        new = self._put(tokens, child_valid, child_kv, lens + 2, self._root_host[handles])
+        # one copy back (one wait on the device a step): reward, value and the prior logits side by side
+        out = torch.cat([reward.float()[:, None], value.float()[:, None], prior.float()], 1).cpu().numpy()
+        return RecurrentOutput(out[:, 0], out[:, 1], out[:, 2:], new)
 
 
 def model_value_fn(model: WorldModel, chunk: int = 64) -> Callable[[Episode], np.ndarray]:
