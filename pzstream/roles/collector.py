@@ -205,15 +205,11 @@ async def open_instances(cfg: Config, cid: str, curve: CurveKeys | None) -> tupl
     return instances, plays, batcher
 
 
-async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None = None) -> dict[str, object]:
-    """Play and stream until ``stop`` is set or ``collector.max_steps`` is reached (per game instance)."""
+def open_senders(cfg: Config, ctx: zmq.asyncio.Context, instances: list[Instance], weights: WeightsClient | None,
+                 batcher, curve: CurveKeys | None) -> None:
+    """Each instance's own peer of the hub (its Hello, its seqs, its stats in the heartbeats)."""
     cc = cfg.collector
-    cid = cc.id or default_collector_id()
     ep = endpoints_for(cc.learner)
-    instances, plays, batcher = await open_instances(cfg, cid, curve)
-    weights = weights_client_for(cfg, plays.local, plays.prior, cid)
-
-    ctx = zmq.asyncio.Context()
     for inst in instances:
         def stats(inst: Instance = inst) -> dict[str, float]:
             return {**collector_stats(inst.game, inst.player, inst.plays, weights, cfg.llm.enabled),
@@ -223,15 +219,79 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
                       capabilities=(f"policy:{inst.plays.policy.name}", "reject_seq"), seed=inst.player.seed)
         inst.sender = SegmentSender(ctx, ep.segments, hello, cfg.hub.heartbeat_s, curve=curve, stats_fn=stats,
                                     timeout_heartbeats=cfg.hub.peer_timeout_heartbeats)
-    notices = NoticeSubscriber(ctx, ep.weights, curve)
-    halt = threading.Event()
+
+
+@dataclass
+class Playing:
+    """What every instance's loop shares: the collector's stop flag, the threads its games step in,
+    the batcher of their moves (None: one game), and whether a game's exception ends the collector
+    (one instance) or only that instance."""
+
+    cfg: Config
+    halt: threading.Event
+    threads: anyio.CapacityLimiter
+    batcher: object | None
+    alone: bool
+
+
+async def play_instance(inst: Instance, k: int, pl: Playing) -> None:
+    """Instance ``k``'s loop: play a segment, send it, repeat; a game that raises stops this instance only
+    (logged, its peer says goodbye) unless it is the collector's one game."""
+    cc, sender = pl.cfg.collector, inst.sender
+    assert sender is not None
+    last_report = time.monotonic()
+    try:
+        while not pl.halt.is_set():
+            if cc.max_steps is not None and inst.player.stats.env_steps >= cc.max_steps:
+                break
+            try:
+                seg = await anyio.to_thread.run_sync(inst.player.play_segment, pl.halt, cc.max_steps, limiter=pl.threads)
+            except Exception as e:
+                if pl.alone:
+                    raise
+                inst.failed = f"{type(e).__name__}: {e}"
+                log.error("collector %s: its game stopped (%s); the other instances play on", inst.cid, inst.failed)
+                break
+            if seg is not None:
+                try:
+                    await sender.send(seg)
+                except SendAbandoned as e:
+                    inst.unsent += 1
+                    log.warning("collector %s stopping: %s (%d steps unsent)", inst.cid, e, seg.n_steps)
+                    break
+            if time.monotonic() - last_report > 10:
+                last_report = time.monotonic()
+                st = sender.stats_fn()
+                log.info("collector %s: %d steps, %d episodes, return %.2f, cache hit %.1f%%, in flight %d",
+                         inst.cid, st["env_steps"], st["episodes"], st["return_mean"],
+                         100 * st["cache_hits"] / max(1.0, st["cache_hits"] + st["cache_misses"]), sender.inflight)
+    finally:
+        if pl.batcher is not None:
+            pl.batcher.seat(k).close()  # type: ignore[attr-defined]  # the others' batches no longer wait for it
+    if sender.stats.welcomes == 0:
+        log.error("collector %s was never welcomed by the hub at %s: is the hub running there, and does it "
+                  "need CURVE keys (security.curve_dir)?", inst.cid, cc.learner)
+    elif not await sender.drain(timeout_s=3 * pl.cfg.hub.heartbeat_s + 2):
+        log.warning("collector %s: %d segments unacknowledged at exit", inst.cid, sender.inflight)
+    await sender.send_heartbeat(closing=True)  # final stats, and goodbye
+
+
+async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None = None) -> dict[str, object]:
+    """Play and stream until ``stop`` is set or ``collector.max_steps`` is reached (per game instance)."""
+    cc = cfg.collector
+    cid = cc.id or default_collector_id()
+    instances, plays, batcher = await open_instances(cfg, cid, curve)
+    weights = weights_client_for(cfg, plays.local, plays.prior, cid)
+    ctx = zmq.asyncio.Context()
+    open_senders(cfg, ctx, instances, weights, batcher, curve)
+    notices = NoticeSubscriber(ctx, endpoints_for(cc.learner).weights, curve)
+    pl = Playing(cfg, threading.Event(), anyio.CapacityLimiter(cc.games + 2), batcher, len(instances) == 1)
     for inst in instances:
         if inst.plays.served is not None:
-            inst.plays.served.stopping = halt.is_set
+            inst.plays.served.stopping = pl.halt.is_set
     conversation_done = anyio.Event()
     log.info("collector %s playing %s against %s%s", cid, instances[0].game.name, cc.learner,
              f" ({cc.games} game instances, moves searched together)" if cc.games > 1 else "")
-    threads = anyio.CapacityLimiter(cc.games + 2)
 
     async def follow_weights() -> None:
         if weights is not None:
@@ -239,49 +299,9 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
 
     async def watch_stop() -> None:
         await stop.wait()
-        halt.set()
+        pl.halt.set()
         for inst in instances:
             inst.sender.give_up(after_s=3 * cfg.hub.heartbeat_s + 2)  # type: ignore[union-attr]
-
-    async def play(inst: Instance) -> None:
-        """One instance's loop; a game that raises stops that instance only (logged, its peer says goodbye)."""
-        sender = inst.sender
-        assert sender is not None
-        last_report = time.monotonic()
-        try:
-            while not halt.is_set():
-                if cc.max_steps is not None and inst.player.stats.env_steps >= cc.max_steps:
-                    break
-                try:
-                    seg = await anyio.to_thread.run_sync(inst.player.play_segment, halt, cc.max_steps, limiter=threads)
-                except Exception as e:
-                    if len(instances) == 1:
-                        raise
-                    inst.failed = f"{type(e).__name__}: {e}"
-                    log.error("collector %s: its game stopped (%s); the other instances play on", inst.cid, inst.failed)
-                    break
-                if seg is not None:
-                    try:
-                        await sender.send(seg)
-                    except SendAbandoned as e:
-                        inst.unsent += 1
-                        log.warning("collector %s stopping: %s (%d steps unsent)", inst.cid, e, seg.n_steps)
-                        break
-                if time.monotonic() - last_report > 10:
-                    last_report = time.monotonic()
-                    st = sender.stats_fn()
-                    log.info("collector %s: %d steps, %d episodes, return %.2f, cache hit %.1f%%, in flight %d",
-                             inst.cid, st["env_steps"], st["episodes"], st["return_mean"],
-                             100 * st["cache_hits"] / max(1.0, st["cache_hits"] + st["cache_misses"]), sender.inflight)
-        finally:
-            if batcher is not None:
-                batcher.seat(instances.index(inst)).close()  # the others' batches no longer wait for it
-        if sender.stats.welcomes == 0:
-            log.error("collector %s was never welcomed by the hub at %s: is the hub running there, and does it "
-                      "need CURVE keys (security.curve_dir)?", inst.cid, cc.learner)
-        elif not await sender.drain(timeout_s=3 * cfg.hub.heartbeat_s + 2):
-            log.warning("collector %s: %d segments unacknowledged at exit", inst.cid, sender.inflight)
-        await sender.send_heartbeat(closing=True)  # final stats, and goodbye
 
     try:
         async with anyio.create_task_group() as tg:
@@ -290,8 +310,8 @@ async def run_collector(cfg: Config, stop: anyio.Event, curve: CurveKeys | None 
             tg.start_soon(follow_weights)
             tg.start_soon(watch_stop)
             async with anyio.create_task_group() as players:
-                for inst in instances:
-                    players.start_soon(play, inst)
+                for k, inst in enumerate(instances):
+                    players.start_soon(play_instance, inst, k, pl)
             await anyio.sleep(0.05)
             conversation_done.set()
             tg.cancel_scope.cancel()
