@@ -28,7 +28,8 @@ def readme_bench_commands(readme: str) -> list[list[str]]:
 
 COMMANDS = readme_bench_commands((REPO / "README.md").read_text())
 #: Benches that measure on the Jericho suite and have no game of their own to fall back to.
-NEEDS_JERICHO = {"bench/prior_quality.py", "bench/ppo.py", "bench/llm.py", "bench/play.py", "bench/learn_llm.py"}
+NEEDS_JERICHO = {"bench/prior_quality.py", "bench/ppo.py", "bench/llm.py", "bench/play.py", "bench/learn_llm.py",
+                 "bench/prompt_reuse.py"}
 
 
 def test_the_readme_lists_every_bench():
