@@ -446,6 +446,21 @@ class ScheduleConfig(_Section):
     collect_steps: int = Field(2000, ge=1, description="alternating: env steps accepted per collect phase")
     train_updates: int = Field(100, ge=1, description="alternating: world-model updates per train phase")
     ppo_episodes: int = Field(1, ge=0, le=1, description="alternating: PPO episodes per cycle (0 or 1)")
+    gpu_share: Literal["off", "auto"] = Field(
+        "off", description="async: auto = pace the world-model trainer by the search servers' own measured ms a batch, "
+                           "so that a GPU they share keeps the search near its pace alone (pzstream/hub/gpu_share.py; "
+                           "not yet measured on a GPU)")
+    search_slowdown: float = Field(1.5, gt=1.0, description="gpu_share=auto: a search batch slower than this many "
+                                   "times its pace alone halves the trainer's updates a second")
+    min_updates_per_s: float = Field(1.0, gt=0, description="gpu_share=auto: the trainer is never paced below this")
+    pace_every_s: float = Field(10.0, gt=0, description="gpu_share=auto: seconds between two decisions")
+
+    @model_validator(mode="after")
+    def _gpu_share_is_async(self) -> "ScheduleConfig":
+        if self.gpu_share == "auto" and self.mode != "async":
+            raise ValueError("schedule.gpu_share=auto paces the asynchronous schedule; mode=alternating takes turns "
+                             "already (set schedule.gpu_share=off or schedule.mode=async)")
+        return self
 
 
 class CheckpointConfig(_Section):

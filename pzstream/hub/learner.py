@@ -28,6 +28,7 @@ from pzstream.hub.ingest import Ingest
 from pzstream.hub.parts import SegmentPart
 from pzstream.hub.ppo import PPOEpisodes
 from pzstream.hub.publisher import PublishedVersions
+from pzstream.hub.gpu_share import GpuSharePart
 from pzstream.hub.schedule import SchedulePart
 from pzstream.hub.report import HubExtras, HubReport, ReturnTracker, ingest_summary
 from pzstream.stream.report_record import PPOFigures
@@ -95,6 +96,13 @@ class LearnerHub:
             self.trainer.on_helper_start = self.schedule.on_trainer_start
             if self.ppo is not None:
                 self.ppo.gate, self.ppo.on_over = self.schedule.state.ppo_allowed, self.schedule.on_ppo_over
+        sc = cfg.schedule
+        self.gpu_share = GpuSharePart(sc.pace_every_s, sc.search_slowdown, sc.min_updates_per_s,
+                                      lambda: [r.stats for r in self.status().readers.values()],
+                                      lambda: self.trainer.updates, self.trainer.pace) \
+            if sc.gpu_share == "auto" and cfg.trainer.enabled else None
+        if self.gpu_share is not None:
+            self.trainer.on_helper_start = self.gpu_share.on_trainer_start
         self.helpers = helpers if helpers is not None else self._default_helpers()
         self._t0 = time.monotonic()
         self._t_end: float | None = None
@@ -161,6 +169,8 @@ class LearnerHub:
                     tg.start_soon(self.ppo.run)
                 if self.schedule.active:
                     tg.start_soon(self.schedule.run)
+                if self.gpu_share is not None:
+                    tg.start_soon(self.gpu_share.run)
                 if self.checkpoints is not None:
                     tg.start_soon(self.checkpoints.run)
                 await stop.wait()
@@ -230,6 +240,7 @@ class LearnerHub:
             "trainer_restarts": self.trainer.restarts,
             "episode_returns": self.returns.summary(),
             "schedule": self.schedule.summary(),
+            "gpu_share": self.gpu_share.summary() if self.gpu_share is not None else None,
             "checkpoint": self.checkpoints.summary() if self.checkpoints is not None else {"enabled": False},
             "ppo_episodes_fired": ppo.state.fired if ppo else 0,
             "ppo_episodes_failed": ppo.state.failed if ppo else 0,

@@ -21,7 +21,8 @@ from collections.abc import Callable
 from pzstream.hub.parts import AcceptedSegment
 from pzstream.hub.publisher import PublishedVersions
 from pzstream.stream import internal
-from pzstream.stream.internal import BudgetSpent, NewWeights, SegmentFrame, Taken, TrainBudget, TrainerStats, WorkerReady
+from pzstream.stream.internal import (BudgetSpent, NewWeights, Pace, SegmentFrame, Taken, TrainBudget, TrainerStats,
+                                      WorkerReady)
 
 log = logging.getLogger("pzstream.learner")
 
@@ -48,6 +49,10 @@ class TrainerLink:
     def train(self, updates: int) -> bool:
         """Send the trainer a budget of updates (alternating schedule); False when it cannot take one."""
         return self.helper is not None and self.helper.send(TrainBudget(updates=updates))
+
+    def pace(self, max_updates_per_s: float) -> bool:
+        """Limit the trainer's updates a second (0: no limit; ``pzstream.hub.gpu_share``); False when it cannot take it."""
+        return self.helper is not None and self.helper.send(Pace(max_updates_per_s=max_updates_per_s))
 
     def on_segment(self, accepted: AcceptedSegment) -> None:
         if self.helper is None or (self.hold_until_ready and not self.attached):

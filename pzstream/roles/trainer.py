@@ -42,6 +42,7 @@ from pzstream.stream.internal import (
     BudgetSpent,
     HelperChannel,
     NewWeights,
+    Pace,
     SaveCheckpoint,
     SegmentFrame,
     Taken,
@@ -232,10 +233,12 @@ def save_trainer(state: TrainerState, run_dir: Path, step: int, keep: int) -> No
              time.monotonic() - t0, state.updates, len(state.replay.segments), sum(map(len, parts.values())) / 1e6)
 
 
-def trainer_stats(state: TrainerState, rate: float, metrics: dict[str, float]) -> dict[str, float]:
-    """What a TrainerStats message carries: counters, replay sizes, the last update's metrics."""
+def trainer_stats(state: TrainerState, rate: float, metrics: dict[str, float], pace_limit: float = 0.0) -> dict[str, float]:
+    """What a TrainerStats message carries: counters, replay sizes, the limit on updates a second it plays by
+    (``update_limit``, 0: none), the last update's metrics."""
     replay = state.replay
-    return {"updates": float(state.updates), "updates_per_s": rate, "published": float(state.published),
+    return {"updates": float(state.updates), "updates_per_s": rate, "pace_limit": float(pace_limit),
+            "published": float(state.published),
             "failed_updates": float(state.failed_updates),
             "replay_steps": float(replay.steps), "windows": float(len(replay.windows)),
             "replay_bytes": float(replay.nbytes), "replay_bytes_evicted": float(replay.evicted_bytes),
@@ -244,6 +247,13 @@ def trainer_stats(state: TrainerState, rate: float, metrics: dict[str, float]) -
             "expired_segments": float(state.expired),
             "checkpoint_step": float(-1 if state.checkpoint_step is None else state.checkpoint_step),
             **{k: float(v) for k, v in metrics.items()}}
+
+
+def update_limit(configured: float, pace: float | None) -> float:
+    """Updates a second the trainer may make (0: no limit): the lower of ``trainer.max_updates_per_s``
+    (0: none) and the hub's ``Pace`` (None: none)."""
+    limits = [x for x in (configured, pace) if x is not None and x > 0]
+    return min(limits) if limits else 0.0
 
 
 class TrainerLoop:
@@ -266,6 +276,12 @@ class TrainerLoop:
         self.attempts = self.failed_in_a_row = 0
         self.metrics: dict[str, float] = {}
         self.last_rebuild = -10**9
+        self.pace: float | None = None  # the hub's limit (schedule.gpu_share=auto), updates a second
+
+    @property
+    def limit(self) -> float:
+        """Updates a second this trainer may make now (0: no limit)."""
+        return update_limit(self.tc.max_updates_per_s, self.pace)
 
     @property
     def rate(self) -> float:
@@ -282,6 +298,8 @@ class TrainerLoop:
                 return False
             if isinstance(note, TrainBudget):
                 self.budget, self.spent = (self.budget or 0) + note.updates, 0
+            elif isinstance(note, Pace):
+                self.pace = note.max_updates_per_s if note.max_updates_per_s > 0 else None
             elif isinstance(note, SaveCheckpoint):
                 if self.journal_from is not None:
                     catch_up(self.state, self.run_dir, self.journal_from, note.step)
@@ -345,7 +363,7 @@ class TrainerLoop:
             log.error("world-model update %d failed (%d failed in this trainer, %d in a row); skipped: %s: %s\n%s",
                       state.updates + 1, state.failed_updates, self.failed_in_a_row, type(e).__name__, e,
                       traceback.format_exc(limit=-8))
-            self.channel.send(TrainerStats(stats=trainer_stats(state, self.rate, self.metrics)))
+            self.channel.send(TrainerStats(stats=trainer_stats(state, self.rate, self.metrics, self.limit)))
             if self.failed_in_a_row >= MAX_FAILED_IN_A_ROW:
                 log.error("%d world-model updates failed in a row: this trainer exits and the hub starts another",
                           self.failed_in_a_row)
@@ -372,8 +390,8 @@ class TrainerLoop:
         if self.budget is not None:
             self.budget, self.spent = self.budget - 1, self.spent + 1
             budget_done = self.budget == 0
-        if tc.max_updates_per_s > 0:
-            time.sleep(max(0.0, 1.0 / tc.max_updates_per_s - (time.monotonic() - t_step)))
+        if (limit := self.limit) > 0:
+            time.sleep(max(0.0, 1.0 / limit - (time.monotonic() - t_step)))
         if updates % tc.publish_every == 0 or budget_done:  # a train phase ends on published weights
             state.published += 1
             self.channel.send(NewWeights(model="wm", payload=weights_bytes(state.trainer.model)))
@@ -396,7 +414,7 @@ class TrainerLoop:
             metrics.update(llm.last)
             metrics["llm_updates"] = float(llm.updates)
             metrics["llm_published"] = float(llm.published)
-        self.channel.send(TrainerStats(stats=trainer_stats(state, rate, metrics)))
+        self.channel.send(TrainerStats(stats=trainer_stats(state, rate, metrics, self.limit)))
         log.info("wm update %d (%.1f/s), %d published: loss %.3f (reward %.3f, value %.3f, policy %.3f, latent %.3f), replay %d steps",
                  updates, rate, state.published, metrics["loss/total"], metrics["loss/reward"], metrics["loss/value"],
                  metrics["loss/policy"], metrics["loss/latent"], state.replay.steps)

@@ -6,7 +6,7 @@ ZeroMQ multipart message: frame 0 is a msgpack map ``{"kind": ..., fields...}``;
 with a ``payload`` (weights bytes, a segment frame) carries it as frame 1, never copied into
 the map.
 
-    hub -> trainer     SegmentFrame (the accepted segment's wire bytes), TrainBudget, SaveCheckpoint, Stop
+    hub -> trainer     SegmentFrame (the accepted segment's wire bytes), TrainBudget, Pace, SaveCheckpoint, Stop
     trainer -> hub     WorkerReady, NewWeights (model, payload), TrainerStats, Taken, BudgetSpent
     hub -> PPO worker  EpisodeRequest, SaveCheckpoint, Stop
     PPO worker -> hub  WorkerReady, EpisodeResult (payload: the new policy weights), WorkerFatal
@@ -68,6 +68,14 @@ class TrainBudget:
 
 
 @dataclass(frozen=True)
+class Pace:
+    """hub -> trainer (``schedule.gpu_share=auto``, pzstream/hub/gpu_share.py): make at most
+    ``max_updates_per_s`` updates a second from now on (0: no limit but ``trainer.max_updates_per_s``)."""
+
+    max_updates_per_s: float
+
+
+@dataclass(frozen=True)
 class BudgetSpent:
     """trainer -> hub: the budget is spent (``updates`` made: 0 when the replay was too small to train)."""
 
@@ -119,12 +127,12 @@ class EpisodeResult:
     payload: bytes = b""
 
 
-Internal = (Stop | SegmentFrame | NewWeights | TrainerStats | Taken | TrainBudget | BudgetSpent | SaveCheckpoint | EpisodeRequest
+Internal = (Stop | SegmentFrame | NewWeights | TrainerStats | Taken | TrainBudget | Pace | BudgetSpent | SaveCheckpoint | EpisodeRequest
             | WorkerReady | WorkerFatal | EpisodeResult)
 
 _KINDS: dict[str, type] = {
     "stop": Stop, "segment": SegmentFrame, "new_weights": NewWeights, "trainer_stats": TrainerStats, "taken": Taken,
-    "train_budget": TrainBudget, "budget_spent": BudgetSpent, "save_checkpoint": SaveCheckpoint,
+    "train_budget": TrainBudget, "pace": Pace, "budget_spent": BudgetSpent, "save_checkpoint": SaveCheckpoint,
     "episode": EpisodeRequest, "ready": WorkerReady, "fatal": WorkerFatal, "result": EpisodeResult,
 }
 _KIND_OF = {cls: kind for kind, cls in _KINDS.items()}
