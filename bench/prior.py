@@ -48,7 +48,7 @@ import transformers  # noqa: E402
 from pzstream.llm.prior import (candidate_logprobs_naive, candidate_logprobs_shared,  # noqa: E402
                                 tree_scorer)
 from pzstream.llm.prompts import PromptConfig, build_prompt  # noqa: E402
-from pzstream.llm.tokens import DEFAULT_CONTINUATION, TextIds, encode_roots  # noqa: E402
+from pzstream.llm.tokens import DEFAULT_CONTINUATION, encode_roots, text_ids  # noqa: E402
 from pzstream.llm.tiny import resolve_model  # noqa: E402
 
 K = 20
@@ -185,7 +185,7 @@ def main() -> None:
             tn, naive = float("nan"), shared
         def encode(fresh: bool):
             if fresh:  # a table that has seen none of these texts
-                tok._pzstream_text_ids = TextIds()
+                text_ids(tok).clear()
             return encode_roots(tok, prompts, cands, DEFAULT_CONTINUATION, 32,
                                 max_total_tokens=model.config.max_position_embeddings)
         tk_cold, _ = timed(lambda: encode(True), repeats, "cpu")

@@ -45,7 +45,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Sequence
 
-from .tokens import ChatFrame, cap_prompt, chat_frame, encode_many
+from .tokens import ChatFrame, cap_prompt, chat_frame, plain_ids, text_ids
 
 TRUNCATION_MARK = "..."
 
@@ -173,8 +173,18 @@ def build_generation_prompt(cfg: PromptConfig, history: Sequence[Any] | None, ob
 
 
 def _n_tokens(tokenizer: Any, text: str) -> int:
-    # through the tokenizer's table: the scorer then finds the fitted prompt's ids there (tokenised once)
-    return len(encode_many(tokenizer, [text])[0])
+    """A trial text's length (through no table: most trials are thrown away)."""
+    return len(plain_ids(tokenizer, [text])[0])
+
+
+def _fits(tokenizer: Any, text: str, limit: int) -> bool:
+    """Whether ``text`` fits ``limit`` tokens; one that fits is what ``fit_prompt`` returns, so its ids go
+    into the tokenizer's table, where the scorer finds them (tokenised once)."""
+    ids = plain_ids(tokenizer, [text])[0]
+    if len(ids) > limit:
+        return False
+    text_ids(tokenizer).put({text: ids})
+    return True
 
 
 def fit_prompt(tokenizer: Any, cfg: PromptConfig, history: Sequence[Any] | None, observation: str,
@@ -193,12 +203,12 @@ def fit_prompt(tokenizer: Any, cfg: PromptConfig, history: Sequence[Any] | None,
         return _render(cfg, h, o, c, th, chat)
 
     text = render(hist, obs, candidates)
-    if _n_tokens(tokenizer, text) <= limit:
+    if _fits(tokenizer, text, limit):
         return text
     while hist:  # 1. oldest history first
         hist = hist[1:]
         text = render(hist, obs, candidates)
-        if _n_tokens(tokenizer, text) <= limit:
+        if _fits(tokenizer, text, limit):
             return text
     for cands in ((candidates, None) if candidates else (None,)):
         # 2. keep the end of the observation: the longest suffix that fits (binary search)

@@ -224,7 +224,8 @@ class SearchAdapter:
         acts = np.asarray(actions, dtype=np.int64).reshape(-1)
         if len(acts) != len(handles):
             raise ValueError(f"{len(handles)} parent handles but {len(acts)} actions")
-        n_cand = self._n_cand[self._root_host[handles]]
+        root_ids = self._root_host[handles]  # a trimmed node keeps its root
+        n_cand = self._n_cand[root_ids]
         bad = (acts < 0) | (acts >= n_cand)
         if bad.any():
             i = int(np.flatnonzero(bad)[0])
@@ -260,7 +261,7 @@ class SearchAdapter:
             ck[rows, :, lens_t], ck[rows, :, lens_t + 1] = kk[:, :, lmax], kk[:, :, lmax + 1]
             cv[rows, :, lens_t], cv[rows, :, lens_t + 1] = vv[:, :, lmax], vv[:, :, lmax + 1]
             child_kv.append((ck, cv))
-        new = self._put(tokens, child_valid, child_kv, lens + 2, self._root_host[handles])
+        new = self._put(tokens, child_valid, child_kv, lens + 2, root_ids)
         # one copy back (one wait on the device a step): reward, value and the prior logits side by side
         out = torch.cat([reward.float()[:, None], value.float()[:, None], prior.float()], 1).cpu().numpy()
         return RecurrentOutput(out[:, 0], out[:, 1], out[:, 2:], new)
