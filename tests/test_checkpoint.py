@@ -269,8 +269,11 @@ def test_kill_9_at_a_random_point_then_resume_loses_no_acknowledged_segment(tmp_
     for i, c in enumerate(collectors):
         out = _last_json(tmp_path / f"c{i}.out")
         assert out["reconnects"] >= 1, "the collector noticed the kill and reconnected"
-        acked = set(range(out["segments_sent"] - out["segments_unsent"]))  # drained at exit: all answered
-        assert summary["per_collector"][f"c{i}"]["accepted"] == len(acked), "per-collector counts continue"
+        acked = set(range(out["segments_sent"] - out["segments_unsent"]))  # answered before the exit's drain gave up
+        # The hub may accept a segment whose acknowledgement the collector no longer heard (the drain gives up
+        # after 3 x heartbeat + 2 s on a loaded host): it counts as unsent there, but never more than were sent.
+        accepted = summary["per_collector"][f"c{i}"]["accepted"]
+        assert len(acked) <= accepted <= out["segments_sent"], ("per-collector counts continue", accepted, out)
         missing = {(f"c{i}", s) for s in acked} - in_replay
         assert len(missing) <= expired, f"c{i}: {len(missing)} acknowledged segments lost: {sorted(missing)[:10]}"
     print(f"killed after checkpoint {saved.step}; replay {len(keys)} segments, expired or dropped {expired}, "
