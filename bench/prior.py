@@ -9,6 +9,7 @@ For B in {1, 8, 32} roots (``--batches``; 8 is always run, the JSON's headline f
 4-D mask, the method ``TransformersBackend`` uses on the device, ``tree_scorer``: one forward on a
 GPU, the prompts then the candidates on a CPU; JSON ``method``), ``kvcopy`` (``candidate_logprobs_shared``:
 prompt KV cache copied per candidate) and ``naive`` (full sequences, the reference).
+``alt_ms`` times the other packed method (``split`` on a GPU, ``tree`` on a CPU), to check that choice.
 ``max_abs_diff`` is the largest difference of mean candidate log-probs between the backend's
 (tree) method and naive; ``kvcopy_max_abs_diff`` the same for kvcopy. Rates are roots per
 second. In the JSON, ``shared_*`` and ``speedup`` (naive / shared time) refer to the backend's
@@ -46,7 +47,7 @@ import torch  # noqa: E402
 import transformers  # noqa: E402
 
 from pzstream.llm.prior import (candidate_logprobs_naive, candidate_logprobs_shared,  # noqa: E402
-                                tree_scorer)
+                                candidate_logprobs_split, candidate_logprobs_tree, tree_scorer)
 from pzstream.llm.prompts import PromptConfig, build_prompt  # noqa: E402
 from pzstream.llm.tokens import DEFAULT_CONTINUATION, encode_roots, text_ids  # noqa: E402
 from pzstream.llm.tiny import resolve_model  # noqa: E402
@@ -168,14 +169,19 @@ def main() -> None:
                               for cs in all_cands for c in cs]))
 
     rows, max_diff, kv_max_diff = [], 0.0, 0.0
+    # the other packed method (two passes on a GPU, one forward on a CPU), to check tree_scorer's choice
+    alt_scorer = candidate_logprobs_tree if tree_scorer(args.device) is candidate_logprobs_split else candidate_logprobs_split
+    alt_name = alt_scorer.__name__.removeprefix("candidate_logprobs_")
     floor_cols = args.shape != "tiny"
     print(f"{'B':>3} {'tree ms':>9} {'kvcopy ms':>10} {'naive ms':>9} {'tree r/s':>9} {'kvcopy r/s':>11} "
-          f"{'naive r/s':>10} {'speedup':>8} {'tree|diff|':>10} {'kv|diff|':>9} {'tok ms':>7} {'cold':>6}"
+          f"{'naive r/s':>10} {'speedup':>8} {'tree|diff|':>10} {'kv|diff|':>9} {'tok ms':>7} {'cold':>6} {alt_name + ' ms':>9}"
           + (f" {'floor ms':>9} {'tree xfl':>9} {'kv xfl':>7}" if floor_cols else ""))
     for b in batches:
         prompts, cands = all_prompts[:b], all_cands[:b]
         tt, tree = timed(lambda: tree_scorer(args.device)(model, tok, prompts, cands, args.device,
                                                          max_rows=b * K), repeats, args.device)
+        ta, alt = timed(lambda: alt_scorer(model, tok, prompts, cands, args.device, max_rows=b * K),
+                        repeats, args.device)
         ts, shared = timed(lambda: candidate_logprobs_shared(model, tok, prompts, cands, args.device,
                                                              max_rows=b * K), repeats, args.device)
         if b <= NAIVE_MAX_B:
@@ -197,13 +203,14 @@ def main() -> None:
                    tree_roots_per_s=b / tt, kvcopy_roots_per_s=b / ts, naive_roots_per_s=b / tn,
                    shared_ms=tt * 1e3, shared_roots_per_s=b / tt, speedup=tn / tt,
                    speedup_over_kvcopy=ts / tt, max_abs_diff=diff, kvcopy_max_abs_diff=kv_diff,
-                   tokenize_ms=tk * 1e3, tokenize_cold_ms=tk_cold * 1e3)
+                   tokenize_ms=tk * 1e3, tokenize_cold_ms=tk_cold * 1e3, alt_ms=ta * 1e3,
+                   alt_max_abs_diff=max(float(np.abs(x - y).max()) for x, y in zip(alt, naive)))
         line = (f"{b:>3} {tt * 1e3:>9.1f} {ts * 1e3:>10.1f} {tn * 1e3:>9.1f} {b / tt:>9.1f} {b / ts:>11.1f} "
-                f"{b / tn:>10.1f} {tn / tt:>8.2f} {diff:>10.2e} {kv_diff:>9.2e} {tk * 1e3:>7.1f} {tk_cold * 1e3:>6.1f}")
+                f"{b / tn:>10.1f} {tn / tt:>8.2f} {diff:>10.2e} {kv_diff:>9.2e} {tk * 1e3:>7.1f} {tk_cold * 1e3:>6.1f} {ta * 1e3:>9.1f}")
         if floor_cols:
             tokens = b * (prompt_tokens + K * cand_tok)
             floor = 2.0 * n_params * tokens / (args.peak_tflops * 1e12)
-            row.update(tokens_processed=tokens, floor_ms=floor * 1e3, tree_over_floor=tt / floor,
+            row.update(tokens_processed=tokens, floor_ms=floor * 1e3, tree_over_floor=tt / floor, alt_over_floor=ta / floor,
                        kvcopy_over_floor=ts / floor, shared_over_floor=tt / floor)
             line += f" {floor * 1e3:>9.2f} {tt / floor:>9.1f} {ts / floor:>7.1f}"
         rows.append(row)
@@ -217,7 +224,7 @@ def main() -> None:
         device_name=(torch.cuda.get_device_name(0) if args.device == "cuda" else platform.processor() or platform.machine()),
         dtype=str(dtype).replace("torch.", ""), threads=torch.get_num_threads(), params=n_params,
         prompt_tokens=prompt_tokens, K=K, mean_candidate_tokens=cand_tok, repeats=repeats,
-        method=tree_scorer(args.device).__name__.removeprefix("candidate_logprobs_"), max_abs_diff=max_diff, shared_roots_per_s=at8["shared_roots_per_s"],
+        method=tree_scorer(args.device).__name__.removeprefix("candidate_logprobs_"), alt_method=alt_name, max_abs_diff=max_diff, shared_roots_per_s=at8["shared_roots_per_s"],
         naive_roots_per_s=at8["naive_roots_per_s"], speedup=at8["speedup"],
         kvcopy_roots_per_s=at8["kvcopy_roots_per_s"], kvcopy_max_abs_diff=kv_max_diff,
         speedup_over_kvcopy=at8["speedup_over_kvcopy"],
