@@ -111,6 +111,8 @@ def report(summary: dict, sampled: dict, minutes: float, batch_size: int) -> dic
         "min_collector_llm_version": summary["min_collector_llm_version"],
         "segments_rejected": summary["segments_rejected"], "rejected_by_reason": summary["rejected_by_reason"],
         "collectors_lost": summary["collectors_lost"],
+        "valid_action_cache_hit_rate": summary.get("valid_action_cache_hit_rate"),
+        "valid_action_share": {g: c.get("valid_action_share") for g, c in summary.get("per_game", {}).items()},
         "elapsed_s": elapsed, **sampled,
     }
 
@@ -138,6 +140,7 @@ def main() -> None:
     result = report(summary, sampler.summary(), minutes, batch_size)
     result["python"], result["config"] = platform.python_version(), args.config or "debug"
     result["games_per_collector"], result["num_simulations"] = cfg.collector.games, cfg.search.num_simulations
+    result["collector_processes"] = cfg.collector.count  # "collectors" counts game instances (hello ids)
     rows = [("env steps/s", result["env_steps_per_s"]), ("moves/s per collector", result["moves_per_s_per_collector"]),
             ("search mean batch", result["search_mean_batch"]), ("search ms per batch", result["search_ms_per_batch"]),
             ("search prior share", result["search_prior_share"]), ("wm updates/s", result["wm_updates_per_s"]), ("wm samples/s", result["wm_samples_per_s"]),
@@ -145,7 +148,8 @@ def main() -> None:
              f"{result['ppo_episodes_fired']}/{result['ppo_episodes_ok']}/{result['ppo_episodes_failed']}"),
             ("min collector wm/llm version", f"{result['min_collector_wm_version']}/{result['min_collector_llm_version']}"),
             ("GPU util mean %", result["gpu_util_mean"]), ("load average", result["load_avg_mean"]),
-            ("segments rejected", result["segments_rejected"])]
+            ("segments rejected", result["segments_rejected"]),
+            ("valid-action share / cache hit", f"{result['valid_action_share']} / {result['valid_action_cache_hit_rate']}")]
     for name, value in rows:
         print(f"{name:>30} {value}")
     line = json.dumps(result)

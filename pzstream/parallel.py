@@ -219,9 +219,16 @@ JOBS = {"ppo": run_ppo, "wm": run_wm}
 
 
 def _rank_main(rank: int, world: int, port: int, args: argparse.Namespace, out: Any) -> None:
+    """One rank's job; its result (rank 0) goes to ``out``. A rank that finished its job leaves with
+    ``os._exit(0)``: the interpreter's own exit ran C++ destructors of the collective's threads, which on a
+    loaded 2-core host now and then aborted a finished rank ("terminate called without an active exception",
+    SIGABRT, after the process group was destroyed). An exception still propagates (a non-zero exit)."""
     result = JOBS[args.job](rank, world, port, args)
     if result is not None:
-        out.put(asdict(result))
+        out.put(asdict(result))  # a pipe write: done when it returns
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def launch(args: argparse.Namespace) -> JobResult:
