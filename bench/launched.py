@@ -52,6 +52,7 @@ def run_all(args: list[str], seconds: float, label: str) -> dict:
     tail: collections.deque[str] = collections.deque(maxlen=200)
     proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             errors="replace", start_new_session=True)
+    out: list[str] = []
 
     def follow() -> None:
         assert proc.stderr is not None
@@ -60,27 +61,30 @@ def run_all(args: list[str], seconds: float, label: str) -> dict:
             if shown(line):
                 print(f"[{label} {time.monotonic() - t0:5.0f}s] {line.rstrip()}", file=sys.stderr, flush=True)
 
-    reader = threading.Thread(target=follow, daemon=True)
-    reader.start()
+    def collect() -> None:
+        assert proc.stdout is not None
+        out.append(proc.stdout.read())
+
+    readers = [threading.Thread(target=f, daemon=True) for f in (follow, collect)]
+    for r in readers:
+        r.start()
+    # the main thread polls rather than blocks in a read: a signal handler (SIGTERM below) runs only there
     old_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(143)) \
         if threading.current_thread() is threading.main_thread() else None
     try:
-        assert proc.stdout is not None
-        timer = threading.Timer(seconds + 300, _stop_group, args=(proc,))
-        timer.start()
-        try:
-            stdout = proc.stdout.read()
-            proc.wait()
-        finally:
-            timer.cancel()
-        reader.join(timeout=10)
+        while proc.poll() is None and time.monotonic() - t0 <= seconds + 300:
+            time.sleep(0.2)
+        timed_out = proc.poll() is None
     finally:
         _stop_group(proc)
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+    for r in readers:
+        r.join(timeout=10)
+    stdout = "".join(out)
     wall = time.monotonic() - t0
     err = "".join(tail)
-    if wall > seconds + 300:
+    if timed_out:
         raise RuntimeError(f"{label}: launch.py ran past {seconds + 300:.0f} s and was stopped:\n{err[-3000:]}")
     if proc.returncode != 0:
         raise RuntimeError(f"{label}: launch.py exited {proc.returncode}:\n{err[-3000:]}")

@@ -78,3 +78,32 @@ def test_learn_bench_plays_a_story_file_path_at_the_hub_address_it_is_given():
     result = json.loads(p.stdout.strip().splitlines()[-1])
     assert result["game"] == str(story) and result["games"][0]["hub_address"] == address
     assert result["games"][0]["env_steps"] > 0 and result["episodes"]["random"] > 0, result
+
+
+@pytest.mark.slow
+def test_a_bench_shows_the_hubs_report_while_it_runs_and_a_stopped_bench_stops_its_run():
+    """bench/e2e.py passes the hub's report lines on as they come (not only at the end), and SIGTERM to the
+    bench stops the whole launch.py run it started: no role process outlives it."""
+    import psutil
+
+    env = {**os.environ, "PZSTREAM_BENCH_SMOKE": "1", "PYTHONUNBUFFERED": "1"}
+    p = subprocess.Popen([sys.executable, "bench/e2e.py", "--minutes", "5"], cwd=REPO, env=env,
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert p.stderr is not None
+        seen: list[str] = []
+        for line in p.stderr:
+            seen.append(line)
+            if " collectors live " in line:
+                break
+        assert seen and seen[-1].startswith("[e2e ") and " collectors live " in seen[-1], \
+            "no report line while the run ran:\n" + "".join(seen[-20:])
+        run = psutil.Process(p.pid).children(recursive=True)
+        assert len(run) >= 3, f"the run's processes (launch.py, its collectors): {[c.cmdline()[:4] for c in run]}"
+        p.send_signal(15)
+        assert p.wait(90) != 0  # stopped, not finished
+        _, alive = psutil.wait_procs(run, timeout=30)
+        assert not alive, f"role processes outlived the stopped bench: {[c.cmdline()[:4] for c in alive]}"
+    finally:
+        if p.poll() is None:
+            p.kill()

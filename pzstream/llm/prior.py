@@ -407,6 +407,24 @@ def _prompt_pass(decoder: Any, p_ids: list[list[int]], roots: list[int], skip: i
     return hidden, [(k, v) for k, v in _cache_tensors(_out_cache(out))]
 
 
+def _put_candidate(rows: "_CandidateRows | _TreeRows", r: int, off: int, s: int, c: list[int], pos0: int,
+                   flat0: int, first_u: int, owner: tuple[int, int]) -> None:
+    """Candidate ``c`` (the row's ``s``-th) into row ``r`` from column ``off``: its ids, segment and position ids
+    (``pos0 + j`` for its token j), and its scored tokens: the first by the state ``gather[first_u]`` (its
+    prompt's last token), token j by the hidden state of token j - 1 (flat index ``flat0 + off + j - 1``)."""
+    n = len(c)
+    rows.ids[r, off:off + n] = c
+    rows.seg[r, off:off + n] = s
+    rows.pos[r, off:off + n] = np.arange(pos0, pos0 + n)
+    u0 = len(rows.gather)
+    rows.gather.extend(range(flat0 + off, flat0 + off + n - 1))
+    rows.tgt_u.append(first_u)
+    rows.tgt_u.extend(range(u0, u0 + n - 1))
+    rows.tgt_tok.extend(c)
+    rows.tgt_cand.extend([len(rows.owners)] * n)
+    rows.owners.append(owner)
+
+
 @dataclass
 class _CandidateRows:
     """Pass 2's input: each row a root's candidates packed ``[cand_1, cand_2, ...]``, and which
@@ -439,19 +457,8 @@ class _CandidateRows:
                 rows.gather.append(slot[i])
             off = 0
             for s, k in enumerate(ks, start=1):
-                c = c_ids[i][k]
-                n = len(c)
-                rows.ids[r, off:off + n] = c
-                rows.seg[r, off:off + n] = s
-                rows.pos[r, off:off + n] = np.arange(P, P + n)
-                u0 = len(rows.gather)
-                rows.gather.extend(range(G + r * Lc + off, G + r * Lc + off + n - 1))
-                rows.tgt_u.append(first_u[i])  # the first token is scored by the prompt's last state
-                rows.tgt_u.extend(range(u0, u0 + n - 1))
-                rows.tgt_tok.extend(c)
-                rows.tgt_cand.extend([len(rows.owners)] * n)
-                rows.owners.append((i, k))
-                off += n
+                _put_candidate(rows, r, off, s, c_ids[i][k], P, G + r * Lc, first_u[i], (i, k))
+                off += len(c_ids[i][k])
         return rows
 
     def mask(self, K0: int, dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
@@ -616,19 +623,8 @@ class _TreeRows:
             rows.gather.append(base + P - 1)
             off = P
             for s, k in enumerate(ks, start=1):
-                c = c_ids[i][k]
-                n = len(c)
-                rows.ids[r, off:off + n] = c
-                rows.seg[r, off:off + n] = s
-                rows.pos[r, off:off + n] = np.arange(skip + P, skip + P + n)
-                u0 = len(rows.gather)
-                rows.gather.extend(range(base + off, base + off + n - 1))
-                rows.tgt_u.append(u_last)  # the first token is scored by the prompt's last state
-                rows.tgt_u.extend(range(u0, u0 + n - 1))
-                rows.tgt_tok.extend(c)
-                rows.tgt_cand.extend([len(rows.owners)] * n)
-                rows.owners.append((i, k))
-                off += n
+                _put_candidate(rows, r, off, s, c_ids[i][k], skip + P, base, u_last, (i, k))
+                off += len(c_ids[i][k])
         return rows
 
     def mask(self, skip: int, dtype: torch.dtype, dev: torch.device) -> torch.Tensor:
