@@ -1,7 +1,7 @@
 """LLM prior scoring throughput: packed tree and shared-prompt KV cache against naive sequences.
 
     python bench/prior.py [--quick] [--device cpu|cuda] [--shape tiny|qwen2.5-0.5b]
-                          [--peak-tflops 989] [--threads N] [--batches 1,8,32] [--profile]
+                          [--peak-tflops 989] [--threads N] [--batches 1,8,32] [--profile] [--compile]
 
 For B in {1, 8, 32} roots (``--batches``; 8 is always run, the JSON's headline figures are at 8), each root has a distinct prompt (~200 tokens on the tiny model,
 ~512 on the Qwen2.5-0.5B shape) and K = 20 candidate actions of ~6 tokens. Three methods of
@@ -26,7 +26,11 @@ and the ratio measured / floor for tree and kvcopy. Above B = 32 the naive refer
 time spent tokenising (``tokens.encode_roots``) with the texts seen before (the scorer's case: the prompt
 was tokenised when it was fitted, the candidates recur), ``tokenize_cold_ms`` with none seen. ``--profile``: the backend's method at the largest
 B under ``torch.profiler``, its ten costliest operators printed (device time on a GPU) and saved
-as ``profile`` in the JSON. The last stdout line is one JSON object.
+as ``profile`` in the JSON. ``--compile`` (a GPU): after the eager figures, the decoder layers are compiled
+for scoring as ``llm.compile`` does (``pzstream.compiled.compile_blocks(..., scoring=True)``) and both packed
+methods are timed again at every B: ``compiled_ms``, ``compiled_alt_ms``, ``compiled_over_floor``,
+``compiled_max_abs_diff`` (against the same reference as ``max_abs_diff``) per B, ``compile_s`` (the first
+compiled call, at the largest B). The last stdout line is one JSON object.
 
 Imports only torch, transformers, numpy and pzstream.llm.*.
 """
@@ -136,6 +140,37 @@ def profiled(fn, device: str, top: int = 10) -> list[dict]:
     return out
 
 
+def compiled_figures(model, tok, rows: list[dict], refs: dict, prompts, cands, device: str, repeats: int,
+                     alt_scorer) -> float | None:
+    """Both packed methods again with the decoder layers compiled for scoring, into ``rows``; the
+    first compiled call's seconds (None where nothing compiles: a CPU)."""
+    from pzstream.compiled import compile_blocks, decoder_layers
+
+    if not compile_blocks(decoder_layers(model), device, scoring=True):
+        print("--compile: nothing is compiled on a CPU (compile_blocks compiles for a GPU only)")
+        return None
+    scorer = tree_scorer(device)
+    B = max(r["B"] for r in rows)
+    t0 = time.perf_counter()
+    scorer(model, tok, prompts[:B], cands[:B], device, max_rows=B * K)
+    compile_s = time.perf_counter() - t0
+    print(f"compiled layers: first call {compile_s:.1f} s")
+    print(f"{'B':>3} {'compiled ms':>12} {'eager ms':>9} {'compiled alt ms':>16} {'|diff|':>9}"
+          + (f" {'xfloor':>7}" if "floor_ms" in rows[0] else ""))
+    for row in rows:
+        b = row["B"]
+        tc, out = timed(lambda: scorer(model, tok, prompts[:b], cands[:b], device, max_rows=b * K), repeats, device)
+        ta, _ = timed(lambda: alt_scorer(model, tok, prompts[:b], cands[:b], device, max_rows=b * K), repeats, device)
+        diff = max(float(np.abs(x - y).max()) for x, y in zip(out, refs[b]))
+        row.update(compiled_ms=tc * 1e3, compiled_alt_ms=ta * 1e3, compiled_max_abs_diff=diff)
+        line = f"{b:>3} {tc * 1e3:>12.1f} {row['tree_ms']:>9.1f} {ta * 1e3:>16.1f} {diff:>9.2e}"
+        if "floor_ms" in row:
+            row["compiled_over_floor"] = tc * 1e3 / row["floor_ms"]
+            line += f" {row['compiled_over_floor']:>7.1f}"
+        print(line, flush=True)
+    return compile_s
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true")
@@ -147,6 +182,7 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=0, help="timed repeats per case (0: 1 quick, 3 full)")
     ap.add_argument("--batches", default="1,8,32", help="comma-separated root counts B (8 is always added)")
     ap.add_argument("--profile", action="store_true", help="profile the backend's method at the largest B")
+    ap.add_argument("--compile", action="store_true", help="also time both packed methods with compiled layers (GPU)")
     args = ap.parse_args()
     try:
         batches = sorted({int(b) for b in args.batches.split(",") if b.strip()} | {8})
@@ -168,7 +204,7 @@ def main() -> None:
     cand_tok = float(np.mean([len(tok(" " + c, add_special_tokens=False)["input_ids"])
                               for cs in all_cands for c in cs]))
 
-    rows, max_diff, kv_max_diff = [], 0.0, 0.0
+    rows, refs, max_diff, kv_max_diff = [], {}, 0.0, 0.0
     # the other packed method (two passes on a GPU, one forward on a CPU), to check tree_scorer's choice
     alt_scorer = candidate_logprobs_tree if tree_scorer(args.device) is candidate_logprobs_split else candidate_logprobs_split
     alt_name = alt_scorer.__name__.removeprefix("candidate_logprobs_")
@@ -196,6 +232,7 @@ def main() -> None:
                                 max_total_tokens=model.config.max_position_embeddings)
         tk_cold, _ = timed(lambda: encode(True), repeats, "cpu")
         tk, _ = timed(lambda: encode(False), repeats, "cpu")
+        refs[b] = naive
         diff = max(float(np.abs(x - y).max()) for x, y in zip(tree, naive))
         kv_diff = max(float(np.abs(x - y).max()) for x, y in zip(shared, naive))
         max_diff, kv_max_diff = max(max_diff, diff), max(kv_max_diff, kv_diff)
@@ -218,6 +255,8 @@ def main() -> None:
 
     profile = profiled(lambda: tree_scorer(args.device)(model, tok, all_prompts, all_cands, args.device,
                                                         max_rows=max(batches) * K), args.device) if args.profile else None
+    compile_s = compiled_figures(model, tok, rows, refs, all_prompts, all_cands, args.device, repeats, alt_scorer) \
+        if args.compile else None
     at8 = next(r for r in rows if r["B"] == 8)
     result = dict(
         bench="prior", shape=args.shape, quick=args.quick, device=args.device,
@@ -229,7 +268,7 @@ def main() -> None:
         kvcopy_roots_per_s=at8["kvcopy_roots_per_s"], kvcopy_max_abs_diff=kv_max_diff,
         speedup_over_kvcopy=at8["speedup_over_kvcopy"],
         peak_tflops=args.peak_tflops if args.shape != "tiny" else None,
-        per_b=rows, profile=profile, versions=dict(python=platform.python_version(), torch=torch.__version__,
+        per_b=rows, profile=profile, compile_s=compile_s, versions=dict(python=platform.python_version(), torch=torch.__version__,
                                   transformers=transformers.__version__, numpy=np.__version__),
     )
     print(json.dumps(result))

@@ -39,14 +39,15 @@ def _compile_errors() -> tuple[type[BaseException], ...]:
     return (exc.BackendCompilerFailed, exc.InternalTorchDynamoError)
 
 
-def _grad_dispatch(eager: Callable[..., Any], compiled: Callable[..., Any]) -> Callable[..., Any]:
-    """The compiled forward where gradients flow, the eager one elsewhere; a compile that fails (no
-    C compiler for Triton, an unsupported op) is logged once and the block runs eagerly from then on
-    (the failed call is run again eagerly: a failed compile ran nothing)."""
+def _dispatch(eager: Callable[..., Any], compiled: Callable[..., Any], scoring: bool) -> Callable[..., Any]:
+    """The compiled forward where gradients flow (and, with ``scoring``, in forward-only passes too),
+    the eager one elsewhere; a compile that fails (no C compiler for Triton, an unsupported op) is
+    logged once and the block runs eagerly from then on (the failed call is run again eagerly: a
+    failed compile ran nothing)."""
     use = [compiled]
 
     def forward(*args: Any, **kwargs: Any) -> Any:
-        if not torch.is_grad_enabled() or use[0] is eager:
+        if use[0] is eager or not (scoring or torch.is_grad_enabled()):
             return eager(*args, **kwargs)
         try:
             return use[0](*args, **kwargs)
@@ -58,15 +59,17 @@ def _grad_dispatch(eager: Callable[..., Any], compiled: Callable[..., Any]) -> C
     return forward
 
 
-def compile_blocks(blocks: torch.nn.ModuleList, device: torch.device | str) -> int:
+def compile_blocks(blocks: torch.nn.ModuleList, device: torch.device | str, scoring: bool = False) -> int:
     """Compile each block's forward in place (dynamic shapes) when ``device`` is a GPU; how many were.
 
-    The compiled forward runs where gradients flow (training steps, the measured gain); forward-only
-    passes (scoring, generation with a KV cache) keep the eager one: their shapes and caches change
-    call to call. Compile AFTER any ``copy.deepcopy`` of the model: a copy would keep calling the
-    original's blocks."""
+    By default the compiled forward runs where gradients flow (training steps, the measured gain);
+    forward-only passes keep the eager one (generation's KV-cache steps change shape every token).
+    ``scoring=True`` (the LLM prior's model, ``llm.compile``): forward-only passes run compiled
+    too: the prior's packed forwards are few and large, and their element-wise kernels between the
+    matmuls were a third of their GPU time (bench/prior.py --profile). Compile AFTER any
+    ``copy.deepcopy`` of the model: a copy would keep calling the original's blocks."""
     if torch.device(device).type != "cuda":
         return 0
     for block in blocks:
-        block.forward = _grad_dispatch(block.forward, torch.compile(block.forward, dynamic=True))
+        block.forward = _dispatch(block.forward, torch.compile(block.forward, dynamic=True), scoring)
     return len(blocks)

@@ -225,6 +225,9 @@ class LLMSection(_Section):
     dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="weights of the scoring LLM (transformers backend); new weights are cast to it as they "
                                "load. bfloat16 measured faster only from 32 roots a batch on an H200 (bench/RESULTS.md)")
+    compile: bool = Field(False, description="torch.compile the scoring LLM's decoder layers (transformers backend, "
+                          "a GPU only; the first scoring calls compile, a failed compile runs eagerly): "
+                          "bench/prior.py --compile measures it")
     temperature: float = Field(1.0, gt=0, description="prior = log_softmax(mean token log-prob / temperature); 1.0 "
                                                       "ranked the walkthrough's action best (bench/prior_quality.py)")
     prompt_format: Literal["priorzero", "orz"] = Field(

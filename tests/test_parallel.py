@@ -92,7 +92,7 @@ def test_a_block_whose_compile_fails_runs_eagerly_from_then_on(caplog):
     """No C compiler for Triton (or an op inductor cannot take): logged once, the training step goes on."""
     from torch._dynamo.exc import BackendCompilerFailed
 
-    from pzstream.compiled import _grad_dispatch
+    from pzstream.compiled import _dispatch
 
     calls = {"compiled": 0, "eager": 0}
 
@@ -104,7 +104,7 @@ def test_a_block_whose_compile_fails_runs_eagerly_from_then_on(caplog):
         calls["compiled"] += 1
         raise BackendCompilerFailed(eager, RuntimeError("Failed to find C compiler"), None)
 
-    forward = _grad_dispatch(eager, broken)
+    forward = _dispatch(eager, broken, scoring=False)
     x = torch.ones(3, requires_grad=True)
     assert torch.equal(forward(x), x * 2) and torch.equal(forward(x), x * 2)
     assert calls == {"compiled": 1, "eager": 2}  # tried once, then eager
@@ -112,3 +112,24 @@ def test_a_block_whose_compile_fails_runs_eagerly_from_then_on(caplog):
     with torch.no_grad():  # forward-only passes never use the compiled one
         forward(x)
     assert calls["compiled"] == 1
+
+
+def test_a_scoring_block_runs_compiled_without_gradients_and_a_training_block_does_not():
+    """llm.compile: the prior's forward-only passes take the compiled forward; PPO's blocks keep eager there."""
+    from pzstream.compiled import _dispatch
+
+    used: list[str] = []
+
+    def eager(x):
+        used.append("eager")
+        return x + 1
+
+    def compiled(x):
+        used.append("compiled")
+        return x + 1
+
+    scoring, training = _dispatch(eager, compiled, scoring=True), _dispatch(eager, compiled, scoring=False)
+    with torch.no_grad():
+        assert torch.equal(scoring(torch.zeros(2)), torch.ones(2))
+        assert torch.equal(training(torch.zeros(2)), torch.ones(2))
+    assert used == ["compiled", "eager"]

@@ -85,11 +85,13 @@ class TransformersBackend:
     ``model``: ``"tiny"`` (built locally), a model directory, or a Hugging Face repo id the
     user has cached. ``temperature``: the prior temperature of ``prior_from_logprobs``.
     ``prompt_config``: used by ``score_states`` and for the continuation format in ``score``.
+    ``compile``: torch.compile the decoder layers for scoring (a GPU only; the first calls compile).
     """
 
     def __init__(self, model: str = "tiny", device: str = "cpu", dtype: torch.dtype = torch.float32,
                  temperature: float = 2.0, prompt_config: PromptConfig | None = None,
-                 max_rows: int = 1024, max_roots: int = 32, max_candidate_tokens: int = 32) -> None:
+                 max_rows: int = 1024, max_roots: int = 32, max_candidate_tokens: int = 32,
+                 compile: bool = False) -> None:
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         self.device = torch.device(device)
@@ -98,6 +100,11 @@ class TransformersBackend:
         self.prompt_config = prompt_config or PromptConfig()
         self.max_rows, self.max_roots, self.max_candidate_tokens = max_rows, max_roots, max_candidate_tokens
         self.model, self.tokenizer = load_model_and_tokenizer(model, self.device, dtype)
+        self.compiled_blocks = 0  # decoder layers torch.compile'd for scoring (llm.compile; GPU only)
+        if compile:
+            from pzstream.compiled import compile_blocks, decoder_layers
+
+            self.compiled_blocks = compile_blocks(decoder_layers(self.model), self.device, scoring=True)
         self.version = 0
         self.prefix = PrefixCache()  # the prompts' shared template head, computed once per weights
 

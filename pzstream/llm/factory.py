@@ -41,7 +41,7 @@ def make_backend(llm_cfg, prompt_cfg):
     from pzstream.llm.backend import TransformersBackend
 
     return TransformersBackend(model=llm_cfg.model, device=llm_cfg.device, dtype=scoring_dtype(llm_cfg),
-                               temperature=llm_cfg.temperature, prompt_config=prompt_cfg)
+                               temperature=llm_cfg.temperature, prompt_config=prompt_cfg, compile=llm_cfg.compile)
 
 
 def scoring_dtype(llm_cfg):
