@@ -5,7 +5,10 @@ transformer's KV cache over them, and the root whose candidate list the
 imagined tree reuses (an imagined text state has no valid-action list of its
 own).  A recurrent step therefore costs two single-token transformer passes
 (the action token, then the predicted next latent) on top of the parent's
-cache, batched over parents of different depths by padding the caches.
+cache, batched over parents of different depths by padding the caches: the
+children's rows of the node store get one copy of their parents' caches, and
+the passes write the new keys and values there and attend to them in place
+(``WorldModel.extend``).
 """
 from __future__ import annotations
 
@@ -117,25 +120,30 @@ class SearchAdapter:
     def _dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
+    def _alloc(self, b: int, lens: np.ndarray, root_of: np.ndarray) -> tuple[slice, np.ndarray]:
+        """B new nodes of lengths ``lens`` under roots ``root_of``: their rows of the store and handles."""
+        self._grow_nodes(b)
+        n0 = self._n
+        self._root_of[n0:n0 + b] = torch.as_tensor(root_of, device=self.device)
+        self._root_host[n0:n0 + b] = root_of
+        self._lens[n0:n0 + b] = np.asarray(lens)
+        self._n += b
+        return slice(n0, n0 + b), np.arange(n0, n0 + b, dtype=np.int64)
+
     def _put(self, tokens: torch.Tensor, valid: torch.Tensor, kv: KV, lens: np.ndarray,
              root_of: np.ndarray) -> np.ndarray:
         """Store B nodes whose first lens[b] positions are tokens/valid/kv[b, :lens[b]]: their handles."""
         b, length = tokens.shape[0], tokens.shape[1]
-        self._grow_nodes(b)
-        new = torch.arange(self._n, self._n + b, device=self.device)
+        new, handles = self._alloc(b, lens, root_of)
         self._tokens[new, :length] = tokens
         self._valid[new] = False
         lens_t = torch.as_tensor(np.asarray(lens), device=self.device)
         keep = torch.arange(length, device=self.device)[None] < lens_t[:, None]
         self._valid[new, :length] = valid & keep
-        self._root_of[new] = torch.as_tensor(root_of, device=self.device)
-        self._root_host[self._n:self._n + b] = root_of
         for i, (k, v) in enumerate(kv):
             self._k[i][new, :, :length] = k
             self._v[i][new, :, :length] = v
-        self._lens[self._n:self._n + b] = np.asarray(lens)
-        self._n += b
-        return np.arange(self._n - b, self._n, dtype=np.int64)
+        return handles
 
     def _heads(self, h_obs: torch.Tensor, roots: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """obs hidden [B, D] -> value [B], prior logits [B, k], legal [B, k] over each root's candidates."""
@@ -237,34 +245,31 @@ class SearchAdapter:
         lmax = int(lens.max())
         par = torch.as_tensor(handles, device=dev)
         lens_t = torch.as_tensor(lens, device=dev)
-        past: KV = [(k[par, :, :lmax], v[par, :, :lmax]) for k, v in zip(self._k, self._v)]
-        valid = torch.cat([self._valid[par, :lmax], torch.ones(b, 2, dtype=torch.bool, device=dev)], 1)
-        pos = lens_t[:, None]
         roots = self._root_of[par]
-        a_tok = self._act[roots, torch.as_tensor(acts, device=dev)][:, None]        # [B, 1, D]
-        h_a, kv = m.transformer(a_tok, pos, valid[:, :lmax + 1], past)
+        a_tok = self._act[roots, torch.as_tensor(acts, device=dev)]                  # [B, D]
+        # each child starts as its parent's first lens[b] positions (one copy of the cache); the action
+        # and the imagined latent are written at lens[b] and lens[b] + 1 as the two passes run, and are
+        # attended where they sit (by the mask), so nothing is concatenated or moved afterwards
+        new, handles_new = self._alloc(b, lens + 2, root_ids)
+        self._tokens[new, :lmax] = self._tokens[par, :lmax]
+        self._valid[new] = False
+        self._valid[new, :lmax] = self._valid[par, :lmax]
+        stores = [(k[new], v[new]) for k, v in zip(self._k, self._v)]
+        for (ks, vs), k, v in zip(stores, self._k, self._v):
+            ks[:, :, :lmax], vs[:, :, :lmax] = k[par, :, :lmax], v[par, :, :lmax]
+        rows = torch.arange(new.start, new.stop, device=dev)
+        tokens, valid = self._tokens, self._valid
+        tokens[rows, lens_t], valid[rows, lens_t] = a_tok, True
+        h_a = m.extend(a_tok[:, None], lens_t[:, None], valid[new, :lmax + 1], stores, lens_t)
         reward = logits_to_scalar(m.reward_logits(h_a[:, 0]), cfg.reward_support, cfg.h_eps)
         z = m.next_latent(h_a)                                                        # [B, 1, D]
-        h_o, kv = m.transformer(z, pos + 1, valid, kv)
+        tokens[rows, lens_t + 1], valid[rows, lens_t + 1] = z[:, 0], True
+        h_o = m.extend(z, lens_t[:, None] + 1, valid[new, :lmax + 2], stores, lens_t + 1)
         k = int(n_cand.max())
         value, prior, _ = self._heads(h_o[:, 0], roots, k)
-        # children: the parent's first lens[b] positions, then the action and the latent at lens[b], lens[b] + 1
-        rows = torch.arange(b, device=dev)
-        tokens = torch.cat([self._tokens[par, :lmax], a_tok, z], 1)
-        tokens[rows, lens_t], tokens[rows, lens_t + 1] = a_tok[:, 0], z[:, 0]
-        child_valid = torch.cat([self._valid[par, :lmax], torch.zeros(b, 2, dtype=torch.bool, device=dev)], 1)
-        child_valid[rows, lens_t] = True
-        child_valid[rows, lens_t + 1] = True
-        child_kv: KV = []
-        for kk, vv in kv:
-            ck, cv = kk.clone(), vv.clone()
-            ck[rows, :, lens_t], ck[rows, :, lens_t + 1] = kk[:, :, lmax], kk[:, :, lmax + 1]
-            cv[rows, :, lens_t], cv[rows, :, lens_t + 1] = vv[:, :, lmax], vv[:, :, lmax + 1]
-            child_kv.append((ck, cv))
-        new = self._put(tokens, child_valid, child_kv, lens + 2, root_ids)
         # one copy back (one wait on the device a step): reward, value and the prior logits side by side
         out = torch.cat([reward.float()[:, None], value.float()[:, None], prior.float()], 1).cpu().numpy()
-        return RecurrentOutput(out[:, 0], out[:, 1], out[:, 2:], new)
+        return RecurrentOutput(out[:, 0], out[:, 1], out[:, 2:], handles_new)
 
 
 def model_value_fn(model: WorldModel, chunk: int = 64) -> Callable[[Episode], np.ndarray]:

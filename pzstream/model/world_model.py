@@ -81,6 +81,23 @@ class Block(nn.Module):
         x = x + self.drop(self.mlp(self.ln2(x)))
         return x, (k, v)
 
+    def extend(self, x: torch.Tensor, key_valid: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor,
+               at: torch.Tensor) -> torch.Tensor:
+        """One new token per row, its keys and values written into a node store in place.
+
+        x [B, 1, D]; ks, vs [B, H, T, D/H] (the rows' store, written at column ``at[b]``, long [B]);
+        key_valid bool [B, Lk] over the store's first Lk columns (the new token's included, so it
+        sees itself). Keys are attended by the mask, not by their order: the same keys and mask as
+        ``forward`` with the cache concatenated give the same result, without copying the cache."""
+        b, n, d = x.shape
+        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        rows = torch.arange(b, device=x.device)
+        ks[rows, :, at], vs[rows, :, at] = k[:, :, 0], v[:, :, 0]
+        lk = key_valid.shape[1]
+        y = F.scaled_dot_product_attention(q, ks[:, :, :lk], vs[:, :, :lk], attn_mask=key_valid[:, None, None, :])
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
+        return x + self.drop(self.mlp(self.ln2(x)))
+
 
 def _mlp(d_in: int, d: int, d_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(d_in, d), nn.GELU(), nn.Linear(d, d_out))
@@ -158,6 +175,16 @@ class WorldModel(nn.Module):
             h, layer_kv = block(h, mask, None if past is None else past[i])
             kv.append(layer_kv)
         return self.ln_f(h), kv
+
+    def extend(self, x: torch.Tensor, positions: torch.Tensor, key_valid: torch.Tensor,
+               stores: list[tuple[torch.Tensor, torch.Tensor]], at: torch.Tensor) -> torch.Tensor:
+        """``transformer`` for one new token per row whose cache lives in a node store (the search's
+        recurrent step): x [B, 1, D], positions long [B, 1], stores per layer (k, v) [B, H, T, D/H]
+        written in place at column ``at`` [B], key_valid bool [B, Lk]. Returns the hidden [B, 1, D]."""
+        h = x + self.pos(positions)
+        for block, (ks, vs) in zip(self.blocks, stores):
+            h = block.extend(h, key_valid, ks, vs, at)
+        return self.ln_f(h)
 
     def value_logits(self, h: torch.Tensor) -> torch.Tensor:
         """obs-token hidden [..., D] -> [..., value_bins]."""

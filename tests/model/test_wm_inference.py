@@ -151,3 +151,30 @@ def test_the_node_store_grows_and_reuse_after_reset_matches_a_fresh_adapter():
         np.testing.assert_allclose(rec.value, ref.value, atol=1e-6)
         np.testing.assert_allclose(rec.reward, ref.reward, atol=1e-6)
         np.testing.assert_allclose(rec.prior_logits, ref.prior_logits, atol=1e-5)
+
+
+def test_block_extend_writes_the_store_in_place_and_equals_forward_on_the_concatenated_cache():
+    """The search's recurrent pass (Block.extend) attends to its keys where they sit in the node store:
+    the same output as the training path's forward over the parent's cache plus the new token."""
+    m = _model()
+    block, cfg = m.blocks[0], m.cfg
+    b, t, heads, dh = 3, 8, cfg.n_heads, cfg.latent_dim // cfg.n_heads
+    torch.manual_seed(1)
+    lens = torch.tensor([2, 5, 3])
+    past_k, past_v = torch.randn(b, heads, 5, dh), torch.randn(b, heads, 5, dh)
+    valid = torch.arange(5)[None] < lens[:, None]
+    x = torch.randn(b, 1, cfg.latent_dim)
+    with torch.no_grad():
+        ref, (k_ref, v_ref) = block(x, torch.cat([valid, torch.ones(b, 1, dtype=torch.bool)], 1)[:, None], (past_k, past_v))
+        ks, vs = torch.zeros(b, heads, t, dh), torch.zeros(b, heads, t, dh)
+        ks[:, :, :5], vs[:, :, :5] = past_k, past_v
+        store_valid = torch.cat([valid, torch.zeros(b, 1, dtype=torch.bool)], 1)
+        store_valid[torch.arange(b), lens] = True  # the new token sits at each row's length
+        out = block.extend(x, store_valid, ks, vs, lens)
+    torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
+    rows = torch.arange(b)
+    torch.testing.assert_close(ks[rows, :, lens], k_ref[:, :, 5])  # the new key and value at each row's length
+    torch.testing.assert_close(vs[rows, :, lens], v_ref[:, :, 5])
+    written = torch.arange(t)[None] < 5
+    written = written | (torch.arange(t)[None] == lens[:, None])
+    assert (ks.abs().sum((1, 3))[~written] == 0).all() and (vs.abs().sum((1, 3))[~written] == 0).all()
