@@ -100,11 +100,10 @@ class TransformersBackend:
         self.prompt_config = prompt_config or PromptConfig()
         self.max_rows, self.max_roots, self.max_candidate_tokens = max_rows, max_roots, max_candidate_tokens
         self.model, self.tokenizer = load_model_and_tokenizer(model, self.device, dtype)
-        self.compiled_blocks = 0  # decoder layers torch.compile'd for scoring (llm.compile; GPU only)
         if compile:
             from pzstream.compiled import compile_blocks, decoder_layers
 
-            self.compiled_blocks = compile_blocks(decoder_layers(self.model), self.device, scoring=True)
+            compile_blocks(decoder_layers(self.model), self.device, scoring=True)
         self.version = 0
         self.prefix = PrefixCache()  # the prompts' shared template head, computed once per weights
 

@@ -251,14 +251,13 @@ class SearchAdapter:
         # and the imagined latent are written at lens[b] and lens[b] + 1 as the two passes run, and are
         # attended where they sit (by the mask), so nothing is concatenated or moved afterwards
         new, handles_new = self._alloc(b, lens + 2, root_ids)
-        self._tokens[new, :lmax] = self._tokens[par, :lmax]
-        self._valid[new] = False
-        self._valid[new, :lmax] = self._valid[par, :lmax]
+        tokens, valid = self._tokens, self._valid
+        tokens[new, :lmax] = tokens[par, :lmax]
+        valid[new, :lmax], valid[new, lmax:] = valid[par, :lmax], False
         stores = [(k[new], v[new]) for k, v in zip(self._k, self._v)]
         for (ks, vs), k, v in zip(stores, self._k, self._v):
             ks[:, :, :lmax], vs[:, :, :lmax] = k[par, :, :lmax], v[par, :, :lmax]
         rows = torch.arange(new.start, new.stop, device=dev)
-        tokens, valid = self._tokens, self._valid
         tokens[rows, lens_t], valid[rows, lens_t] = a_tok, True
         h_a = m.extend(a_tok[:, None], lens_t[:, None], valid[new, :lmax + 1], stores, lens_t)
         reward = logits_to_scalar(m.reward_logits(h_a[:, 0]), cfg.reward_support, cfg.h_eps)

@@ -72,31 +72,34 @@ class Block(nn.Module):
     def forward(self, x: torch.Tensor, mask: torch.Tensor, past: tuple[torch.Tensor, torch.Tensor] | None
                 ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """x [B, L, D], mask bool [B, L, Lp + L], past (k, v) [B, H, Lp, D/H] -> x, (k, v) [B, H, Lp + L, D/H]."""
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+        q, k, v = self._qkv(x)
         if past is not None:
             k, v = torch.cat([past[0], k], 2), torch.cat([past[1], v], 2)
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])
-        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
-        x = x + self.drop(self.mlp(self.ln2(x)))
-        return x, (k, v)
+        return self._residual(x, F.scaled_dot_product_attention(q, k, v, attn_mask=mask[:, None])), (k, v)
+
+    def _qkv(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """x [B, L, D] -> q, k, v, each [B, H, L, D/H]."""
+        b, n, d = x.shape
+        return self.qkv(self.ln1(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
+
+    def _residual(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """x [B, L, D] plus the attention output y [B, H, L, D/H] projected, then plus the MLP."""
+        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(x.shape)))
+        return x + self.drop(self.mlp(self.ln2(x)))
 
     def extend(self, x: torch.Tensor, key_valid: torch.Tensor, ks: torch.Tensor, vs: torch.Tensor,
-               at: torch.Tensor) -> torch.Tensor:
+               rows: torch.Tensor, at: torch.Tensor) -> torch.Tensor:
         """One new token per row, its keys and values written into a node store in place.
 
-        x [B, 1, D]; ks, vs [B, H, T, D/H] (the rows' store, written at column ``at[b]``, long [B]);
-        key_valid bool [B, Lk] over the store's first Lk columns (the new token's included, so it
-        sees itself). Keys are attended by the mask, not by their order: the same keys and mask as
-        ``forward`` with the cache concatenated give the same result, without copying the cache."""
-        b, n, d = x.shape
-        q, k, v = self.qkv(self.ln1(x)).view(b, n, 3, self.n_heads, d // self.n_heads).permute(2, 0, 3, 1, 4)
-        rows = torch.arange(b, device=x.device)
+        x [B, 1, D]; ks, vs [B, H, T, D/H] (the rows' store, written at (``rows[b]``, column ``at[b]``),
+        both long [B]); key_valid bool [B, Lk] over the store's first Lk columns (the new token's
+        included, so it sees itself). Keys are attended by the mask, not by their order: the same keys
+        and mask as ``forward`` with the cache concatenated give the same result, without copying it."""
+        q, k, v = self._qkv(x)
         ks[rows, :, at], vs[rows, :, at] = k[:, :, 0], v[:, :, 0]
         lk = key_valid.shape[1]
         y = F.scaled_dot_product_attention(q, ks[:, :, :lk], vs[:, :, :lk], attn_mask=key_valid[:, None, None, :])
-        x = x + self.drop(self.proj(y.transpose(1, 2).reshape(b, n, d)))
-        return x + self.drop(self.mlp(self.ln2(x)))
+        return self._residual(x, y)
 
 
 def _mlp(d_in: int, d: int, d_out: int) -> nn.Sequential:
@@ -182,8 +185,9 @@ class WorldModel(nn.Module):
         recurrent step): x [B, 1, D], positions long [B, 1], stores per layer (k, v) [B, H, T, D/H]
         written in place at column ``at`` [B], key_valid bool [B, Lk]. Returns the hidden [B, 1, D]."""
         h = x + self.pos(positions)
+        rows = torch.arange(x.shape[0], device=x.device)
         for block, (ks, vs) in zip(self.blocks, stores):
-            h = block.extend(h, key_valid, ks, vs, at)
+            h = block.extend(h, key_valid, ks, vs, rows, at)
         return self.ln_f(h)
 
     def value_logits(self, h: torch.Tensor) -> torch.Tensor:

@@ -170,7 +170,7 @@ def test_block_extend_writes_the_store_in_place_and_equals_forward_on_the_concat
         ks[:, :, :5], vs[:, :, :5] = past_k, past_v
         store_valid = torch.cat([valid, torch.zeros(b, 1, dtype=torch.bool)], 1)
         store_valid[torch.arange(b), lens] = True  # the new token sits at each row's length
-        out = block.extend(x, store_valid, ks, vs, lens)
+        out = block.extend(x, store_valid, ks, vs, torch.arange(b), lens)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=1e-5)
     rows = torch.arange(b)
     torch.testing.assert_close(ks[rows, :, lens], k_ref[:, :, 5])  # the new key and value at each row's length
