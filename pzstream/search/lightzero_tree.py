@@ -27,6 +27,7 @@ import importlib.machinery
 import importlib.util
 import os
 import struct
+from dataclasses import dataclass
 from types import ModuleType
 
 import numpy as np
@@ -138,6 +139,97 @@ def lightzero_available() -> bool:
     return True
 
 
+@dataclass
+class _Mirror:
+    """What ctree does not expose, kept beside it: each node's model state, parent, slot and reward,
+    and the values backed into each root child (to recover the root children's Q).
+
+    Node i is the one LightZero calls latent index i: 0 the root, i the node simulation i - 1 expanded.
+    """
+
+    handles: np.ndarray  # int64 [num_sims + 1, B]
+    parent: np.ndarray  # int64 [num_sims + 1, B]; -1 for the root
+    slot_of: np.ndarray  # int64 [num_sims + 1, B]: the slot that leads to the node from its parent
+    node_reward: np.ndarray  # float64 [num_sims + 1, B]
+    child_sum: np.ndarray  # float64 [B, K]: backed-up values per root child
+    child_n: np.ndarray  # int64 [B, K]
+
+    @classmethod
+    def empty(cls, root_handle: np.ndarray, num_sims: int, num_slots: int) -> "_Mirror":
+        num_roots = len(root_handle)
+        handles = np.zeros((num_sims + 1, num_roots), dtype=np.int64)
+        handles[0] = root_handle
+        return cls(handles=handles, parent=np.full((num_sims + 1, num_roots), -1, dtype=np.int64),
+                   slot_of=np.zeros((num_sims + 1, num_roots), dtype=np.int64),
+                   node_reward=np.zeros((num_sims + 1, num_roots), dtype=np.float64),
+                   child_sum=np.zeros((num_roots, num_slots), dtype=np.float64),
+                   child_n=np.zeros((num_roots, num_slots), dtype=np.int64))
+
+
+def _simulate(tree: ModuleType, roots, bounds, mirror: _Mirror, new: int, slots: list[np.ndarray],
+              recurrent_fn: RecurrentFn, config: SearchConfig) -> None:
+    """One simulation on every tree: ctree selects, the model expands node ``new``, ctree backs up; the mirror follows."""
+    num_roots = len(slots)
+    gamma = float(config.discount)
+    no_players = [-1] * num_roots  # single player: LightZero's to_play == -1
+    results = tree.ResultsWrapper(num_roots)
+    latent_idx, batch_idx, compact_actions, to_play = tree.batch_traverse(
+        roots, int(config.pb_c_base), float(config.pb_c_init), gamma, bounds, results, no_players)
+    latent_idx = np.asarray(latent_idx, dtype=np.int64)
+    batch_idx = np.asarray(batch_idx, dtype=np.int64)
+    actions = np.array([slots[b][a] for b, a in zip(batch_idx, compact_actions)], dtype=np.int64)
+    out = recurrent_fn(mirror.handles[latent_idx, batch_idx], actions)
+    mirror.handles[new] = np.asarray(out.handle, dtype=np.int64).reshape(num_roots)
+    mirror.parent[new], mirror.slot_of[new] = latent_idx, actions
+    rewards = np.asarray(out.reward, dtype=np.float32).reshape(num_roots)
+    values = np.asarray(out.value, dtype=np.float32).reshape(num_roots)
+    mirror.node_reward[new] = rewards
+    logits = np.asarray(out.prior_logits, dtype=np.float32)
+    # Shift by the legal max so LightZero's softmax (which starts its max at -1e6)
+    # and ours see the same numbers.
+    logit_lists = [(logits[b, slots[b]] - logits[b, slots[b]].max()).tolist() for b in range(num_roots)]
+    tree.batch_backpropagate(new, gamma, rewards.tolist(), values.tolist(), logit_lists, bounds, results, to_play)
+    _mirror_backup(mirror, new, values, gamma)
+
+
+def _mirror_backup(mirror: _Mirror, new: int, values: np.ndarray, gamma: float) -> None:
+    """Add to the root child on node ``new``'s path the value backed into it: the discounted rewards
+    below it plus the discounted leaf value (the tree's own backup recursion)."""
+    rows = np.arange(values.shape[0])
+    node = np.full(len(rows), new, dtype=np.int64)
+    boot = values.astype(np.float64)
+    deeper = mirror.parent[node, rows] != 0
+    while deeper.any():
+        boot = np.where(deeper, mirror.node_reward[node, rows] + gamma * boot, boot)
+        node = np.where(deeper, mirror.parent[node, rows], node)
+        deeper = mirror.parent[node, rows] != 0
+    np.add.at(mirror.child_sum, (rows, mirror.slot_of[node, rows]), boot)
+    np.add.at(mirror.child_n, (rows, mirror.slot_of[node, rows]), 1)
+
+
+def _harvest(roots, mirror: _Mirror, slots: list[np.ndarray], gamma: float, num_sims: int) -> TreeResult:
+    """The roots' visit counts (from ctree), mean backed-up values and children's Q (from the mirror)."""
+    num_roots, num_slots = mirror.child_n.shape
+    rows = np.arange(num_roots)
+    visit_counts = np.zeros((num_roots, num_slots), dtype=np.int32)
+    for b, dist in enumerate(roots.get_distributions()):
+        visit_counts[b, slots[b]] = dist
+    # get_values() divides the root's value sum by (num_sims + 1): prepare() gave the
+    # root one visit with no value; undo that to report the mean backed-up value.
+    root_value = np.asarray(roots.get_values(), dtype=np.float64) * (num_sims + 1) / num_sims
+    first_reward = np.zeros((num_roots, num_slots), dtype=np.float64)
+    for node in range(1, num_sims + 1):
+        direct = mirror.parent[node] == 0
+        first_reward[rows[direct], mirror.slot_of[node, direct]] = mirror.node_reward[node, direct]
+    n = mirror.child_n
+    q_values = np.where(n > 0, first_reward + gamma * mirror.child_sum / np.maximum(n, 1), 0.0)
+    return TreeResult(
+        visit_counts=visit_counts,
+        root_value=root_value.astype(np.float32),
+        q_values=q_values.astype(np.float32),
+    )
+
+
 def search_lightzero(
     root_logits: np.ndarray,
     noise: np.ndarray | None,
@@ -153,9 +245,8 @@ def search_lightzero(
         raise RuntimeError(f"SearchConfig(backend='lightzero'): {exc}") from exc
     num_roots, num_slots = root_logits.shape
     num_sims = config.num_simulations
-    gamma = float(config.discount)
     slots = [np.flatnonzero(legal[b]) for b in range(num_roots)]  # compact index -> slot
-    no_players = [-1] * num_roots  # single player: LightZero's to_play == -1
+    no_players = [-1] * num_roots
 
     roots = tree.Roots(num_roots, [list(range(len(s))) for s in slots])
     root_logit_lists = [root_logits[b, slots[b]].tolist() for b in range(num_roots)]
@@ -167,65 +258,7 @@ def search_lightzero(
         roots.prepare(float(config.root_noise_fraction), noise_lists, zero_rewards, root_logit_lists, no_players)
     bounds = tree.MinMaxStatsList(num_roots)
     bounds.set_delta(float(config.value_delta_max))
-
-    # handles[i][b]: model state of the node LightZero calls (latent index i, batch b);
-    # latent index 0 is the root, i is the node expanded by simulation i - 1.
-    handles = np.zeros((num_sims + 1, num_roots), dtype=np.int64)
-    handles[0] = root_handle
-    # Mirror of the tree's shape, to recover each simulation's path and the root
-    # children's Q (ctree exposes only root visit counts and root values).
-    parent = np.full((num_sims + 1, num_roots), -1, dtype=np.int64)
-    slot_of = np.zeros((num_sims + 1, num_roots), dtype=np.int64)
-    node_reward = np.zeros((num_sims + 1, num_roots), dtype=np.float64)
-    child_sum = np.zeros((num_roots, num_slots), dtype=np.float64)  # backed-up values per root child
-    child_n = np.zeros((num_roots, num_slots), dtype=np.int64)
-    rows = np.arange(num_roots)
-
+    mirror = _Mirror.empty(root_handle, num_sims, num_slots)
     for sim in range(num_sims):
-        results = tree.ResultsWrapper(num_roots)
-        latent_idx, batch_idx, compact_actions, to_play = tree.batch_traverse(
-            roots, int(config.pb_c_base), float(config.pb_c_init), gamma, bounds, results, list(no_players))
-        latent_idx = np.asarray(latent_idx, dtype=np.int64)
-        batch_idx = np.asarray(batch_idx, dtype=np.int64)
-        actions = np.array([slots[b][a] for b, a in zip(batch_idx, compact_actions)], dtype=np.int64)
-        out = recurrent_fn(handles[latent_idx, batch_idx], actions)
-        new = sim + 1
-        handles[new] = np.asarray(out.handle, dtype=np.int64).reshape(num_roots)
-        parent[new], slot_of[new] = latent_idx, actions
-        rewards = np.asarray(out.reward, dtype=np.float32).reshape(num_roots)
-        values = np.asarray(out.value, dtype=np.float32).reshape(num_roots)
-        node_reward[new] = rewards
-        logits = np.asarray(out.prior_logits, dtype=np.float32)
-        # Shift by the legal max so LightZero's softmax (which starts its max at -1e6)
-        # and ours see the same numbers.
-        logit_lists = [(logits[b, slots[b]] - logits[b, slots[b]].max()).tolist() for b in range(num_roots)]
-        tree.batch_backpropagate(new, gamma, rewards.tolist(), values.tolist(), logit_lists, bounds, results, to_play)
-
-        # Value backed into the root child on this path: discounted rewards below it
-        # plus the discounted leaf value (same recursion as the tree's backup).
-        node = np.full(num_roots, new, dtype=np.int64)
-        boot = values.astype(np.float64)
-        deeper = parent[node, rows] != 0
-        while deeper.any():
-            boot = np.where(deeper, node_reward[node, rows] + gamma * boot, boot)
-            node = np.where(deeper, parent[node, rows], node)
-            deeper = parent[node, rows] != 0
-        np.add.at(child_sum, (rows, slot_of[node, rows]), boot)
-        np.add.at(child_n, (rows, slot_of[node, rows]), 1)
-
-    visit_counts = np.zeros((num_roots, num_slots), dtype=np.int32)
-    for b, dist in enumerate(roots.get_distributions()):
-        visit_counts[b, slots[b]] = dist
-    # get_values() divides the root's value sum by (num_sims + 1): prepare() gave the
-    # root one visit with no value; undo that to report the mean backed-up value.
-    root_value = np.asarray(roots.get_values(), dtype=np.float64) * (num_sims + 1) / num_sims
-    first_reward = np.zeros((num_roots, num_slots), dtype=np.float64)
-    for node in range(1, num_sims + 1):
-        direct = parent[node] == 0
-        first_reward[rows[direct], slot_of[node, direct]] = node_reward[node, direct]
-    q_values = np.where(child_n > 0, first_reward + gamma * child_sum / np.maximum(child_n, 1), 0.0)
-    return TreeResult(
-        visit_counts=visit_counts,
-        root_value=root_value.astype(np.float32),
-        q_values=q_values.astype(np.float32),
-    )
+        _simulate(tree, roots, bounds, mirror, sim + 1, slots, recurrent_fn, config)
+    return _harvest(roots, mirror, slots, float(config.discount), num_sims)

@@ -76,6 +76,139 @@ def _normaliser(lo: np.ndarray, hi: np.ndarray, delta_floor: np.float32) -> tupl
     return offset[:, None], scale[:, None]
 
 
+@dataclass
+class _Forest:
+    """The B trees' arrays, ``[root, node]`` (``[root, node, slot]`` per child); see the module docstring.
+
+    ``path[b, :path_len[b]]`` is the node path of root b's current simulation.
+    """
+
+    children: np.ndarray  # int32 [B, N, K]: child node per slot, the sentinel where unexpanded
+    prior: np.ndarray  # float32 [B, N, K]
+    visits: np.ndarray  # int32 [B, N]
+    value_sum: np.ndarray  # float32 [B, N]
+    reward: np.ndarray  # float32 [B, N]
+    handle: np.ndarray  # int64 [B, N]: the model state of each node
+    q_lo: np.ndarray  # float32 [B]: min-max bounds of the tree's Q
+    q_hi: np.ndarray
+    path: np.ndarray  # int32 [B, num_sims + 1]
+    path_len: np.ndarray  # int32 [B]
+
+
+def _plant(root_prior: np.ndarray, legal: np.ndarray, root_handle: np.ndarray, num_sims: int) -> _Forest:
+    """B trees of one expanded root each (LightZero's prepare(): the root counts one visit)."""
+    num_roots, num_slots = root_prior.shape
+    num_nodes = num_sims + 2  # the roots, one node per simulation, the sentinel
+    forest = _Forest(
+        children=np.full((num_roots, num_nodes, num_slots), num_sims + 1, dtype=np.int32),
+        prior=np.zeros((num_roots, num_nodes, num_slots), dtype=_F32),
+        visits=np.zeros((num_roots, num_nodes), dtype=np.int32),
+        value_sum=np.zeros((num_roots, num_nodes), dtype=_F32),
+        reward=np.zeros((num_roots, num_nodes), dtype=_F32),
+        handle=np.zeros((num_roots, num_nodes), dtype=np.int64),
+        q_lo=np.full(num_roots, _BOUND_INIT_MIN, dtype=_F32),
+        q_hi=np.full(num_roots, _BOUND_INIT_MAX, dtype=_F32),
+        path=np.zeros((num_roots, num_sims + 1), dtype=np.int32),  # a path is at most num_sims + 1 nodes
+        path_len=np.ones(num_roots, dtype=np.int32),
+    )
+    forest.prior[:, 0] = np.where(legal, root_prior, _F32(0.0))
+    forest.visits[:, 0] = 1
+    forest.handle[:, 0] = root_handle
+    return forest
+
+
+def _select(f: _Forest, illegal_penalty: np.ndarray, config: SearchConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Descend every tree by pUCT until an unexpanded child is chosen; set ``f.path``/``f.path_len``.
+
+    Returns (leaf_parent int32 [B], leaf_action int64 [B]): the node and slot to expand in each tree.
+    """
+    num_roots = f.visits.shape[0]
+    sentinel = f.visits.shape[1] - 1
+    gamma, c1, c2 = _F32(config.discount), _F32(config.pb_c_init), _F32(config.pb_c_base)
+    delta_floor = _F32(config.value_delta_max)
+    node = np.zeros(num_roots, dtype=np.int32)
+    parent_q = np.zeros(num_roots, dtype=_F32)
+    f.path_len[:] = 1
+    leaf_parent = np.zeros(num_roots, dtype=np.int32)
+    leaf_action = np.zeros(num_roots, dtype=np.int64)
+    active = np.arange(num_roots)
+    depth = 0
+    while active.size:
+        act_node = node[active]
+        kids = f.children[active, act_node]  # [R, K]
+        r2 = active[:, None]
+        n_kid = f.visits[r2, kids]
+        visited = n_kid > 0  # illegal slots are never expanded, so never visited
+        # Unvisited children read the sentinel's zero value sum; dividing by
+        # max(n, 1) leaves their value at 0 like LightZero's CNode::value().
+        kid_q = f.reward[r2, kids] + gamma * (f.value_sum[r2, kids] / np.maximum(n_kid, 1).astype(_F32))
+        q_total = np.cumsum(np.where(visited, kid_q, _F32(0.0)), axis=1)[:, -1]
+        n_visited = visited.sum(axis=1).astype(_F32)
+        mean_q = (parent_q[active] + q_total) / (n_visited + _F32(1.0))
+        if depth == 0:  # the root averages its visited children only (if it has any)
+            mean_q = np.where(n_visited > 0, q_total / np.maximum(n_visited, _F32(1.0)), mean_q)
+        parent_q[active] = mean_q
+
+        n_parent = (f.visits[active, act_node] - 1).astype(_F32)[:, None]
+        pb_c = np.log((n_parent + c2 + _F32(1.0)) / c2) + c1
+        pb_c = pb_c * (np.sqrt(n_parent) / (n_kid + 1).astype(_F32))
+        offset, scale = _normaliser(f.q_lo[active], f.q_hi[active], delta_floor)
+        value_score = (np.where(visited, kid_q, mean_q[:, None]) - offset) / scale
+        value_score = np.minimum(np.maximum(value_score, _F32(0.0)), _F32(1.0))  # np.clip is slower
+        score = (pb_c * f.prior[active, act_node] + value_score) + illegal_penalty[active]
+        action = np.argmax(score, axis=1)  # first maximum = lowest slot among ties
+
+        nxt = kids[np.arange(active.size), action]
+        is_leaf = nxt == sentinel
+        leaves = active[is_leaf]
+        leaf_parent[leaves] = act_node[is_leaf]
+        leaf_action[leaves] = action[is_leaf]
+        inner = active[~is_leaf]
+        node[inner] = nxt[~is_leaf]
+        f.path[inner, f.path_len[inner]] = nxt[~is_leaf]
+        f.path_len[inner] += 1
+        active = inner
+        depth += 1
+    return leaf_parent, leaf_action
+
+
+def _expand(f: _Forest, new: int, leaf_parent: np.ndarray, leaf_action: np.ndarray, out, legal: np.ndarray) -> None:
+    """Node ``new`` of every tree becomes the chosen leaf, holding the model's answer ``out``."""
+    num_roots = f.visits.shape[0]
+    rows = np.arange(num_roots)
+    f.children[rows, leaf_parent, leaf_action] = new
+    f.reward[:, new] = np.asarray(out.reward, dtype=_F32).reshape(num_roots)
+    f.prior[:, new] = masked_softmax(np.asarray(out.prior_logits, dtype=_F32), legal)
+    f.handle[:, new] = np.asarray(out.handle, dtype=np.int64).reshape(num_roots)
+    f.path[rows, f.path_len] = new
+    f.path_len += 1
+
+
+def _backup(f: _Forest, leaf_value: np.ndarray, gamma: np.float32) -> None:
+    """Leaf to root along ``f.path``: add the discounted return to each node, widen the Q bounds."""
+    bootstrap = np.asarray(leaf_value, dtype=_F32).reshape(-1).copy()
+    for d in range(int(f.path_len.max()) - 1, -1, -1):
+        on = np.nonzero(f.path_len > d)[0]
+        nd = f.path[on, d]
+        f.value_sum[on, nd] += bootstrap[on]
+        f.visits[on, nd] += 1
+        node_q = (f.reward[on, nd] + gamma * (f.value_sum[on, nd] / f.visits[on, nd].astype(_F32))).astype(_F32)
+        f.q_hi[on] = np.maximum(f.q_hi[on], node_q)
+        f.q_lo[on] = np.minimum(f.q_lo[on], node_q)
+        bootstrap[on] = f.reward[on, nd] + gamma * bootstrap[on]
+
+
+def _harvest(f: _Forest, legal: np.ndarray, gamma: np.float32, num_sims: int) -> TreeResult:
+    """The roots' visit counts, mean backed-up values and children's Q."""
+    kids = f.children[:, 0]  # [B, K]
+    r2 = np.arange(kids.shape[0])[:, None]
+    visit_counts = np.where(legal, f.visits[r2, kids], 0).astype(np.int32)
+    safe_n = np.maximum(visit_counts, 1).astype(_F32)
+    q_values = np.where(visit_counts > 0, f.reward[r2, kids] + gamma * (f.value_sum[r2, kids] / safe_n), _F32(0.0))
+    root_value = f.value_sum[:, 0] / _F32(num_sims)
+    return TreeResult(visit_counts=visit_counts, root_value=root_value.astype(_F32), q_values=q_values.astype(_F32))
+
+
 def search_numpy(
     root_logits: np.ndarray,
     noise: np.ndarray | None,
@@ -92,109 +225,18 @@ def search_numpy(
     legal:       bool [B, K]; the candidate set at every depth of a root's tree.
     root_handle: int64 [B].
     """
-    num_roots, num_slots = root_logits.shape
     num_sims = config.num_simulations
-    sentinel = num_sims + 1
-    num_nodes = num_sims + 2
     gamma = _F32(config.discount)
-    c1, c2 = _F32(config.pb_c_init), _F32(config.pb_c_base)
-    delta_floor = _F32(config.value_delta_max)
-    rows_all = np.arange(num_roots)
-    # Added to pUCT scores: -inf keeps illegal slots out of every argmax.
-    illegal_penalty = np.where(legal, _F32(0.0), _F32(-np.inf))
-
-    children = np.full((num_roots, num_nodes, num_slots), sentinel, dtype=np.int32)
-    prior = np.zeros((num_roots, num_nodes, num_slots), dtype=_F32)
-    visits = np.zeros((num_roots, num_nodes), dtype=np.int32)
-    value_sum = np.zeros((num_roots, num_nodes), dtype=_F32)
-    reward = np.zeros((num_roots, num_nodes), dtype=_F32)
-    handle = np.zeros((num_roots, num_nodes), dtype=np.int64)
-    q_lo = np.full(num_roots, _BOUND_INIT_MIN, dtype=_F32)
-    q_hi = np.full(num_roots, _BOUND_INIT_MAX, dtype=_F32)
-
     root_prior = masked_softmax(root_logits, legal)
     if noise is not None:
         frac = _F32(config.root_noise_fraction)
         root_prior = (root_prior * (_F32(1.0) - frac) + noise.astype(_F32) * frac).astype(_F32)
-    prior[:, 0] = np.where(legal, root_prior, _F32(0.0))
-    visits[:, 0] = 1  # LightZero's prepare() counts the root's own evaluation as a visit
-    handle[:, 0] = root_handle
-
-    # A path is at most num_sims + 1 nodes long (root plus one new node per simulation).
-    path = np.zeros((num_roots, num_sims + 1), dtype=np.int32)
-
+    forest = _plant(root_prior, legal, root_handle, num_sims)
+    # Added to pUCT scores: -inf keeps illegal slots out of every argmax.
+    illegal_penalty = np.where(legal, _F32(0.0), _F32(-np.inf))
     for sim in range(num_sims):
-        # --- selection: descend every tree until an unexpanded child is chosen.
-        node = np.zeros(num_roots, dtype=np.int32)
-        parent_q = np.zeros(num_roots, dtype=_F32)
-        path_len = np.ones(num_roots, dtype=np.int32)
-        leaf_parent = np.zeros(num_roots, dtype=np.int32)
-        leaf_action = np.zeros(num_roots, dtype=np.int64)
-        active = rows_all
-        depth = 0
-        while active.size:
-            act_node = node[active]
-            kids = children[active, act_node]  # [R, K]
-            r2 = active[:, None]
-            n_kid = visits[r2, kids]
-            visited = n_kid > 0  # illegal slots are never expanded, so never visited
-            # Unvisited children read the sentinel's zero value sum; dividing by
-            # max(n, 1) leaves their value at 0 like LightZero's CNode::value().
-            kid_q = reward[r2, kids] + gamma * (value_sum[r2, kids] / np.maximum(n_kid, 1).astype(_F32))
-            q_total = np.cumsum(np.where(visited, kid_q, _F32(0.0)), axis=1)[:, -1]
-            n_visited = visited.sum(axis=1).astype(_F32)
-            mean_q = (parent_q[active] + q_total) / (n_visited + _F32(1.0))
-            if depth == 0:  # the root averages its visited children only (if it has any)
-                mean_q = np.where(n_visited > 0, q_total / np.maximum(n_visited, _F32(1.0)), mean_q)
-            parent_q[active] = mean_q
-
-            n_parent = (visits[active, act_node] - 1).astype(_F32)[:, None]
-            pb_c = np.log((n_parent + c2 + _F32(1.0)) / c2) + c1
-            pb_c = pb_c * (np.sqrt(n_parent) / (n_kid + 1).astype(_F32))
-            offset, scale = _normaliser(q_lo[active], q_hi[active], delta_floor)
-            value_score = (np.where(visited, kid_q, mean_q[:, None]) - offset) / scale
-            value_score = np.minimum(np.maximum(value_score, _F32(0.0)), _F32(1.0))  # np.clip is slower
-            score = (pb_c * prior[active, act_node] + value_score) + illegal_penalty[active]
-            action = np.argmax(score, axis=1)  # first maximum = lowest slot among ties
-
-            nxt = kids[np.arange(active.size), action]
-            is_leaf = nxt == sentinel
-            leaves = active[is_leaf]
-            leaf_parent[leaves] = act_node[is_leaf]
-            leaf_action[leaves] = action[is_leaf]
-            inner = active[~is_leaf]
-            node[inner] = nxt[~is_leaf]
-            path[inner, path_len[inner]] = nxt[~is_leaf]
-            path_len[inner] += 1
-            active = inner
-            depth += 1
-
-        # --- expansion: one model call for the B new children.
-        out = recurrent_fn(handle[rows_all, leaf_parent], leaf_action)
-        new = sim + 1
-        children[rows_all, leaf_parent, leaf_action] = new
-        reward[:, new] = np.asarray(out.reward, dtype=_F32).reshape(num_roots)
-        prior[:, new] = masked_softmax(np.asarray(out.prior_logits, dtype=_F32), legal)
-        handle[:, new] = np.asarray(out.handle, dtype=np.int64).reshape(num_roots)
-        path[rows_all, path_len] = new
-        path_len += 1
-
-        # --- backup: leaf to root, discounting rewards on the way up.
-        bootstrap = np.asarray(out.value, dtype=_F32).reshape(num_roots).copy()
-        for d in range(int(path_len.max()) - 1, -1, -1):
-            on = np.nonzero(path_len > d)[0]
-            nd = path[on, d]
-            value_sum[on, nd] += bootstrap[on]
-            visits[on, nd] += 1
-            node_q = (reward[on, nd] + gamma * (value_sum[on, nd] / visits[on, nd].astype(_F32))).astype(_F32)
-            q_hi[on] = np.maximum(q_hi[on], node_q)
-            q_lo[on] = np.minimum(q_lo[on], node_q)
-            bootstrap[on] = reward[on, nd] + gamma * bootstrap[on]
-
-    kids = children[:, 0]  # [B, K]
-    r2 = rows_all[:, None]
-    visit_counts = np.where(legal, visits[r2, kids], 0).astype(np.int32)
-    safe_n = np.maximum(visit_counts, 1).astype(_F32)
-    q_values = np.where(visit_counts > 0, reward[r2, kids] + gamma * (value_sum[r2, kids] / safe_n), _F32(0.0))
-    root_value = value_sum[:, 0] / _F32(num_sims)
-    return TreeResult(visit_counts=visit_counts, root_value=root_value.astype(_F32), q_values=q_values.astype(_F32))
+        leaf_parent, leaf_action = _select(forest, illegal_penalty, config)
+        out = recurrent_fn(forest.handle[np.arange(len(leaf_parent)), leaf_parent], leaf_action)  # one call, B leaves
+        _expand(forest, sim + 1, leaf_parent, leaf_action, out, legal)
+        _backup(forest, out.value, gamma)
+    return _harvest(forest, legal, gamma, num_sims)
