@@ -262,6 +262,46 @@ def keys(tmp_path):
     return CurveKeys(generate_keys(tmp_path / "keys"))
 
 
+def test_segments_left_on_a_handed_over_connection_are_dropped_not_refused(address):
+    """After a reconnect libzmq hands what was still on the old connection to the hub under a routing
+    id it makes up (5 bytes, first 0): a segment there naming a live collector is dropped, unanswered
+    and counted as a handover leftover; the same from any other unknown connection is refused."""
+    hub = HubThread(hub_config(address)).start()
+    try:
+        def peer(routing_id: bytes) -> zmq.Socket:
+            s = CTX.socket(zmq.DEALER)
+            s.setsockopt(zmq.LINGER, 0)
+            s.setsockopt(zmq.ROUTING_ID, routing_id)
+            s.connect(address)
+            return s
+
+        live = peer(b"live-collector-1")
+        say_hello(live, "c1")
+        live.send(wire.encode(segment("c1", 0)))
+        assert recv_kind(live, wire.Credit).ack == 0
+        leftover = peer(b"\x00\x00\x00\x00\x2a")  # the form of an id libzmq makes up
+        leftover.send(wire.encode(segment("c1", 0)))
+        leftover.send(wire.encode(segment("c1", 1)))
+        assert not leftover.poll(1500), "a handover leftover was answered"
+        # an id libzmq makes up, naming a collector nobody holds: a stranger, refused
+        leftover.send(wire.encode(segment("nobody", 0)))
+        assert recv_kind(leftover, wire.Reject).reason == "hello_required"
+        # an id of the usual form naming the live collector: a stranger too
+        stranger = peer(b"not-the-owner")
+        stranger.send(wire.encode(segment("c1", 1)))
+        assert recv_kind(stranger, wire.Reject).reason == "hello_required"
+        # the live connection is untouched: its next segment is accepted and acked
+        live.send(wire.encode(segment("c1", 1)))
+        assert recv_kind(live, wire.Credit).ack == 1
+        for s in (live, leftover, stranger):
+            s.close(0)
+    finally:
+        summary = hub.stop()
+    assert summary["caps"].get("handover_leftovers") == 2, summary["caps"]
+    assert summary["rejected_by_reason"] == {"hello_required": 2}, summary["rejected_by_reason"]
+    assert summary["segments_accepted"] == 2
+
+
 def test_curve_admits_key_holders_and_counts_peers_without_the_key(address, keys, tmp_path):
     hub = HubThread(hub_config(address, f"security.curve_dir={keys.directory}"), keys).start()
     try:

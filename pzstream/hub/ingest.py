@@ -21,7 +21,7 @@ import zmq
 
 from pzstream.config import HubConfig
 from pzstream.hub.parts import AcceptedSegment, SegmentPart
-from pzstream.hub.peers import Peer, credit_refusal, excuse_stall, printable, prune_table, trim_stats
+from pzstream.hub.peers import Peer, credit_refusal, excuse_stall, handover_leftover, printable, prune_table, trim_stats
 from pzstream.hub.publisher import PublishedVersions
 from pzstream.hub.status import CollectorStatus, HubCounters
 from pzstream.stream import wire
@@ -222,6 +222,9 @@ class Ingest:
     async def _on_segment(self, router: HubRouter, identity: bytes, peer: Peer | None, seg: Segment,
                           acks: dict[bytes, int], data: Buffer) -> None:
         h = seg.header
+        if peer is None and handover_leftover(self.peers, self.by_collector, identity, h.collector_id):
+            self.counters.caps["handover_leftovers"] += 1  # resent on the collector's live connection
+            return
         if peer is None or peer.gone:
             await self._reject(router, identity, peer, "hello_required", "segment from a connection that has not said hello", h.seq)
             return

@@ -36,6 +36,8 @@ CAPS = {
     "log_records_too_large": "log records over hub.max_log_bytes, dropped",
     "log_records_malformed": "log intake frames that are no log record, dropped",
     "log_records_spoofed": "log records from a peer claiming the hub's own role, dropped",
+    "handover_leftovers": "segments still on a collector's earlier connection when a newer one took its routing id "
+                          "over, dropped unanswered (it resends them on the newer one; peers.handover_leftover)",
 }
 
 
