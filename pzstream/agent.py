@@ -142,7 +142,7 @@ class MctsPolicy:
 
     def __init__(self, wm_cfg, search_cfg, seed: int, threads: int = 1, prior: PriorSource | None = None,
                  mix: str = "fixed", fixed_weight: float = 0.5, adaptive_range: tuple[float, float] = (0.3, 0.7),
-                 device: str = "cpu"):
+                 device: str = "cpu", graphs: bool = False):
         import torch
 
         from pzstream.model.inference import SearchAdapter
@@ -151,7 +151,8 @@ class MctsPolicy:
         torch.set_num_threads(threads)
         self.wm_cfg, self.search_cfg = wm_cfg, search_cfg
         self.device = device  # a search server's search_server.device; collectors search on the CPU
-        self.adapter = SearchAdapter(untrained_world_model(wm_cfg).to(device).eval(), device)
+        self.graphs = graphs  # search.cuda_graphs
+        self.adapter = SearchAdapter(untrained_world_model(wm_cfg).to(device).eval(), device, graphs)
         self.rng = np.random.default_rng(seed)
         self.wm_version = 0
         self.net_s = 0.0
@@ -179,7 +180,7 @@ class MctsPolicy:
         with self._lock:
             pending, self._pending = self._pending, None
         if pending is not None and pending[1] > self.wm_version:
-            self.adapter = SearchAdapter(pending[0].to(self.device).eval(), self.device)
+            self.adapter = SearchAdapter(pending[0].to(self.device).eval(), self.device, self.graphs)
             self.wm_version = pending[1]
 
     def llm_priors(self, histories: list[History], observations: list[str],
@@ -271,7 +272,8 @@ def mcts_policy(cfg, seed: int, prior: PriorSource | None = None, search_cfg=Non
     """An MctsPolicy with the config's world model, search and LLM mixing (``search_cfg`` overrides the search)."""
     lc = cfg.llm
     return MctsPolicy(cfg.world_model(), search_cfg or cfg.search_config(), seed, prior=prior, mix=lc.mix,
-                      fixed_weight=lc.fixed_weight, adaptive_range=(lc.adaptive_low, lc.adaptive_high), device=device)
+                      fixed_weight=lc.fixed_weight, adaptive_range=(lc.adaptive_low, lc.adaptive_high), device=device,
+                      graphs=cfg.search.cuda_graphs)
 
 
 class SearchService(Protocol):

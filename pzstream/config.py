@@ -209,6 +209,9 @@ class SearchSection(_Section):
     root_noise_fraction: float = Field(0.25, ge=0, le=1)
     temperature: float = Field(1.0, ge=0)
     backend: Literal["numpy", "lightzero"] = "numpy"
+    cuda_graphs: bool = Field(False, description="replay the world model's recurrent step as CUDA graphs, one per "
+                              "batch bucket (a search on a GPU; pzstream/model/graphs.py; off until measured faster: "
+                              "bench/serve.py --sweep with and without it)")
 
 
 class LLMSection(_Section):
@@ -510,7 +513,7 @@ class Config(_Section):
     def search_config(self):  # -> pzstream.search.SearchConfig
         from pzstream.search import SearchConfig
 
-        return SearchConfig(**self.search.model_dump())
+        return SearchConfig(**self.search.model_dump(exclude={"cuda_graphs"}))  # how the model steps, not the tree
 
     @model_validator(mode="after")
     def _one_llm_trainer(self) -> "Config":

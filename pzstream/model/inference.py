@@ -18,6 +18,7 @@ from typing import Callable, NamedTuple, Sequence
 import numpy as np
 import torch
 
+from .graphs import step_graphs
 from .support import logits_to_scalar
 from .targets import Episode
 from .world_model import KV, WorldModel
@@ -52,7 +53,7 @@ class SearchAdapter:
     Invariant: a node's ``valid`` is False at and after its length (stale keys stay masked).
     """
 
-    def __init__(self, model: WorldModel, device: str | torch.device = "cpu"):
+    def __init__(self, model: WorldModel, device: str | torch.device = "cpu", graphs: bool = False):
         self.model = model
         self.cfg = model.cfg
         self.device = torch.device(device)
@@ -62,6 +63,7 @@ class SearchAdapter:
         self._root_cap = 0
         self._lens = np.zeros(0, dtype=np.int64)
         self._root_host = np.zeros(0, dtype=np.int64)  # _root_of on the host: a step looks it up without a device sync
+        self.graphs = step_graphs(self, graphs)  # the recurrent step as CUDA graphs (search.cuda_graphs)
 
     def reset(self) -> None:
         """Forget every handle (call after each search)."""
@@ -227,7 +229,7 @@ class SearchAdapter:
     @torch.no_grad()
     def recurrent(self, parent_handles: np.ndarray, actions: np.ndarray) -> RecurrentOutput:
         """Imagine one step from each parent; actions[b] indexes the candidate list of the parent's root."""
-        m, cfg, dev = self._eval(), self.cfg, self.device
+        cfg, dev = self._eval().cfg, self.device
         handles = self._check(parent_handles).copy()
         acts = np.asarray(actions, dtype=np.int64).reshape(-1)
         if len(acts) != len(handles):
@@ -241,34 +243,54 @@ class SearchAdapter:
         full = self._lens[handles] + 2 > cfg.max_tokens
         if full.any():
             handles[full] = self._trim(handles[full])
-        b, lens = len(handles), self._lens[handles]
-        lmax = int(lens.max())
-        par = torch.as_tensor(handles, device=dev)
-        lens_t = torch.as_tensor(lens, device=dev)
-        roots = self._root_of[par]
-        a_tok = self._act[roots, torch.as_tensor(acts, device=dev)]                  # [B, D]
-        # each child starts as its parent's first lens[b] positions (one copy of the cache); the action
-        # and the imagined latent are written at lens[b] and lens[b] + 1 as the two passes run, and are
-        # attended where they sit (by the mask), so nothing is concatenated or moved afterwards
+        b, lens, k = len(handles), self._lens[handles], int(n_cand.max())
         new, handles_new = self._alloc(b, lens + 2, root_ids)
-        tokens, valid = self._tokens, self._valid
-        tokens[new, :lmax] = tokens[par, :lmax]
-        valid[new, :lmax], valid[new, lmax:] = valid[par, :lmax], False
-        stores = [(k[new], v[new]) for k, v in zip(self._k, self._v)]
-        for (ks, vs), k, v in zip(stores, self._k, self._v):
-            ks[:, :, :lmax], vs[:, :, :lmax] = k[par, :, :lmax], v[par, :, :lmax]
-        rows = torch.arange(new.start, new.stop, device=dev)
-        tokens[rows, lens_t], valid[rows, lens_t] = a_tok, True
-        h_a = m.extend(a_tok[:, None], lens_t[:, None], valid[new, :lmax + 1], stores, lens_t)
-        reward = logits_to_scalar(m.reward_logits(h_a[:, 0]), cfg.reward_support, cfg.h_eps)
-        z = m.next_latent(h_a)                                                        # [B, 1, D]
-        tokens[rows, lens_t + 1], valid[rows, lens_t + 1] = z[:, 0], True
-        h_o = m.extend(z, lens_t[:, None] + 1, valid[new, :lmax + 2], stores, lens_t + 1)
-        k = int(n_cand.max())
-        value, prior, _ = self._heads(h_o[:, 0], roots, k)
-        # one copy back (one wait on the device a step): reward, value and the prior logits side by side
-        out = torch.cat([reward.float()[:, None], value.float()[:, None], prior.float()], 1).cpu().numpy()
+        if self.graphs is not None and self.graphs.fits(b):
+            out = self.graphs.run(handles, acts, lens, handles_new)
+        else:
+            par, acts_t, lens_t = (torch.as_tensor(x, device=dev) for x in (handles, acts, lens))
+            out = self.step(par, acts_t, lens_t, new, int(lens.max()), k)
+        out = out[:, :2 + k].cpu().numpy()  # one copy back (one wait on the device a step)
         return RecurrentOutput(out[:, 0], out[:, 1], out[:, 2:], handles_new)
+
+    def step(self, par: torch.Tensor, acts: torch.Tensor, lens: torch.Tensor, child: slice | torch.Tensor,
+             width: int, k: int) -> torch.Tensor:
+        """The device side of a recurrent step: the children of nodes ``par`` [P] by candidates ``acts`` [P]
+        (parent lengths ``lens`` [P]) become the store's rows ``child``. Returns float32 [P, 2 + k]: reward,
+        value and the prior logits over the first k candidates, side by side.
+
+        Each child starts as its parent's first ``width`` (>= every lens) positions; the action and the
+        imagined latent are written at lens and lens + 1 as the two passes run and are attended where they
+        sit (by the mask). ``child`` a slice (fresh rows): the children are written in the store where they
+        live, nothing concatenated or moved afterwards. ``child`` an index tensor (a captured graph's static
+        inputs, ``graphs.StepGraphs``; width = max_tokens): they are built in gathered copies and put there."""
+        m = self.model
+        rows = torch.arange(par.shape[0], device=par.device)
+        roots = self._root_of[par]
+        a_tok = self._act[roots, acts]                                                # [P, D]
+        if isinstance(child, slice):
+            tokens, valid = self._tokens[child], self._valid[child]
+            tokens[:, :width], valid[:, :width], valid[:, width:] = self._tokens[par, :width], self._valid[par, :width], False
+            stores = [(ks[child], vs[child]) for ks, vs in zip(self._k, self._v)]
+            for (kc, vc), ks, vs in zip(stores, self._k, self._v):
+                kc[:, :, :width], vc[:, :, :width] = ks[par, :, :width], vs[par, :, :width]
+        else:  # a parent's positions past its length are not valid (the store's invariant): copied as they are
+            tokens, valid = self._tokens[par], self._valid[par]
+            stores = [(ks[par], vs[par]) for ks, vs in zip(self._k, self._v)]
+        tokens[rows, lens], valid[rows, lens] = a_tok, True
+        h_a = m.extend(a_tok[:, None], lens[:, None], valid[:, :width + 1], stores, lens)
+        reward = logits_to_scalar(m.reward_logits(h_a[:, 0]), self.cfg.reward_support, self.cfg.h_eps)
+        z = m.next_latent(h_a)                                                        # [P, 1, D]
+        tokens[rows, lens + 1], valid[rows, lens + 1] = z[:, 0], True
+        h_o = m.extend(z, lens[:, None] + 1, valid[:, :width + 2], stores, lens + 1)
+        value, prior, _ = self._heads(h_o[:, 0], roots, k)
+        if not isinstance(child, slice):
+            self._tokens.index_copy_(0, child, tokens)
+            self._valid.index_copy_(0, child, valid)
+            for (kc, vc), ks, vs in zip(stores, self._k, self._v):
+                ks.index_copy_(0, child, kc)
+                vs.index_copy_(0, child, vc)
+        return torch.cat([reward.float()[:, None], value.float()[:, None], prior.float()], 1)
 
 
 def model_value_fn(model: WorldModel, chunk: int = 64) -> Callable[[Episode], np.ndarray]:
