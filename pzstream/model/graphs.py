@@ -1,5 +1,6 @@
-"""The search's recurrent step replayed as CUDA graphs: one launch for the whole step instead of a few
-hundred, so a GPU is not left waiting on Python between the kernels of a step (issue 22, item 3).
+"""The search's recurrent step replayed as CUDA graphs: one launch for the whole step instead of some
+hundred (two layers' passes, the heads, the cache copies), so a GPU is not left waiting on Python
+between the kernels of a step (issue 22, item 3).
 
 ``SearchAdapter.step`` is captured once per batch bucket (1, 2, 4, ..., 1024 parents) on static inputs:
 a step of b parents pads them to the next bucket by repeating its first parent (the copies compute and
