@@ -154,7 +154,8 @@ def test_hub_stopped_past_the_peer_timeout_resumes_without_false_alarms(address,
     print(f"hub stopped {resumed_at - stopped_at:.1f}s (peer timeout {HEARTBEAT_S * TIMEOUT_HEARTBEATS:.1f}s); "
           f"first segment accepted after SIGCONT: " + ", ".join(f"{c} {first[c] - resumed_at:.2f}s" for c in COLLECTORS)
           + f"; all on post-stall weights after {recovered:.1f}s; wm v{published_before} before the stop, "
-          f"v{summary['wm_version_published']} at the end")
+          f"v{summary['wm_version_published']} at the end; "
+          f"{summary['caps'].get('handover_leftovers', 0)} handover leftovers dropped")
 
 
 # ----------------------------------------------------------------------------- the parts, fast
