@@ -353,8 +353,8 @@ def test_a_client_written_from_the_document_is_accepted_exactly(address):
         assert c.policy == "spec" and c.accepted == 17 and not c.lost
         assert status.cache_hit_rate() == 0.75 and status.min_collector_version("llm") == 1
         # segments still on their way over the old connection reach the hub under an id libzmq made
-        # up ("Routing id"): dropped as handover leftovers (or, had the hub declared this
-        # collector lost, refused hello_required, answered nowhere); the resent copies are acked
+        # up ("Routing id"): hello_required, answered nowhere, and counted as handover
+        # leftovers (as rejections only had the hub declared this collector lost); the resent copies are acked
         assert set(status.rejected_by_reason) <= {"duplicate_seq", "hello_required"}
         assert sum(status.rejected_by_reason.values()) <= 2 * len(client.resent)
         assert all(r["reason"] == "duplicate_seq" and r["seq"] in client.resent for r in client.rejects)

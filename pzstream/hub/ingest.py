@@ -42,8 +42,6 @@ from pzstream.stream.wire import (
 
 log = logging.getLogger("pzstream.learner")
 
-OTHER_GAMES = "(other)"  # per_game's key for segments of games past hub.max_games
-
 Buffer = bytes | zmq.Frame  # a received frame, copied or not
 
 
@@ -223,7 +221,8 @@ class Ingest:
                           acks: dict[bytes, int], data: Buffer) -> None:
         h = seg.header
         if peer is None and handover_leftover(self.peers, self.by_collector, identity, h.collector_id):
-            self.counters.caps["handover_leftovers"] += 1  # resent on the collector's live connection
+            self.counters.caps["handover_leftovers"] += 1  # a reconnect's, not a rejection: resent on the live one
+            await router.send(identity, wire.encode(Reject(reason="hello_required", detail="say hello on this connection")))
             return
         if peer is None or peer.gone:
             await self._reject(router, identity, peer, "hello_required", "segment from a connection that has not said hello", h.seq)
@@ -244,30 +243,13 @@ class Ingest:
             return
         if self.cfg.stall_s:
             await anyio.sleep(self.cfg.stall_s)
-        self._count(peer, seg, len(data))
+        peer.accepted += 1
+        peer.steps += seg.n_steps
+        self.counters.count_accepted(h.game, seg.n_steps, int(seg.done.sum()), len(data), self.cfg.max_games,
+                                     self.versions.wm - h.wm_version, self.versions.llm - h.llm_version)
         accepted = AcceptedSegment(seg, data, peer.seed, peer.policy)
         for part in self.parts:
             part.on_segment(accepted)
-
-    def _count(self, peer: Peer, seg: Segment, nbytes: int) -> None:
-        h, c, n = seg.header, self.counters, seg.n_steps
-        peer.accepted += 1
-        peer.steps += n
-        c.accepted += 1
-        c.accepted_steps += n
-        c.accepted_bytes += nbytes
-        game = c.per_game.get(h.game)
-        if game is None:
-            key = h.game
-            if len(c.per_game) >= self.cfg.max_games:  # a game name is the peer's own text: bound how many are kept
-                c.caps["games_folded"] += 1
-                key = OTHER_GAMES
-            game = c.per_game.setdefault(key, Counter())
-        game["segments"] += 1
-        game["steps"] += n
-        game["episodes_ended"] += int(seg.done.sum())
-        c.lag_wm[self.versions.wm - h.wm_version] += 1
-        c.lag_llm[self.versions.llm - h.llm_version] += 1
 
     async def _refuse_undecodable(self, router: HubRouter, identity: bytes, peer: Peer | None, data: Buffer,
                                   e: WireError, acks: dict[bytes, int]) -> None:

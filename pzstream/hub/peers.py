@@ -105,19 +105,24 @@ def peers_to_prune(peers: Mapping[bytes, Peer], now: float, ttl_s: float, max_pe
     return out + rest[:max(0, excess)]
 
 
+def made_up(identity: bytes) -> bool:
+    """Whether a routing id is one libzmq made up (5 bytes, the first 0), not one the peer set."""
+    return len(identity) == 5 and identity[0] == 0
+
+
 def handover_leftover(peers: Mapping[bytes, Peer], by_collector: Mapping[str, bytes], identity: bytes,
                       collector_id: str) -> bool:
-    """Whether a segment from ``identity``, a connection this hub does not know, is one that an earlier
-    connection of a live collector still had on its way when a newer one took its routing id over.
+    """Whether a segment from ``identity``, a connection this hub does not know, is what a live collector's
+    earlier connection still had on its way when a newer one took its routing id over.
 
     With ZMQ_ROUTER_HANDOVER libzmq delivers what is left of the old connection under a routing id it
-    makes up itself (5 bytes, the first 0; docs/wire.md, "Routing id"). The collector resends every
-    unacknowledged segment on its live connection, so such a copy is dropped, not refused: a refusal
-    would be answered nowhere and count a normal reconnect as a rejection."""
-    made_up = len(identity) == 5 and identity[0] == 0
+    makes up itself (docs/wire.md, "Routing id"): such a segment names a collector whose live connection
+    set its own routing id. The collector resends what is unacknowledged there, so this is a reconnect,
+    not a refusal to count (it is still answered hello_required: an id-less client on a new connection,
+    which looks the same, learns to say hello; a real leftover's answer goes nowhere)."""
     owner = by_collector.get(collector_id)
-    return (made_up and identity not in peers and owner is not None and owner != identity
-            and owner in peers and not peers[owner].gone)
+    return (made_up(identity) and identity not in peers and owner is not None and owner != identity
+            and not made_up(owner) and owner in peers and not peers[owner].gone)
 
 
 def prune_table(peers: dict[bytes, Peer], by_collector: dict[str, bytes], collector_stats: dict[str, dict[str, float]],

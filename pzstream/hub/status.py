@@ -21,6 +21,28 @@ class HubCounters:
     # every memory cap that bit, by name (``CAPS`` below says what each one counts)
     caps: Counter[str] = field(default_factory=Counter)
 
+    def count_accepted(self, game: str, steps: int, episodes_ended: int, nbytes: int, max_games: int,
+                       wm_lag: int, llm_lag: int) -> None:
+        """One accepted segment: totals, its game's counts (games past ``max_games`` under ``OTHER_GAMES``:
+        a game name is the peer's own text, so how many are kept is bounded) and the version lags."""
+        self.accepted += 1
+        self.accepted_steps += steps
+        self.accepted_bytes += nbytes
+        counts = self.per_game.get(game)
+        if counts is None:
+            if len(self.per_game) >= max_games:
+                self.caps["games_folded"] += 1
+                game = OTHER_GAMES
+            counts = self.per_game.setdefault(game, Counter())
+        counts["segments"] += 1
+        counts["steps"] += steps
+        counts["episodes_ended"] += episodes_ended
+        self.lag_wm[wm_lag] += 1
+        self.lag_llm[llm_lag] += 1
+
+
+OTHER_GAMES = "(other)"  # per_game's key for segments of games past hub.max_games
+
 
 #: The names under which the hub counts a memory cap biting (``HubCounters.caps``, the summary's ``caps``).
 CAPS = {
@@ -37,7 +59,8 @@ CAPS = {
     "log_records_malformed": "log intake frames that are no log record, dropped",
     "log_records_spoofed": "log records from a peer claiming the hub's own role, dropped",
     "handover_leftovers": "segments still on a collector's earlier connection when a newer one took its routing id "
-                          "over, dropped unanswered (it resends them on the newer one; peers.handover_leftover)",
+                          "over: answered hello_required (nowhere) but not counted as rejections, since the "
+                          "collector resends them on the newer one (peers.handover_leftover)",
 }
 
 
