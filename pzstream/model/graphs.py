@@ -6,7 +6,7 @@ between the kernels of a step (issue 22, item 3).
 a step of b parents pads them to the next bucket by repeating its first parent (the copies compute and
 write the same child, so they change nothing), copies the four index rows into the graph's input in one
 transfer and replays. The graph reads the node store where it lives, so a store that grows (new
-tensors) or a new model drops every graph and the next step captures again. Capture needs CUDA;
+tensors) drops every graph and the next step captures again; new weights come as a new adapter. Capture needs CUDA;
 ``capture=False`` runs the same padded, static-shape step eagerly (what the CPU tests compare with the
 plain step). A capture that fails is logged once and the adapter steps eagerly from then on.
 """
@@ -58,16 +58,16 @@ class StepGraphs:
         return self.failed is None and 1 <= b <= MAX_BUCKET
 
     def _store_key(self) -> tuple[int, ...]:
-        """What a graph has baked in: the addresses of the model's weights and of the node and root stores."""
+        """What a graph has baked in that can move: the node and root stores' addresses (they are new tensors
+        when they grow). The adapter's model is fixed for its life (new weights come as a new adapter)."""
         a = self.adapter
-        tensors = [a._tokens, a._valid, a._root_of, a._act, a._keys, a._legal, *a._k, *a._v, *a.model.parameters()]
-        return (id(a.model), *(t.data_ptr() for t in tensors))
+        return tuple(t.data_ptr() for t in (a._tokens, a._valid, a._root_of, a._act, a._keys, a._legal, *a._k, *a._v))
 
     def run(self, handles: np.ndarray, acts: np.ndarray, lens: np.ndarray, children: np.ndarray) -> torch.Tensor:
         """The step's float32 [b, 2 + max_candidates] output (read it before the next step: it is reused)."""
         b, size = len(handles), bucket(len(handles))
         key = self._store_key()
-        if key != self._key:  # the store grew or the model changed: every graph read the old tensors
+        if key != self._key:  # the store grew: every graph read the old tensors
             self._graphs.clear()
             self._key = key
         if size not in self._inputs:
